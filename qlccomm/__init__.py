@@ -1,0 +1,16 @@
+"""qlccomm: lossless compression for torch.distributed collectives.
+
+    blob = qlccomm.compress(t, codec="qlc")     # 1-D uint8 tensor on t.device
+    t2 = qlccomm.decompress(blob)               # bit-exact
+"""
+from .api import compress, decompress, inspect
+from .codebook import Codebook, default_codebook, fit_codebook
+from .errors import CodebookError, FormatError
+from .format import FORMAT_VERSION
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compress", "decompress", "inspect", "Codebook", "fit_codebook", "default_codebook",
+    "FormatError", "CodebookError", "FORMAT_VERSION",
+]

@@ -1,0 +1,159 @@
+"""compress / decompress / inspect: one entry point over the raw, QLC and ENEC codecs."""
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+
+from . import qlc
+from .codebook import Codebook, default_codebook, fit_codebook
+from .errors import FormatError
+from .format import (CODEC_ENEC, CODEC_IDS, CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES,
+                     ByteSource, Header, parse_header, stream_crc, stored_crc)
+from .split import candidate_plans
+
+CodebookArg = Codebook | str | os.PathLike | None
+
+
+def _enec():
+    from . import enec  # imported lazily: the ENEC codec is optional for QLC-only users
+    return enec
+
+
+def _resolve_codebook(codebook: CodebookArg, dtype: torch.dtype) -> Codebook | None:
+    if codebook is None or codebook == "adaptive":
+        return None
+    if codebook == "default":
+        return default_codebook(dtype)
+    if isinstance(codebook, Codebook):
+        if codebook.dtype != dtype:
+            raise ValueError(f"codebook is for {codebook.dtype}, tensor is {dtype}")
+        return codebook
+    return Codebook.load(codebook, dtype=dtype)
+
+
+def pick_codec(dtype: torch.dtype, codec: str) -> str:
+    """The codec `compress` uses for `dtype` when asked for `codec`."""
+    if codec not in ("auto", "raw", "qlc", "enec"):
+        raise ValueError(f"unknown codec {codec!r}; choose auto, qlc, enec or raw")
+    if codec == "enec":
+        enec = _enec()
+        if dtype not in enec.SUPPORTED_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in enec.SUPPORTED_DTYPES)
+            raise ValueError(f"ENEC codes {names}; not {dtype}")
+        return codec
+    if codec == "auto":
+        return "qlc" if candidate_plans(dtype) else "raw"
+    if codec == "qlc" and not candidate_plans(dtype):
+        return "raw"  # dtypes with no coded plan are stored raw behind the same header
+    return codec
+
+
+def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, checksum: bool = False) -> torch.Tensor:
+    """Compress a tensor losslessly into a 1-D uint8 tensor on `t.device`.
+
+    codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "auto" or "raw".
+    codebook: None/"adaptive" fits the tensor's own histogram and embeds the code;
+        a Codebook, a codebook file path, or "default" references it by digest.
+    checksum: store a CRC32 of the stream; decompress then detects every bit flip.
+    The result is never larger than the raw tensor plus the header.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"compress takes a tensor, not {type(t).__name__}")
+    if t.dtype not in DTYPE_CODES:
+        raise TypeError(f"qlccomm cannot store dtype {t.dtype}")
+    flat = t.detach().contiguous().reshape(-1)
+    name = pick_codec(t.dtype, codec)
+    body = None
+    if flat.numel() and name == "qlc":
+        cb = _resolve_codebook(codebook, t.dtype)
+        adaptive = cb is None
+        if adaptive and len(candidate_plans(t.dtype)) > 1:
+            cb = fit_codebook(flat)  # measures every plan (float16) and keeps the better
+        plan = cb.plan_obj if cb is not None else candidate_plans(t.dtype)[0]
+        body = qlc.encode_section(flat, plan, cb, embed=adaptive)
+    elif flat.numel() and name == "enec":
+        body = _enec().encode_section(flat)
+    header = Header(CODEC_IDS[name], t.dtype, tuple(t.shape), checksum)
+    raw_bytes = header.raw_bytes
+    if body is None or body.numel() >= raw_bytes:  # never expand: store raw
+        header = Header(CODEC_RAW, t.dtype, tuple(t.shape), checksum)
+        body = flat.view(-1).view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8, device=t.device)
+    head = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(t.device)
+    blob = torch.cat([head, body])
+    if checksum:
+        crc = stream_crc(blob.cpu().numpy().tobytes())
+        blob[CRC_OFFSET : CRC_OFFSET + 4] = torch.tensor(list(struct.pack("<I", crc)), dtype=torch.uint8)
+    return blob
+
+
+def _parse(src: ByteSource, codebook: Codebook | None = None):
+    head_fixed = src.read(0, min(len(src), 21))
+    header = parse_header(head_fixed + src.read(len(head_fixed), min(len(src), 21 + 8 * head_fixed[20]))
+                          if len(head_fixed) == 21 else head_fixed)
+    if header.checksum:
+        whole = src.host_all()
+        if stream_crc(whole) != stored_crc(whole):
+            raise FormatError("CRC32 mismatch: the stream is corrupt")
+    start = header.nbytes
+    if header.codec == CODEC_RAW:
+        if len(src) != start + header.raw_bytes:
+            raise FormatError(f"raw stream is {len(src)} bytes, expected {start + header.raw_bytes}")
+        return header, None
+    if header.codec == CODEC_QLC:
+        if not candidate_plans(header.dtype):
+            raise FormatError(f"QLC stream of dtype {header.dtype}, which QLC does not code")
+        if header.numel == 0:
+            raise FormatError("QLC stream with no elements")
+        sec = qlc.parse_section(src, start, header.numel, header.dtype, codebook)
+        if sec.plan not in candidate_plans(header.dtype):
+            raise FormatError(f"plan {sec.plan.name} does not code {header.dtype}")
+        return header, sec
+    if header.codec == CODEC_ENEC:
+        return header, _enec().parse_section(src, start, header)
+    raise FormatError(f"unknown codec {header.codec}")
+
+
+def decompress(blob, device: torch.device | str | None = None, codebook: Codebook | None = None,
+               max_output_bytes: int | None = None) -> torch.Tensor:
+    """Decode a stream from :func:`compress`; bit-exact, same dtype and shape.
+
+    blob: a uint8 tensor (the result lands on its device, or on `device`) or
+        bytes-like (the result lands on the CPU, or on `device`).
+    codebook: needed only for streams that reference a codebook this process has
+        not created or loaded.
+    max_output_bytes: refuse streams that declare a larger tensor (FormatError).
+    Raises FormatError for corrupt, truncated or foreign streams.
+    """
+    src = ByteSource(blob, device)
+    header, sec = _parse(src, codebook)
+    if max_output_bytes is not None and header.raw_bytes > max_output_bytes:
+        raise FormatError(f"stream declares {header.raw_bytes} bytes, over max_output_bytes={max_output_bytes}")
+    data = src.tensor
+    if header.codec == CODEC_RAW:
+        flat = data[header.nbytes :].clone().view(header.dtype) if header.numel else \
+            torch.empty(0, dtype=header.dtype, device=data.device)
+    elif header.codec == CODEC_QLC:
+        flat = qlc.decode_section(sec, data, header.dtype)
+    else:
+        flat = _enec().decode_section(sec, data, header)
+    return flat.reshape(header.shape)
+
+
+def inspect(blob) -> dict:
+    """Describe a stream without decoding it: codec, dtype, shape, sizes in bytes, codec facts."""
+    src = ByteSource(blob)
+    header, sec = _parse(src)
+    info = {
+        "codec": CODEC_NAMES[header.codec], "format_version": header.version,
+        "dtype": str(header.dtype).removeprefix("torch."), "shape": list(header.shape),
+        "numel": header.numel, "raw_bytes": header.raw_bytes, "compressed_bytes": len(src),
+        "header_bytes": header.nbytes, "ratio": header.raw_bytes / len(src) if len(src) else 0.0,
+        "checksum": header.checksum,
+    }
+    if header.codec == CODEC_QLC:
+        info.update(qlc.describe(sec))
+    elif header.codec == CODEC_ENEC:
+        info.update(_enec().describe(sec))
+    return info

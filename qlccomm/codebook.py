@@ -1,0 +1,354 @@
+"""QLC codebooks: the per-dtype code table and the fitter that chooses it.
+
+A Quad Length Code has 8 *areas*.  A 3-bit prefix names the area; area k holds
+2**b_k consecutive frequency ranks and its codes are 3 + b_k bits long (the
+prefix, then a b_k-bit suffix = rank - first_rank[k]).  One 256-entry table maps
+rank -> symbol.  A codebook is therefore (plan, widths b_0..b_7, rank->symbol).
+
+The fitter sorts symbols by measured frequency (ties: smaller symbol first) and
+chooses the widths that minimise the expected code length exactly, by dynamic
+programming over the sorted frequencies (see :func:`optimal_widths`).
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .errors import CodebookError, FormatError
+from .format import DTYPE_CODES, dtype_name
+from .split import PLANS, PLANS_BY_ID, Plan, candidate_plans
+
+N_AREAS = 8
+ALPHABET = 256
+MAX_WIDTH = 8
+PREFIX_BITS = 3
+EMBEDDED_BYTES = N_AREAS + ALPHABET  # widths, then rank -> symbol
+
+_REGISTRY: dict[str, "Codebook"] = {}
+
+
+@lru_cache(maxsize=None)
+def _dp_tables(alphabet: int, max_width: int):
+    q = np.arange(alphabet + 1)
+    steps = 1 << np.arange(max_width + 1)
+    src = q[None, :] - steps[:, None]                 # predecessor of q for an area of width b
+    valid = src >= 0
+    src = np.where(valid, src, 0)
+    # the last position (alphabet) is also reached from any p >= alphabet - 2**b (area runs past the end)
+    tail_ok = q[None, :] >= (alphabet - steps)[:, None]
+    return steps, src, valid, tail_ok
+
+
+def optimal_widths(sorted_counts, n_areas: int = N_AREAS, max_width: int = MAX_WIDTH) -> tuple[int, ...]:
+    """Area widths minimising sum_k b_k * (count of ranks in area k) for counts sorted descending.
+
+    Exact: dynamic programming over (areas used, ranks covered).  Areas are laid
+    in order; area k covers ranks [first_k, first_k + 2**b_k) clipped to the
+    alphabet, and together they must cover every rank.  Ties go to the smaller
+    width at each step, so the result is deterministic.
+    """
+    counts = np.asarray(sorted_counts, dtype=np.int64)
+    A = counts.size
+    if (1 << max_width) * n_areas < A:
+        raise ValueError("the areas cannot cover the alphabet")
+    steps, src, valid, tail_ok = _dp_tables(A, max_width)
+    S = np.concatenate([[0], np.cumsum(counts)])
+    big = np.int64(1) << 60  # "infinite"; two of them still fit in int64
+    b = np.arange(max_width + 1, dtype=np.int64)[:, None]
+    # cost of an area of width b ending at q (from src) or running past the end (from p)
+    area_cost = np.where(valid, b * (S[None, :] - S[src]), big)
+    tail_cost = np.where(tail_ok, b * (S[A] - S[None, :]), big)
+    rows = np.arange(max_width + 1)
+    cols = np.arange(A + 1)
+    dp = np.full(A + 1, big, dtype=np.int64)
+    dp[0] = 0
+    choice_b = np.empty((n_areas, A + 1), dtype=np.int64)
+    choice_p = np.empty((n_areas, A + 1), dtype=np.int64)
+    for k in range(n_areas):
+        cand = dp[src] + area_cost
+        tail = dp[None, :] + tail_cost
+        tail_p = np.argmin(tail, axis=1)               # best start for each width, reaching A
+        cand[:, A] = tail[rows, tail_p]
+        best_b = np.argmin(cand, axis=0)
+        dp = np.minimum(cand[best_b, cols], big)
+        choice_b[k] = best_b
+        back = cols - steps[best_b]
+        back[A] = tail_p[best_b[A]]
+        choice_p[k] = back
+    widths = []
+    pos = A
+    for k in range(n_areas - 1, -1, -1):
+        widths.append(int(choice_b[k, pos]))
+        pos = int(choice_p[k, pos])
+    if pos != 0:
+        raise AssertionError("dynamic programme did not start at rank 0")
+    return tuple(reversed(widths))
+
+
+def code_cost_bits(sorted_counts, widths) -> int:
+    """Total coded bits (prefix + suffix) of the sorted counts under `widths`."""
+    counts = np.asarray(sorted_counts, dtype=np.int64)
+    total, first = 0, 0
+    for w in widths:
+        seg = counts[first : first + (1 << w)]
+        total += int(seg.sum()) * (PREFIX_BITS + w)
+        first += 1 << w
+    return total
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """A QLC code: plan (which bits form the symbol), dtype, 8 area widths, rank -> symbol table."""
+
+    dtype: torch.dtype
+    plan: str
+    widths: tuple[int, ...]
+    symbols: tuple[int, ...]  # symbols[rank] = symbol
+    _tables: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.plan not in PLANS:
+            raise FormatError(f"unknown plan {self.plan!r}")
+        if len(self.widths) != N_AREAS or any(not 0 <= w <= MAX_WIDTH for w in self.widths):
+            raise FormatError(f"bad area widths {self.widths}")
+        if sum(1 << w for w in self.widths) < ALPHABET:
+            raise FormatError(f"area widths {self.widths} do not cover all {ALPHABET} symbols")
+        if sorted(self.symbols) != list(range(ALPHABET)):
+            raise FormatError("rank -> symbol table is not a permutation of 0..255")
+        if PLANS[self.plan] not in candidate_plans(self.dtype):
+            raise FormatError(f"plan {self.plan} does not code {self.dtype}")
+        _REGISTRY.setdefault(self.digest, self)
+
+    # -- derived tables -------------------------------------------------------------
+    @property
+    def plan_obj(self) -> Plan:
+        return PLANS[self.plan]
+
+    @property
+    def first_ranks(self) -> tuple[int, ...]:
+        firsts, f = [], 0
+        for w in self.widths:
+            firsts.append(f)
+            f += 1 << w
+        return tuple(firsts)
+
+    def code_lengths(self) -> np.ndarray:
+        """Code length in bits (prefix included) of each symbol 0..255."""
+        return self._numpy_tables()["length"]
+
+    def _numpy_tables(self) -> dict:
+        t = self._tables.get("np")
+        if t is None:
+            rank_area = np.repeat(np.arange(N_AREAS), [1 << w for w in self.widths])[:ALPHABET]
+            firsts = np.asarray(self.first_ranks)
+            sym = np.asarray(self.symbols)
+            area = np.empty(ALPHABET, np.int64)
+            suffix = np.empty(ALPHABET, np.int64)
+            area[sym] = rank_area
+            suffix[sym] = np.arange(ALPHABET) - firsts[rank_area]
+            widths = np.asarray(self.widths, np.int64)
+            t = {"area": area, "suffix": suffix, "length": PREFIX_BITS + widths[area]}
+            self._tables["np"] = t
+        return t
+
+    def device_tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Encode/decode tables as int64 tensors on `device` (cached)."""
+        key = str(device)
+        t = self._tables.get(key)
+        if t is None:
+            n = self._numpy_tables()
+            t = {
+                "area": torch.as_tensor(n["area"], device=device),
+                "suffix": torch.as_tensor(n["suffix"], device=device),
+                "length": torch.as_tensor(n["length"], device=device),
+                "widths": torch.tensor(self.widths, dtype=torch.int64, device=device),
+                "first": torch.tensor(self.first_ranks, dtype=torch.int64, device=device),
+                "symbols": torch.tensor(self.symbols, dtype=torch.int64, device=device),
+            }
+            self._tables[key] = t
+        return t
+
+    # -- identity and persistence ---------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """The embedded form: 8 width bytes, then 256 rank -> symbol bytes."""
+        return bytes(self.widths) + bytes(self.symbols)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dtype: torch.dtype, plan: str) -> "Codebook":
+        if len(data) != EMBEDDED_BYTES:
+            raise FormatError("embedded codebook truncated")
+        return cls(dtype, plan, tuple(data[:N_AREAS]), tuple(data[N_AREAS:]))
+
+    @property
+    def digest(self) -> str:
+        """Stable content hash (16 hex digits) of dtype, plan, widths and table."""
+        d = self._tables.get("digest")
+        if d is None:
+            h = hashlib.sha256(b"qlccomm-codebook-v1")
+            h.update(bytes([DTYPE_CODES[self.dtype], PLANS[self.plan].plan_id]))
+            h.update(self.to_bytes())
+            d = self._tables["digest"] = h.hexdigest()[:16]
+        return d
+
+    def to_json(self) -> dict:
+        return {"format": "qlccomm-codebook", "version": 1, "dtype": dtype_name(self.dtype),
+                "plan": self.plan, "widths": list(self.widths), "symbols": list(self.symbols),
+                "digest": self.digest}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Codebook":
+        try:
+            if obj.get("format") != "qlccomm-codebook":
+                raise FormatError("not a qlccomm codebook")
+            cb = cls(getattr(torch, obj["dtype"]), obj["plan"], tuple(obj["widths"]), tuple(obj["symbols"]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise FormatError(f"malformed codebook: {e}") from None
+        if obj.get("digest", cb.digest) != cb.digest:
+            raise FormatError(f"codebook digest {obj['digest']} does not match its content ({cb.digest})")
+        return cb
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> "Codebook":
+        """Load a codebook file; for a file holding several (one per dtype), pick `dtype`."""
+        with open(path) as f:
+            obj = json.load(f)
+        if "codebooks" in obj:
+            books = [cls.from_json(o) for o in obj["codebooks"]]
+            if dtype is None and len(books) == 1:
+                return books[0]
+            for b in books:
+                if b.dtype == dtype:
+                    return b
+            raise KeyError(f"{path} holds codebooks for {[dtype_name(b.dtype) for b in books]}, not {dtype}")
+        cb = cls.from_json(obj)
+        if dtype is not None and cb.dtype != dtype:
+            raise KeyError(f"{path} holds a {dtype_name(cb.dtype)} codebook, not {dtype}")
+        return cb
+
+    # -- measures --------------------------------------------------------------------
+    def expected_bits(self, t: torch.Tensor) -> float:
+        """Mean coded bits per symbol (prefix + suffix) of `t` under this codebook."""
+        hist = symbol_histogram(t, self.plan_obj)
+        n = hist.sum()
+        return float((hist * self.code_lengths()).sum() / n) if n else 0.0
+
+
+def lookup(digest: str) -> Codebook:
+    """The codebook with this digest, if this process has created or loaded it."""
+    try:
+        return _REGISTRY[digest]
+    except KeyError:
+        raise CodebookError(
+            f"stream was coded with codebook {digest}, which this process does not know; "
+            "pass codebook= to decompress or load it first") from None
+
+
+def symbol_histogram(t: torch.Tensor, plan: Plan) -> np.ndarray:
+    """Counts of each symbol value 0..255 of `t` under `plan` (int64 numpy)."""
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return np.zeros(ALPHABET, np.int64)
+    sym, _ = plan.split(flat)
+    return torch.bincount(sym, minlength=ALPHABET).cpu().numpy().astype(np.int64)
+
+
+def codebook_from_histogram(hist, dtype: torch.dtype, plan: Plan) -> Codebook:
+    """The optimal codebook for a symbol histogram (deterministic in the histogram)."""
+    hist = np.asarray(hist, dtype=np.int64)
+    order = np.lexsort((np.arange(ALPHABET), -hist))  # count descending, then symbol ascending
+    widths = optimal_widths(hist[order])
+    return Codebook(dtype, plan.name, widths, tuple(int(s) for s in order))
+
+
+def total_bits(hist, cb: Codebook) -> int:
+    """Coded plus raw bits for the histogram's elements under `cb`."""
+    hist = np.asarray(hist, np.int64)
+    return int((hist * cb.code_lengths()).sum()) + int(hist.sum()) * cb.plan_obj.raw_bits
+
+
+def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> Codebook:
+    """Fit the optimal codebook to sample tensors of one dtype.
+
+    For float16 both plans (high byte, 5-bit exponent) are measured and the one
+    with fewer total bits (coded + raw) is kept.
+    """
+    tensors = [samples] if isinstance(samples, torch.Tensor) else list(samples)
+    if dtype is None:
+        if not tensors:
+            raise ValueError("fit_codebook needs samples or a dtype")
+        dtype = tensors[0].dtype
+    plans = candidate_plans(dtype)
+    if not plans:
+        raise ValueError(f"no QLC plan codes {dtype}; it is stored raw")
+    best = None
+    for plan in plans:
+        hist = np.zeros(ALPHABET, np.int64)
+        for t in tensors:
+            if t.dtype != dtype:
+                raise ValueError(f"samples mix dtypes {t.dtype} and {dtype}")
+            hist += symbol_histogram(t, plan)
+        cb = codebook_from_histogram(hist, dtype, plan)
+        bits = total_bits(hist, cb)
+        if best is None or bits < best[0]:
+            best = (bits, cb)
+    return best[1]
+
+
+def default_codebook(dtype: torch.dtype) -> Codebook:
+    """The built-in codebook for `dtype`, fitted on qlccomm's synthetic weights and gradients."""
+    plans = candidate_plans(dtype)
+    if not plans:
+        raise ValueError(f"no QLC plan codes {dtype}; it is stored raw")
+    return _default_codebook(dtype)
+
+
+@lru_cache(maxsize=None)
+def _default_codebook(dtype: torch.dtype) -> Codebook:
+    name = f"{dtype_name(dtype)}.json"
+    ref = resources.files("qlccomm") / "codebooks" / name
+    if ref.is_file():
+        return Codebook.from_json(json.loads(ref.read_text()))
+    # 1-byte dtypes without a shipped table: a flat code (8 bits per symbol).
+    return Codebook(dtype, candidate_plans(dtype)[0].name, (5,) * N_AREAS, tuple(range(ALPHABET)))
+
+
+# -- reference measures for reports (CLI, bench) ------------------------------------------
+def entropy_bits(hist) -> float:
+    """Shannon entropy in bits per symbol of a histogram."""
+    h = np.asarray(hist, np.float64)
+    n = h.sum()
+    p = h[h > 0] / n
+    return float(-(p * np.log2(p)).sum()) if n else 0.0
+
+
+def huffman_bits(hist) -> float:
+    """Mean Huffman code length in bits per symbol of a histogram (unbounded code length)."""
+    counts = [int(c) for c in np.asarray(hist) if c > 0]
+    n = sum(counts)
+    if len(counts) <= 1:
+        return 1.0 if n else 0.0
+    heap = [(c, i, 0) for i, c in enumerate(counts)]  # (weight, tiebreak, total depth cost)
+    heapq.heapify(heap)
+    cost = 0
+    tie = len(counts)
+    while len(heap) > 1:
+        a, _, _ = heapq.heappop(heap)
+        b, _, _ = heapq.heappop(heap)
+        cost += a + b  # every merge adds one bit to each symbol below it
+        heapq.heappush(heap, (a + b, tie, 0))
+        tie += 1
+    return cost / n

@@ -1,0 +1,177 @@
+"""The common stream header (docs/format.md, "Header").
+
+Every qlccomm stream starts with this header, whatever its codec:
+
+| offset | size    | field                                                        |
+|--------|---------|--------------------------------------------------------------|
+| 0      | 4       | magic b"QLCM"                                                |
+| 4      | 1       | format version (FORMAT_VERSION)                              |
+| 5      | 1       | codec id: 0 raw, 1 qlc, 2 enec                               |
+| 6      | 1       | dtype code (DTYPE_CODES)                                     |
+| 7      | 1       | flags: bit 0 CRC32 present; other bits 0                     |
+| 8      | 8       | u64 element count                                            |
+| 16     | 4       | u32 CRC32 of the whole stream with this field zeroed (or 0)  |
+| 20     | 1       | ndim (0..MAX_NDIM)                                           |
+| 21     | 8*ndim  | u64 shape                                                    |
+
+All integers are little-endian.  The codec's own section follows the header.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FormatError
+
+MAGIC = b"QLCM"
+FORMAT_VERSION = 1
+MAX_NDIM = 64
+FIXED_HEADER_BYTES = 21
+CRC_OFFSET = 16
+
+CODEC_RAW, CODEC_QLC, CODEC_ENEC = 0, 1, 2
+CODEC_NAMES = {CODEC_RAW: "raw", CODEC_QLC: "qlc", CODEC_ENEC: "enec"}
+CODEC_IDS = {v: k for k, v in CODEC_NAMES.items()}
+
+FLAG_CRC = 0x01
+
+_DTYPE_NAMES = [
+    (1, "uint8"), (2, "int8"), (3, "bool"), (4, "float8_e4m3fn"), (5, "float8_e5m2"),
+    (6, "float8_e4m3fnuz"), (7, "float8_e5m2fnuz"), (8, "bfloat16"), (9, "float16"),
+    (10, "float32"), (11, "float64"), (12, "int16"), (13, "int32"), (14, "int64"),
+    (15, "complex64"), (16, "complex128"), (17, "uint16"), (18, "uint32"), (19, "uint64"),
+    (20, "float8_e8m0fnu"), (21, "complex32"),
+]
+DTYPE_CODES: dict[torch.dtype, int] = {}
+for _code, _name in _DTYPE_NAMES:
+    if isinstance(getattr(torch, _name, None), torch.dtype):
+        DTYPE_CODES[getattr(torch, _name)] = _code
+DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class Header:
+    codec: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    checksum: bool = False
+    version: int = FORMAT_VERSION
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of the uncompressed tensor."""
+        return self.numel * self.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the encoded header."""
+        return FIXED_HEADER_BYTES + 8 * len(self.shape)
+
+    def encode(self) -> bytes:
+        if self.dtype not in DTYPE_CODES:
+            raise TypeError(f"qlccomm cannot store dtype {self.dtype}")
+        flags = FLAG_CRC if self.checksum else 0
+        return (
+            MAGIC
+            + struct.pack("<BBBBQIB", self.version, self.codec, DTYPE_CODES[self.dtype], flags,
+                          self.numel, 0, len(self.shape))
+            + struct.pack(f"<{len(self.shape)}Q", *self.shape)
+        )
+
+
+def parse_header(buf: bytes) -> Header:
+    """Parse and validate the header at the start of `buf` (bytes-like, at least the header)."""
+    if len(buf) < FIXED_HEADER_BYTES:
+        raise FormatError(f"stream of {len(buf)} bytes is shorter than the {FIXED_HEADER_BYTES}-byte header")
+    if bytes(buf[:4]) != MAGIC:
+        raise FormatError("not a qlccomm stream (bad magic)")
+    version, codec, dcode, flags, numel, crc, ndim = struct.unpack_from("<BBBBQIB", buf, 4)
+    if version != FORMAT_VERSION:
+        raise FormatError(f"stream format version {version}; this qlccomm reads version {FORMAT_VERSION}")
+    if codec not in CODEC_NAMES:
+        raise FormatError(f"unknown codec id {codec}")
+    if dcode not in DTYPES_BY_CODE:
+        raise FormatError(f"unknown dtype code {dcode}")
+    if flags & ~FLAG_CRC:
+        raise FormatError(f"unknown header flags 0x{flags:02x}")
+    if not flags & FLAG_CRC and crc != 0:
+        raise FormatError("CRC field set in a stream without the CRC flag")
+    if ndim > MAX_NDIM:
+        raise FormatError(f"ndim {ndim} exceeds {MAX_NDIM}")
+    if len(buf) < FIXED_HEADER_BYTES + 8 * ndim:
+        raise FormatError("stream truncated inside the header's shape")
+    shape = struct.unpack_from(f"<{ndim}Q", buf, FIXED_HEADER_BYTES)
+    if math.prod(shape) != numel:
+        raise FormatError(f"shape {shape} does not hold {numel} elements")
+    if numel >= 1 << 62:
+        raise FormatError(f"element count {numel} is out of range")
+    return Header(codec, DTYPES_BY_CODE[dcode], tuple(shape), bool(flags & FLAG_CRC), version)
+
+
+def stream_crc(buf: bytes | bytearray | memoryview) -> int:
+    """CRC32 of a whole stream with its CRC field taken as zero."""
+    mv = memoryview(buf)
+    crc = zlib.crc32(mv[:CRC_OFFSET])
+    crc = zlib.crc32(b"\0\0\0\0", crc)
+    return zlib.crc32(mv[CRC_OFFSET + 4 :], crc)
+
+
+def stored_crc(buf: bytes | bytearray | memoryview) -> int:
+    return struct.unpack_from("<I", buf, CRC_OFFSET)[0]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class ByteSource:
+    """Read-only access to a stream held as a uint8 tensor (any device) or host bytes.
+
+    Metadata reads (`read`) come back as host bytes; for a device tensor only the
+    bytes asked for cross to the host.  `tensor` is the stream on its own device,
+    from which the codecs slice their planes.
+    """
+
+    def __init__(self, blob, device: torch.device | str | None = None):
+        if isinstance(blob, torch.Tensor):
+            if blob.dtype != torch.uint8 or blob.dim() != 1:
+                raise FormatError(f"a stream is a 1-D uint8 tensor, got {blob.dtype} of shape {tuple(blob.shape)}")
+            t = blob if blob.is_contiguous() else blob.contiguous()
+            if device is not None and torch.device(device) != t.device:
+                t = t.to(device)
+        elif isinstance(blob, (bytes, bytearray, memoryview)):
+            mv = memoryview(blob).cast("B")
+            t = torch.frombuffer(bytearray(mv), dtype=torch.uint8) if len(mv) else torch.empty(0, dtype=torch.uint8)
+            if device is not None:
+                t = t.to(device)
+        else:
+            raise TypeError(f"decompress takes a uint8 tensor or bytes, not {type(blob).__name__}")
+        self.tensor = t
+        self._host = t.numpy() if t.device.type == "cpu" else None
+
+    def __len__(self) -> int:
+        return self.tensor.numel()
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Host bytes [start, stop); FormatError when the stream ends before `stop`."""
+        if stop > len(self):
+            raise FormatError(f"stream truncated: needs {stop} bytes, has {len(self)}")
+        if self._host is not None:
+            return self._host[start:stop].tobytes()
+        return self.tensor[start:stop].cpu().numpy().tobytes()
+
+    def host_all(self) -> bytes:
+        return self.read(0, len(self))
