@@ -6,7 +6,7 @@ import struct
 
 import torch
 
-from . import qlc
+from . import kernels, qlc
 from .codebook import Codebook, default_codebook, fit_codebook
 from .errors import FormatError
 from .format import (CODEC_ENEC, CODEC_IDS, CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES,
@@ -19,6 +19,15 @@ CodebookArg = Codebook | str | os.PathLike | None
 def _enec():
     from . import enec  # imported lazily: the ENEC codec is optional for QLC-only users
     return enec
+
+
+def _codec_impl(codec: str, device: torch.device):
+    """The module that encodes/decodes `codec` on `device`: a fused kernel set from
+    qlccomm.kernels when one serves that device, else the torch path (same bytes)."""
+    fused = kernels.implementation(codec, device)
+    if fused is not None:
+        return fused
+    return qlc if codec == "qlc" else _enec()
 
 
 def _resolve_codebook(codebook: CodebookArg, dtype: torch.dtype) -> Codebook | None:
@@ -72,9 +81,9 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
         if adaptive and len(candidate_plans(t.dtype)) > 1:
             cb = fit_codebook(flat)  # measures every plan (float16) and keeps the better
         plan = cb.plan_obj if cb is not None else candidate_plans(t.dtype)[0]
-        body = qlc.encode_section(flat, plan, cb, embed=adaptive)
+        body = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive)
     elif flat.numel() and name == "enec":
-        body = _enec().encode_section(flat)
+        body = _codec_impl("enec", flat.device).encode_section(flat)
     header = Header(CODEC_IDS[name], t.dtype, tuple(t.shape), checksum)
     raw_bytes = header.raw_bytes
     if body is None or body.numel() >= raw_bytes:  # never expand: store raw
@@ -134,10 +143,8 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     if header.codec == CODEC_RAW:
         flat = data[header.nbytes :].clone().view(header.dtype) if header.numel else \
             torch.empty(0, dtype=header.dtype, device=data.device)
-    elif header.codec == CODEC_QLC:
-        flat = qlc.decode_section(sec, data, header.dtype)
     else:
-        flat = _enec().decode_section(sec, data, header)
+        flat = _codec_impl(CODEC_NAMES[header.codec], data.device).decode_section(sec, data, header)
     return flat.reshape(header.shape)
 
 

@@ -19,61 +19,90 @@ def packed_nbytes(n: int, width: int) -> int:
     return (width // 8) * n + (n * (width % 8) + 7) // 8
 
 
+def value_dtype(width: int) -> torch.dtype:
+    """The narrowest integer dtype that holds `width` non-negative bits."""
+    return torch.uint8 if width <= 8 else torch.int16 if width <= 15 else torch.int32 if width <= 31 else torch.int64
+
+
 def _pack_small(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Pack int values of 1..8 bits; groups of 8 values make `width` bytes."""
+    """Pack values of 1..7 bits: each group of 8 values makes `width` bytes.
+
+    Neighbours are merged three times (2, 4, then 8 values per word, each merge a
+    whole-tensor shift and or in the narrowest dtype), then the low `width` bytes
+    of each little-endian word are kept.
+    """
     n = values.numel()
-    pad = (-n) % 8
-    v = values.to(torch.int64)
-    if pad:
-        v = torch.cat([v, v.new_zeros(pad)])
-    shifts = torch.arange(8, device=v.device, dtype=torch.int64) * width
-    words = (v.view(-1, 8) << shifts).sum(dim=1)  # disjoint bits: sum == or
-    byte_shifts = torch.arange(width, device=v.device, dtype=torch.int64) * 8
-    out = ((words.unsqueeze(1) >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
+    v = values.to(torch.uint8)
+    if n % 8:
+        v = torch.cat([v, v.new_zeros(8 - n % 8)])
+    bits = width
+    for _ in range(3):
+        dt = value_dtype(2 * bits)
+        lo, hi = v[0::2].to(dt), v[1::2].to(dt).contiguous()  # hi is updated in place: own copy
+        hi <<= bits
+        hi |= lo
+        v, bits = hi, 2 * bits
+    v = v if v.numel() > 1 else v.clone(memory_format=torch.contiguous_format)  # a 1-element view may keep odd strides
+    out = v.view(torch.uint8).view(-1, v.element_size())[:, :width].reshape(-1)
     return out[: (n * width + 7) // 8]
 
 
 def _unpack_small(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
-    nbytes = (n * width + 7) // 8
+    """Inverse of :func:`_pack_small`: n uint8 values."""
     groups = (n + 7) // 8
-    d = data[:nbytes].to(torch.int64)
-    pad = groups * width - nbytes
-    if pad:
-        d = torch.cat([d, d.new_zeros(pad)])
-    byte_shifts = torch.arange(width, device=d.device, dtype=torch.int64) * 8
-    words = (d.view(-1, width) << byte_shifts).sum(dim=1)
-    shifts = torch.arange(8, device=d.device, dtype=torch.int64) * width
-    vals = (words.unsqueeze(1) >> shifts) & ((1 << width) - 1)
-    return vals.reshape(-1)[:n]
+    bits = 8 * width
+    dt = value_dtype(bits)
+    word = torch.zeros(groups, torch.empty(0, dtype=dt).element_size(), dtype=torch.uint8, device=data.device)
+    flat = word[:, :width]
+    full = data.numel() // width
+    flat[:full] = data[: full * width].view(full, width)
+    if full < groups:
+        tail = data[full * width :]
+        flat[full, : tail.numel()] = tail
+    v = word.view(dt).view(-1)
+    for _ in range(3):
+        bits //= 2
+        ndt = value_dtype(bits)
+        lo = (v & ((1 << bits) - 1)).to(ndt)
+        hi = (v >> bits).to(ndt)
+        v = torch.stack([lo, hi], dim=1).view(-1)
+    return v[:n].to(torch.uint8)
 
 
 def pack_bits(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Pack the low `width` bits (0..32) of each integer into a uint8 tensor (planes)."""
+    """Pack the low `width` bits (0..31) of each non-negative integer into uint8 planes."""
     if width == 0 or values.numel() == 0:
-        return torch.empty(0 if width == 0 else packed_nbytes(0, width), dtype=torch.uint8, device=values.device)
+        return values.new_empty(0, dtype=torch.uint8)
     parts = []
-    v = values.to(torch.int64)
-    for _ in range(width // 8):
-        parts.append((v & 0xFF).to(torch.uint8))
-        v = v >> 8
-    if width % 8:
-        parts.append(_pack_small(v & ((1 << (width % 8)) - 1), width % 8))
+    v = values
+    for p in range(width // 8):
+        parts.append((v if p == 0 else v >> (8 * p)).to(torch.uint8))
+    rest = width % 8
+    if rest:
+        top = v >> (8 * (width // 8)) if width >= 8 else v
+        parts.append(_pack_small(top & ((1 << rest) - 1), rest))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def unpack_bits(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: `n` values (int64) from exactly `packed_nbytes(n, width)` bytes."""
+    """Inverse of :func:`pack_bits`: `n` values from exactly `packed_nbytes(n, width)` bytes.
+
+    The result has dtype `value_dtype(width)`.
+    """
     if data.numel() != packed_nbytes(n, width):
         raise FormatError(f"bit plane holds {data.numel()} bytes, expected {packed_nbytes(n, width)}")
+    vd = value_dtype(width)
     if width == 0 or n == 0:
-        return torch.zeros(n, dtype=torch.int64, device=data.device)
-    out = torch.zeros(n, dtype=torch.int64, device=data.device)
-    shift = 0
-    pos = 0
-    for _ in range(width // 8):
-        out |= data[pos : pos + n].to(torch.int64) << shift
-        pos += n
-        shift += 8
-    if width % 8:
-        out |= _unpack_small(data[pos:], width % 8, n) << shift
+        return torch.zeros(n, dtype=vd, device=data.device)
+    if width == 8:
+        return data
+    planes = width // 8
+    rest = width % 8
+    if planes == 0:
+        return _unpack_small(data, rest, n)
+    out = data[:n].to(vd)
+    for p in range(1, planes):
+        out |= data[p * n : (p + 1) * n].to(vd) << (8 * p)
+    if rest:
+        out |= _unpack_small(data[planes * n :], rest, n).to(vd) << (8 * planes)
     return out

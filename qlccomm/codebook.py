@@ -162,18 +162,26 @@ class Codebook:
         return t
 
     def device_tables(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """Encode/decode tables as int64 tensors on `device` (cached)."""
+        """Encode/decode tables on `device` (cached), in the narrow dtypes the codecs use.
+
+        length, area, suffix: uint8 [256] indexed by symbol; widths_u8, masks (int32):
+        [8] indexed by area; decode: int16 [8 * 256] indexed by area * 256 + suffix,
+        the symbol, or -1 where the rank is past the table.
+        """
         key = str(device)
         t = self._tables.get(key)
         if t is None:
             n = self._numpy_tables()
+            u8 = lambda a: torch.tensor(np.asarray(a), dtype=torch.uint8, device=device)  # noqa: E731
+            decode = np.full((N_AREAS, ALPHABET), -1, np.int16)
+            for k, (w, f) in enumerate(zip(self.widths, self.first_ranks)):
+                ranks = np.arange(f, min(f + (1 << w), ALPHABET))
+                decode[k, : ranks.size] = np.asarray(self.symbols)[ranks]
             t = {
-                "area": torch.as_tensor(n["area"], device=device),
-                "suffix": torch.as_tensor(n["suffix"], device=device),
-                "length": torch.as_tensor(n["length"], device=device),
-                "widths": torch.tensor(self.widths, dtype=torch.int64, device=device),
-                "first": torch.tensor(self.first_ranks, dtype=torch.int64, device=device),
-                "symbols": torch.tensor(self.symbols, dtype=torch.int64, device=device),
+                "length": u8(n["length"]), "area": u8(n["area"]), "suffix": u8(n["suffix"]),
+                "widths_u8": u8(self.widths),
+                "masks": torch.tensor([(1 << w) - 1 for w in self.widths], dtype=torch.int32, device=device),
+                "decode": torch.tensor(decode.reshape(-1), device=device),
             }
             self._tables[key] = t
         return t

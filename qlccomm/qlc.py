@@ -22,7 +22,7 @@ import torch
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
 from .codebook import EMBEDDED_BYTES, PREFIX_BITS, Codebook, codebook_from_histogram, lookup
 from .errors import FormatError
-from .format import ByteSource
+from .format import ByteSource, Header
 from .split import PLANS_BY_ID, Plan
 
 CHUNK_ELEMS = 4096           # default elements per chunk
@@ -53,16 +53,25 @@ class ChunkLayout:
         return e
 
 
-def _chunk_sums(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    n = x.numel()
-    pad = (-n) % chunk
+def _pad_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """View a 1-D tensor as [chunks, chunk] rows, zero-padding the last row."""
+    pad = (-x.numel()) % chunk
     if pad:
         x = torch.cat([x, x.new_zeros(pad)])
-    return x.view(-1, chunk).sum(dim=1)
+    return x.view(-1, chunk)
 
 
-def _elem_chunk_modes(modes: torch.Tensor, chunk: int, numel: int) -> torch.Tensor:
-    return modes.repeat_interleave(chunk)[:numel]
+def _rows(modes: torch.Tensor, *wanted: int) -> torch.Tensor:
+    """Indices (int64) of the chunks whose mode is one of `wanted`."""
+    sel = modes == wanted[0]
+    for w in wanted[1:]:
+        sel |= modes == w
+    return sel.nonzero().squeeze(1)
+
+
+def _select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` of a 2-D tensor; no copy when that is every row."""
+    return x if rows.numel() == x.shape[0] else x.index_select(0, rows)
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
@@ -71,40 +80,51 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
 
     `codebook=None` fits one to the tensor's own histogram (all-zero chunks left
     out); a fitted codebook, or any with `embed=True`, is embedded in the stream,
-    others are referenced by digest.
-    The tensor must hold at least one element.
+    others are referenced by digest.  The tensor must hold at least one element.
     """
     dev = flat.device
     n = flat.numel()
     sym, raw = plan.split(flat)
-    nonzero_elem = (sym | raw) != 0
-    chunk_nonzero = _chunk_sums(nonzero_elem.to(torch.int64), chunk) > 0
-
-    nchunks = chunk_nonzero.numel()
+    sym2 = _pad_rows(sym, chunk)                          # uint8 [K, C]
+    raw2 = _pad_rows(raw, chunk) if plan.raw_bits else None
+    nchunks = sym2.shape[0]
+    nonzero = sym2.any(dim=1).bool()
+    if raw2 is not None:
+        nonzero |= raw2.any(dim=1).bool()
     elems = torch.full((nchunks,), chunk, dtype=torch.int64, device=dev)
     elems[-1] = n - chunk * (nchunks - 1)
+
     if codebook is None:
         hist = torch.bincount(sym, minlength=256)
-        hist[0] -= elems[~chunk_nonzero].sum()  # all-zero chunks cost nothing: leave them out
+        hist[0] -= elems[~nonzero].sum()                # all-zero chunks cost nothing: leave them out
         codebook = codebook_from_histogram(hist.cpu().numpy(), flat.dtype, plan)
         embed = True
     tables = codebook.device_tables(dev)
 
-    code_len = tables["length"][sym]
-    suffix_bits = _chunk_sums(code_len, chunk) - PREFIX_BITS * elems
+    sym_idx = sym2.view(-1).to(torch.int32)
+    code_len = tables["length"].index_select(0, sym_idx).view(nchunks, chunk)
+    if n % chunk:
+        code_len[-1, n % chunk :] = PREFIX_BITS          # padding: zero-width codes
+    # float32 sums are exact here (< 2^24) and much faster than integer reductions on CPU
+    suffix_bits = code_len.sum(dim=1, dtype=torch.float32).to(torch.int64) - PREFIX_BITS * chunk
     coded_bytes = (PREFIX_BITS * elems + 7) // 8 + (suffix_bits + 7) // 8
     raw_sym_bytes = (elems * plan.symbol_bits + 7) // 8
     modes = torch.where(coded_bytes < raw_sym_bytes, MODE_CODED, MODE_RAW)
-    modes = torch.where(chunk_nonzero, modes, MODE_ZERO)
+    modes = torch.where(nonzero, modes, MODE_ZERO)
     suffix_len = torch.where(modes == MODE_CODED, (suffix_bits + 7) // 8, 0)
 
-    elem_mode = _elem_chunk_modes(modes, chunk, n)
-    coded = elem_mode == MODE_CODED
-    coded_sym = sym[coded]
-    prefix_plane = pack_bits(tables["area"][coded_sym], PREFIX_BITS)
-    symbol_plane = pack_bits(sym[elem_mode == MODE_RAW], plan.symbol_bits)
-    suffix_plane = _pack_suffixes(coded_sym, coded.nonzero().squeeze(1) // chunk, modes, suffix_len, tables)
-    raw_plane = pack_bits(raw[elem_mode != MODE_ZERO], plan.raw_bits)
+    coded_rows, raw_rows, nz_rows = _rows(modes, MODE_CODED), _rows(modes, MODE_RAW), _rows(modes, MODE_CODED, MODE_RAW)
+    n_coded = int(elems.index_select(0, coded_rows).sum())
+    n_raw = int(elems.index_select(0, raw_rows).sum())
+    coded_idx = _select_rows(sym_idx.view(nchunks, chunk), coded_rows).view(-1)
+    prefix_plane = pack_bits(tables["area"].index_select(0, coded_idx)[:n_coded], PREFIX_BITS)
+    symbol_plane = pack_bits(sym2.index_select(0, raw_rows).view(-1)[:n_raw], plan.symbol_bits)
+    suffix_plane = _pack_suffixes(
+        tables["suffix"].index_select(0, coded_idx).view(-1, chunk),
+        _select_rows(code_len, coded_rows).sub_(PREFIX_BITS) if coded_rows.numel() else code_len[:0],
+        suffix_len.index_select(0, coded_rows))
+    raw_plane = (pack_bits(_select_rows(raw2, nz_rows).reshape(-1)[: n_coded + n_raw], plan.raw_bits)
+                 if raw2 is not None else sym.new_empty(0))
 
     head = bytearray(struct.pack("<BB", plan.plan_id, CB_EMBEDDED if embed else CB_DIGEST))
     head += codebook.to_bytes() if embed else bytes.fromhex(codebook.digest)
@@ -114,31 +134,44 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     return torch.cat([head_t, meta, prefix_plane, symbol_plane, suffix_plane, raw_plane])
 
 
-def _suffix_bit_positions(width, chunk_of, nchunks, suffix_len) -> torch.Tensor:
-    """Stream bit offset of each coded symbol's suffix: its chunk's byte offset in the
-    suffix plane (exclusive prefix sum of suffix_len) plus the exclusive prefix sum of
-    the widths of the symbols before it in its chunk."""
-    counts = torch.bincount(chunk_of, minlength=nchunks)
-    first = torch.cumsum(counts, 0) - counts
-    excl = torch.cumsum(width, 0) - width
-    local = excl - excl[first[chunk_of]]
-    start_byte = torch.cumsum(suffix_len, 0) - suffix_len
-    return start_byte[chunk_of] * 8 + local
+def _merge_pairs(value: torch.Tensor, width: torch.Tensor, dtype: torch.dtype):
+    """Concatenate neighbouring codes: (v0, w0), (v1, w1) -> (v0 | v1 << w0, w0 + w1)."""
+    lo, hi = value[:, 0::2].to(dtype), value[:, 1::2].to(dtype)
+    if value.dtype == torch.int16 and dtype == torch.int64:
+        lo &= 0xFFFF                                     # the int16 words are unsigned bit fields
+        hi &= 0xFFFF
+    wlo = width[:, 0::2]
+    hi <<= wlo.to(dtype)
+    hi |= lo
+    return hi, wlo + width[:, 1::2]
 
 
-def _pack_suffixes(coded_sym, chunk_of, modes, suffix_len, tables) -> torch.Tensor:
-    """Write each coded symbol's suffix at its bit offset (chunks byte aligned)."""
-    dev = coded_sym.device
-    total = int(suffix_len.sum())
-    if coded_sym.numel() == 0:
+def _pack_suffixes(value: torch.Tensor, width: torch.Tensor, chunk_bytes: torch.Tensor) -> torch.Tensor:
+    """The suffix plane: per coded chunk (rows of `value`/`width`, uint8 [rows, C]) its
+    suffixes concatenated LSB first, padded to `chunk_bytes` bytes.
+
+    Codes are merged in pairs three times (8 codes -> one <= 64-bit word, whole-tensor
+    shifts and ors), then each word is added into the 64-bit words it overlaps.
+    """
+    dev = value.device
+    total = int(chunk_bytes.sum())
+    if value.shape[0] == 0:
         return torch.empty(0, dtype=torch.uint8, device=dev)
-    width = tables["widths"][tables["area"][coded_sym]]
-    pos = _suffix_bit_positions(width, chunk_of, modes.numel(), suffix_len)
-    shifted = tables["suffix"][coded_sym] << (pos & 7)   # at most 15 bits: two bytes
-    out = torch.zeros(total + 2, dtype=torch.int64, device=dev)  # zero-width codes may sit at the end
-    out.index_add_(0, pos >> 3, shifted & 0xFF)          # disjoint bits: add == or
-    out.index_add_(0, (pos >> 3) + 1, shifted >> 8)
-    return out[:total].to(torch.uint8)
+    v, w = _merge_pairs(value, width, torch.int16)       # <= 16 bits
+    v, w = _merge_pairs(v, w, torch.int64)               # <= 32 bits
+    v, w = _merge_pairs(v, w, torch.int64)               # <= 64 bits, one word per 8 codes
+    local = torch.cumsum(w, dim=1, dtype=torch.int64) - w
+    start = (torch.cumsum(chunk_bytes, 0) - chunk_bytes) * 8
+    pos = (local + start.unsqueeze(1)).view(-1)
+    v = v.view(-1)
+    word = pos >> 6
+    shift = pos & 63
+    lo = v << shift
+    hi = (v >> (64 - shift).clamp(max=63)) & ((1 << shift) - 1)   # bits that spill into the next word
+    out = torch.zeros((total + 7) // 8 + 2, dtype=torch.int64, device=dev)
+    out.index_add_(0, word, lo)                          # disjoint bits: add == or
+    out.index_add_(0, word + 1, hi)
+    return out.view(torch.uint8)[:total]
 
 
 @dataclass
@@ -219,12 +252,13 @@ def describe(sec: QLCSection) -> dict:
     }
 
 
-def decode_section(sec: QLCSection, section: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def decode_section(sec: QLCSection, section: torch.Tensor, header: Header) -> torch.Tensor:
     """Decode the planes of a parsed section; `section` is the whole stream as a uint8
-    tensor on the target device (plane offsets are absolute)."""
+    tensor on the target device (plane offsets are absolute).  Returns the flat tensor."""
+    dtype = header.dtype
     dev = section.device
     lay = sec.layout
-    n = lay.numel
+    n, chunk, nchunks = lay.numel, lay.chunk, lay.nchunks
     tables = sec.codebook.device_tables(dev)
     off = sec.planes_offset
     views = {}
@@ -232,41 +266,70 @@ def decode_section(sec: QLCSection, section: torch.Tensor, dtype: torch.dtype) -
         views[name] = section[off : off + sec.plane_bytes[name]]
         off += sec.plane_bytes[name]
 
-    modes = lay.modes.to(dev)
-    elem_mode = _elem_chunk_modes(modes, lay.chunk, n)
-    coded = elem_mode == MODE_CODED
-    rawmode = elem_mode == MODE_RAW
-    n_coded = int(lay.elems()[lay.modes == MODE_CODED].sum())
-    sym = torch.zeros(n, dtype=torch.int64, device=dev)
-    if n_coded:
-        sym[coded] = _decode_coded(views, n_coded, coded, lay, tables, sec.plan)
-    n_raw = int(lay.elems()[lay.modes == MODE_RAW].sum())
-    if n_raw:
-        sym[rawmode] = unpack_bits(views["symbol"], sec.plan.symbol_bits, n_raw)
-    raw = torch.zeros(n, dtype=torch.int64, device=dev)
-    if sec.plan.raw_bits and n_coded + n_raw:
-        raw[elem_mode != MODE_ZERO] = unpack_bits(views["raw"], sec.plan.raw_bits, n_coded + n_raw)
-    return sec.plan.merge(sym, raw, dtype)
+    modes = lay.modes
+    elems = lay.elems()
+    coded_rows, raw_rows, nz_rows = (_rows(modes, MODE_CODED).to(dev), _rows(modes, MODE_RAW).to(dev),
+                                     _rows(modes, MODE_CODED, MODE_RAW).to(dev))
+    n_coded = int(elems[modes == MODE_CODED].sum())
+    n_raw = int(elems[modes == MODE_RAW].sum())
+    sym2 = _scatter_rows(nchunks, chunk, [
+        (coded_rows, lambda: _decode_coded(views, n_coded, lay.suffix_len[modes == MODE_CODED].to(dev),
+                                           chunk, tables, sec.plan)),
+        (raw_rows, lambda: _pad_rows(unpack_bits(views["symbol"], sec.plan.symbol_bits, n_raw), chunk)),
+    ], dev)
+    raw = None
+    if sec.plan.raw_bits:
+        raw2 = _scatter_rows(nchunks, chunk, [
+            (nz_rows, lambda: _pad_rows(unpack_bits(views["raw"], sec.plan.raw_bits, n_coded + n_raw), chunk)),
+        ], dev)
+        raw = raw2.view(-1)[:n]
+    return sec.plan.merge(sym2.view(-1)[:n], raw, dtype)
 
 
-def _decode_coded(views, n_coded, coded, lay, tables, plan) -> torch.Tensor:
-    dev = coded.device
-    area = unpack_bits(views["prefix"], PREFIX_BITS, n_coded)
-    width = tables["widths"][area]
-    chunk_of = coded.nonzero().squeeze(1) // lay.chunk
-    bits = torch.zeros(lay.nchunks, dtype=torch.int64, device=dev).index_add_(0, chunk_of, width)
-    suffix_len = lay.suffix_len.to(dev)
-    if bool(((bits + 7) // 8 != suffix_len).any()):
+def _scatter_rows(nchunks: int, chunk: int, parts: list, dev) -> torch.Tensor:
+    """Assemble [nchunks, chunk] from row sets [(rows, make_rows)]; absent rows are zero.
+
+    When one part covers every row its tensor is used as it is (no copy).
+    """
+    made = [(rows, make()) for rows, make in parts if rows.numel()]
+    if len(made) == 1 and made[0][0].numel() == nchunks:
+        return made[0][1]
+    dtype = torch.promote_types(*[m.dtype for _, m in made]) if len(made) > 1 else \
+        (made[0][1].dtype if made else torch.uint8)
+    out = torch.zeros(nchunks, chunk, dtype=dtype, device=dev)
+    for rows, m in made:
+        out.index_copy_(0, rows, m.to(dtype))
+    return out
+
+
+def _decode_coded(views, n_coded: int, chunk_bytes: torch.Tensor, chunk: int, tables, plan) -> torch.Tensor:
+    """Symbols (uint8 [coded chunks, C]) from the prefix and suffix planes."""
+    area = _pad_rows(unpack_bits(views["prefix"], PREFIX_BITS, n_coded), chunk)   # uint8
+    area_idx = area.view(-1).to(torch.int32)                                      # reused as the key below
+    width = tables["widths_u8"].index_select(0, area_idx).view(area.shape)         # uint8
+    if n_coded % chunk:
+        width[-1, n_coded % chunk :] = 0                                          # padding: zero-width codes
+    bits = width.sum(dim=1, dtype=torch.float32).to(torch.int64)                  # exact: < 2^24
+    if bool(((bits + 7) // 8 != chunk_bytes).any()):
         raise FormatError("suffix plane does not match the prefixes (corrupt stream)")
-    pos = _suffix_bit_positions(width, chunk_of, lay.nchunks, suffix_len)
-    plane = torch.cat([views["suffix"], views["suffix"].new_zeros(2)]).to(torch.int64)
-    byte_at = pos >> 3
-    word = plane[byte_at] | (plane[byte_at + 1] << 8)
-    value = (word >> (pos & 7)) & ((1 << width) - 1)
-    rank = tables["first"][area] + value
-    if bool((rank > 255).any()):
+    # exclusive prefix sum inside each chunk; int16 is exact for chunks up to 4096 codes (< 2^15 bits
+    # before the last code; the inclusive sum may wrap, the difference does not)
+    local = torch.cumsum(width, dim=1, dtype=torch.int16 if chunk <= 4096 else torch.int32)
+    local -= width
+    start = torch.cumsum(chunk_bytes, 0) - chunk_bytes
+    idx_dtype = torch.int32 if int(chunk_bytes.sum()) < (1 << 31) - 8 else torch.int64
+    byte_at = (local >> 3).to(idx_dtype)
+    byte_at += start.to(idx_dtype).unsqueeze(1)
+    plane = torch.cat([views["suffix"], views["suffix"].new_zeros(2)]).to(torch.int32)
+    pairs = plane[:-1] | (plane[1:] << 8)                                         # 16 bits from each byte offset
+    value = pairs.index_select(0, byte_at.view(-1)).view(area.shape)
+    value >>= local.bitwise_and_(7)
+    value &= tables["masks"].index_select(0, area_idx).view(area.shape)
+    # key = area * 256 + suffix -> symbol; keys past the rank table map to -1
+    value += area_idx.view(area.shape).bitwise_left_shift_(8)
+    sym = tables["decode"].index_select(0, value.view(-1)).view(area.shape)
+    if bool((sym < 0).any()):
         raise FormatError("code names a rank past the table (corrupt stream)")
-    sym = tables["symbols"][rank]
     if plan.symbol_bits < 8 and bool((sym >> plan.symbol_bits).any()):
         raise FormatError(f"decoded symbol exceeds {plan.symbol_bits} bits (corrupt stream or codebook)")
-    return sym
+    return sym                                                                    # int16

@@ -28,37 +28,44 @@ class Plan:
     item_bits: int     # bits per element
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split a 1-D contiguous tensor into (symbols int64, raw int64)."""
-        x = element_bits(flat)
+        """Split a 1-D contiguous tensor into (symbols, raw).
+
+        symbols: uint8.  raw: the narrowest of uint8 / int16 / int32 holding
+        `raw_bits` non-negative bits (empty for the byte plan).
+        """
         if self.name == "byte":
-            return x, torch.zeros_like(x)
+            return flat.view(torch.uint8), flat.new_empty(0, dtype=torch.uint8)
         if self.name == "bf16_exp":
-            return (x >> 7) & 0xFF, ((x >> 8) & 0x80) | (x & 0x7F)
+            x = flat.view(torch.int16)
+            return (x >> 7).to(torch.uint8), (((x >> 8) & 0x80) | (x & 0x7F)).to(torch.uint8)
         if self.name == "fp16_hi":
-            return (x >> 8) & 0xFF, x & 0xFF
+            x = flat.view(torch.int16)
+            return (x >> 8).to(torch.uint8), x.to(torch.uint8)
         if self.name == "fp16_exp":
-            return (x >> 10) & 0x1F, ((x >> 5) & 0x400) | (x & 0x3FF)
+            x = flat.view(torch.int16)
+            return ((x >> 10) & 0x1F).to(torch.uint8), ((x >> 5) & 0x400) | (x & 0x3FF)
         if self.name == "fp32_exp":
-            return (x >> 23) & 0xFF, ((x >> 8) & 0x800000) | (x & 0x7FFFFF)
+            x = flat.view(torch.int32)
+            return (x >> 23).to(torch.uint8), ((x >> 8) & 0x800000) | (x & 0x7FFFFF)
         raise AssertionError(self.name)
 
     def merge(self, symbols: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Inverse of :meth:`split`; returns a 1-D tensor of `dtype`."""
-        s = symbols.to(torch.int64)
-        r = raw.to(torch.int64)
+        """Inverse of :meth:`split` (any integer dtypes in); returns a 1-D tensor of `dtype`."""
         if self.name == "byte":
-            x = s
-        elif self.name == "bf16_exp":
+            return symbols.to(torch.uint8).view(dtype)
+        if self.name == "fp32_exp":
+            s, r = symbols.to(torch.int32), raw.to(torch.int32)
+            return (((r & 0x800000) << 8) | (s << 23) | (r & 0x7FFFFF)).view(dtype)
+        s, r = symbols.to(torch.int16), raw.to(torch.int16)
+        if self.name == "bf16_exp":
             x = ((r & 0x80) << 8) | (s << 7) | (r & 0x7F)
         elif self.name == "fp16_hi":
-            x = (s << 8) | r
+            x = (s << 8) | (r & 0xFF)
         elif self.name == "fp16_exp":
             x = ((r & 0x400) << 5) | (s << 10) | (r & 0x3FF)
-        elif self.name == "fp32_exp":
-            x = ((r & 0x800000) << 8) | (s << 23) | (r & 0x7FFFFF)
         else:
             raise AssertionError(self.name)
-        return bits_to_elements(x, dtype)
+        return x.view(dtype)
 
 
 PLANS: dict[str, Plan] = {
@@ -72,26 +79,6 @@ PLANS: dict[str, Plan] = {
     )
 }
 PLANS_BY_ID = {p.plan_id: p for p in PLANS.values()}
-
-_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
-_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
-
-
-def element_bits(flat: torch.Tensor) -> torch.Tensor:
-    """Bit patterns of a 1-D contiguous 1-, 2- or 4-byte tensor as non-negative int64."""
-    size = flat.element_size()
-    return flat.view(_INT_VIEW[size]).to(torch.int64) & _MASK[size]
-
-
-def bits_to_elements(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of :func:`element_bits`."""
-    size = torch.empty(0, dtype=dtype).element_size()
-    if size == 1:
-        return bits.to(torch.uint8).view(dtype)
-    if size == 2:
-        return (bits - ((bits & 0x8000) << 1)).to(torch.int16).view(dtype)
-    return (bits - ((bits & 0x80000000) << 1)).to(torch.int32).view(dtype)
-
 
 def candidate_plans(dtype: torch.dtype) -> list[Plan]:
     """Plans that can code `dtype`, best default first; empty when the dtype is stored raw."""
