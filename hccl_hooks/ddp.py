@@ -1,0 +1,166 @@
+"""DDP communication hooks: lossless compressed gradient averaging, and its uncompressed baseline.
+
+Both hooks average each bucket by summing the ranks' gradients in rank order in
+float32 (qlccomm.collectives.reference_all_reduce), so a model trained with
+`qlc_allreduce_hook` ends bit-identical to one trained with
+`ordered_allreduce_hook`.  PyTorch's own `allreduce_hook` sums in the order of
+its ring, which no compressed scheme can reproduce.
+"""
+import threading
+
+import torch
+import torch.distributed as dist
+
+import qlccomm
+from qlccomm.codebook import Codebook, fit_codebook
+from qlccomm.collectives import DEFAULT_MIN_COMPRESS_BYTES, WireStats, reference_all_reduce
+from qlccomm.split import candidate_plans
+from qlccomm.wire import all_gather_fixed
+
+_COUNTERS = ("calls", "compressed_calls", "raw_bytes", "coded_bytes", "sent_bytes", "plain_bytes", "meta_bytes")
+
+
+class QLCStats:
+    """Bytes before and after coding, per bucket index and cumulative.
+
+    `buckets[i]` and `total` hold: calls, compressed_calls, raw_bytes (bucket bytes
+    before coding), coded_bytes (bytes after coding), sent_bytes / plain_bytes (bytes
+    this rank put on the wire, and would have without coding), meta_bytes
+    (handshakes).  Note that DDP renumbers buckets after its first iteration.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.buckets = {}
+        self.total = dict.fromkeys(_COUNTERS, 0)
+        self.last = None
+
+    def record(self, index, ws):
+        with self._lock:
+            b = self.buckets.setdefault(index, dict.fromkeys(_COUNTERS, 0))
+            for d in (b, self.total):
+                d["calls"] += 1
+                d["compressed_calls"] += int(ws.compressed)
+                d["raw_bytes"] += ws.raw_bytes
+                d["coded_bytes"] += ws.coded_bytes
+                d["sent_bytes"] += ws.sent_bytes
+                d["plain_bytes"] += ws.plain_bytes
+                d["meta_bytes"] += ws.meta_bytes
+            self.last = ws
+
+    @property
+    def saved_bytes(self):
+        """Wire bytes saved so far (plain minus sent)."""
+        return self.total["plain_bytes"] - self.total["sent_bytes"]
+
+    @property
+    def ratio(self):
+        """Coding ratio so far: bytes before coding / bytes after."""
+        return self.total["raw_bytes"] / self.total["coded_bytes"] if self.total["coded_bytes"] else 1.0
+
+    def reset(self):
+        with self._lock:
+            self.buckets.clear()
+            self.total = dict.fromkeys(_COUNTERS, 0)
+            self.last = None
+
+    def summary(self):
+        t = self.total
+        return (f"{t['calls']} calls ({t['compressed_calls']} coded): {t['raw_bytes']} B -> {t['coded_bytes']} B "
+                f"coded (x{self.ratio:.3f}); on the wire {t['sent_bytes']} B vs {t['plain_bytes']} B plain, "
+                f"saved {self.saved_bytes} B")
+
+
+class QLCState:
+    """State of `qlc_allreduce_hook`.
+
+    process_group: the group to reduce over (None: the default group).
+    codebook: "adaptive" (each payload embeds a code fitted to it), "default" (the
+        built-in per-dtype codebooks), a Codebook, a {dtype: Codebook} dict, or a
+        codebook file.  Every rank must use the same; a mismatch raises on every rank.
+    min_compress_bytes: buckets smaller than this travel uncoded (same arithmetic).
+    refit_every: every that many hook calls, fit a codebook on the averaged gradient of
+        the current bucket (identical on every rank, so the digests agree) and use it,
+        referenced by digest, from then on.  0 never refits.
+    codec: "qlc" (default), "enec" or "raw" (no coding; for measurements).
+    """
+
+    def __init__(self, process_group=None, codebook="adaptive", min_compress_bytes=DEFAULT_MIN_COMPRESS_BYTES,
+                 refit_every=0, codec="qlc"):
+        if refit_every < 0:
+            raise ValueError("refit_every must be >= 0")
+        self.process_group = process_group
+        self.codebook = codebook
+        self.min_compress_bytes = min_compress_bytes
+        self.refit_every = int(refit_every)
+        self.codec = codec
+        self.stats = QLCStats()
+        self.calls = 0
+        self.fitted = {}     # dtype -> Codebook from the latest refit
+        self._loaded = {}    # dtype -> Codebook loaded from a file
+
+    def codebook_for(self, dtype):
+        """The codebook argument for a bucket of `dtype`."""
+        if dtype in self.fitted:
+            return self.fitted[dtype]
+        cb = self.codebook
+        if cb is None or isinstance(cb, (Codebook, dict)) or cb in ("adaptive", "default"):
+            return cb
+        if dtype not in self._loaded:
+            self._loaded[dtype] = Codebook.load(cb, dtype=dtype)
+        return self._loaded[dtype]
+
+    def refit(self, tensor):
+        """Fit the codebook for `tensor.dtype` on `tensor` (call with data identical on every rank)."""
+        if candidate_plans(tensor.dtype) and tensor.numel():
+            self.fitted[tensor.dtype] = fit_codebook(tensor.detach().reshape(-1))
+
+
+def qlc_allreduce_hook(state, bucket):
+    """Average the bucket's gradients with a lossless compressed all-reduce.
+
+    The future's value is the averaged gradient, as with PyTorch's `allreduce_hook`;
+    every rank gets identical bits.  Bytes before and after coding go to
+    `state.stats`.
+
+    Example::
+        >>> state = QLCState(process_group=None, codebook="adaptive")
+        >>> ddp_model.register_comm_hook(state, qlc_allreduce_hook)
+    """
+    buf = bucket.buffer()
+    ws = WireStats()
+    state.calls += 1
+    refit = state.refit_every > 0 and state.calls % state.refit_every == 0
+    work = qlccomm.all_reduce(buf, op=dist.ReduceOp.AVG, group=state.process_group, async_op=True,
+                              codec=state.codec, codebook=state.codebook_for(buf.dtype),
+                              min_compress_bytes=state.min_compress_bytes, stats=ws)
+    state.stats.record(bucket.index(), ws)
+    if refit:
+        # synchronous, so that every rank switches codebooks before its next bucket
+        work.wait()
+        state.refit(buf)
+    return work.get_future().then(lambda fut: fut.value())
+
+
+def ordered_allreduce_hook(process_group, bucket):
+    """Uncompressed gradient averaging with the arithmetic of `qlc_allreduce_hook`.
+
+    Gathers every rank's bucket and reduces in rank order in float32: the baseline a
+    compressed run is bit-identical to.  The state is a process group (None: the
+    default group) or a QLCState.
+
+    Example::
+        >>> ddp_model.register_comm_hook(None, ordered_allreduce_hook)
+    """
+    group = getattr(process_group, "process_group", process_group)
+    buf = bucket.buffer()
+    world = dist.get_world_size(group)
+    gathered = torch.empty(world * buf.numel(), dtype=buf.dtype, device=buf.device)
+    work = all_gather_fixed(gathered.view(torch.uint8), buf.reshape(-1).view(torch.uint8), group, async_op=True)
+
+    def average(fut):
+        fut.value()
+        buf.copy_(reference_all_reduce(list(gathered.view(world, -1)), op=dist.ReduceOp.AVG).view_as(buf))
+        return buf
+
+    return work.get_future().then(average)
