@@ -194,6 +194,13 @@ def _bytes(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1).view(torch.uint8)
 
 
+def _from_bytes(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """View uint8 bytes as `dtype` (copied first when they do not start on an element boundary)."""
+    if buf.storage_offset() % torch.empty(0, dtype=dtype).element_size():
+        buf = buf.clone()
+    return buf.view(dtype)
+
+
 def _shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
     """Shard i of n elements: sizes differ by at most one, the larger ones first."""
     base, extra = divmod(n, world)
@@ -216,8 +223,10 @@ def _group_info(group) -> tuple[int, int] | None:
     return rank, dist.get_world_size(group)
 
 
-def _threshold(min_compress_bytes) -> int:
-    return DEFAULT_MIN_COMPRESS_BYTES if min_compress_bytes is None else int(min_compress_bytes)
+def _worth_coding(nbytes: int, min_compress_bytes) -> bool:
+    """Code messages of at least `min_compress_bytes` (default DEFAULT_MIN_COMPRESS_BYTES); never empty ones."""
+    threshold = DEFAULT_MIN_COMPRESS_BYTES if min_compress_bytes is None else int(min_compress_bytes)
+    return nbytes > 0 and nbytes >= threshold
 
 
 def _meta_bytes(n_extra: int, world: int) -> int:
@@ -299,7 +308,7 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     try:
         hs.op = opcode = _opcode(op)
         _accumulate_dtype(dtype, opcode)
-        coding = _resolve_coding(dtype, codec, codebook) if n * isz >= _threshold(min_compress_bytes) else _RAW
+        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz, min_compress_bytes) else _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded:
             payloads = [_encode(flat[s:e], coding) if j != rank else torch.empty(0, dtype=torch.uint8, device=t.device)
@@ -340,7 +349,7 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
         if coding.coded:
             parts = [own if i == rank else _decode(chunks[i], coding, dtype, own_e - own_s, i) for i in range(world)]
         else:
-            parts = [own if i == rank else chunks[i].view(dtype) for i in range(world)]
+            parts = [own if i == rank else _from_bytes(chunks[i], dtype) for i in range(world)]
         reduced = _reduce(parts, opcode, dtype)
         if coding.coded:
             p2 = _encode(reduced, coding)
@@ -376,7 +385,7 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
             elif coding.coded:
                 out[s:e] = _decode(gathered[i * block : i * block + sizes2[i]], coding, dtype, e - s, i)
             else:
-                out[s:e] = gathered[i * block : i * block + sizes2[i]].view(dtype)
+                out[s:e] = _from_bytes(gathered[i * block : i * block + sizes2[i]], dtype)
         t.copy_(out.view(t.shape))
 
     return _complete(work, finish, async_op, t)
@@ -404,7 +413,7 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
         hs.op = opcode = _opcode(op)
         _accumulate_dtype(dtype, opcode)
         flat = inp.reshape(-1)
-        coding = _resolve_coding(dtype, codec, codebook) if n * isz * world >= _threshold(min_compress_bytes) \
+        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz * world, min_compress_bytes) \
             else _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded:
@@ -447,7 +456,7 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
             elif coding.coded:
                 parts.append(_decode(chunks[i], coding, dtype, n, i))
             else:
-                parts.append(chunks[i].view(dtype))
+                parts.append(_from_bytes(chunks[i], dtype))
         out.copy_(_reduce(parts, opcode, dtype).view(out.shape))
 
     return _complete(work, finish, async_op, out)
@@ -473,7 +482,7 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
                              f"inp's dtype; got {out.numel()} of {out.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_gather_into_tensor needs a contiguous out")
-        coding = _resolve_coding(dtype, codec, codebook) if n * isz >= _threshold(min_compress_bytes) else _RAW
+        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz, min_compress_bytes) else _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded:
             payload = _encode(inp.reshape(-1), coding)
@@ -540,7 +549,7 @@ def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None
     try:
         if not 0 <= src_g < world:
             raise ValueError(f"broadcast src {src} is not in the group")
-        coding = _resolve_coding(dtype, codec, codebook) if n * isz >= _threshold(min_compress_bytes) else _RAW
+        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz, min_compress_bytes) else _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded and rank == src_g:
             payload = _encode(t.reshape(-1), coding)
@@ -627,7 +636,7 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
             out_bounds.append((s, s + k * out_row))
             s += k * out_row
         coding = _resolve_coding(dtype, codec, codebook)
-        coded = coding.coded and inp.numel() * isz >= _threshold(min_compress_bytes)
+        coded = coding.coded and _worth_coding(inp.numel() * isz, min_compress_bytes)
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coded else PATH_PLAIN
         if coded:
             payloads = [_encode(flat[a:b], coding) if j != rank else flat.new_empty(0, dtype=torch.uint8)
@@ -682,6 +691,6 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
             if paths[i] == PATH_CODED:
                 out_flat[a:b] = _decode(chunks[i], coding, dtype, b - a, i)
             else:
-                out_flat[a:b] = chunks[i].view(dtype)
+                out_flat[a:b] = _from_bytes(chunks[i], dtype)
 
     return _complete(work, finish, async_op, out)
