@@ -403,7 +403,7 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
     st = _stats(stats, "reduce_scatter_tensor")
     dtype, isz = inp.dtype, inp.element_size()
     n = out.numel()
-    st.raw_bytes = st.coded_bytes = inp.numel() * isz
+    st.raw_bytes = st.coded_bytes = (inp.numel() - n) * isz if world > 1 else 0
     hs = Handshake("reduce_scatter_tensor", dtype=dtype, numel=inp.numel(), extra=[0] * world)
     payloads = None
     try:
@@ -612,7 +612,6 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
     rank, world = info
     st = _stats(stats, "all_to_all_single")
     dtype, isz = inp.dtype, inp.element_size()
-    st.raw_bytes = st.coded_bytes = inp.numel() * isz
     hs = Handshake("all_to_all_single", dtype=dtype, numel=0, extra=[0] * (3 * world))
     payloads = None
     try:
@@ -670,10 +669,9 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
     send_sizes = [p.numel() for p in payloads]
     recv_sizes = [rows[i][N_FIXED + rank] for i in range(world)]
     st.sent_bytes = sum(send_sizes)
-    st.plain_bytes = sum(b - a for j, (a, b) in enumerate(in_bounds) if j != rank) * isz
+    st.plain_bytes = st.raw_bytes = sum(b - a for j, (a, b) in enumerate(in_bounds) if j != rank) * isz
     st.compressed = hs.path == PATH_CODED
-    if st.compressed:
-        st.coded_bytes = st.sent_bytes
+    st.coded_bytes = st.sent_bytes
     out_flat = out.view(-1)
     a, b = out_bounds[rank]
     out_flat[a:b] = flat[in_bounds[rank][0]:in_bounds[rank][1]]

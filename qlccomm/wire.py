@@ -211,9 +211,12 @@ def _check_agreement(name: str, rows: list[list[int]], checks: tuple[int, ...]) 
 class WireStats:
     """Bytes of one collective call, as seen by this rank.
 
-    raw_bytes      the tensor bytes this rank contributes (input size).
-    coded_bytes    the bytes of the payloads this rank encoded (frames included), or raw_bytes
-                   when the call went through the plain path.
+    raw_bytes      uncoded bytes of the data this rank sends: all of it for all_reduce (its
+                   other ranks' shards, then its reduced shard), the shards of the other ranks
+                   for reduce_scatter and all_to_all, its input for all_gather, the tensor
+                   for broadcast.
+    coded_bytes    the same data after coding (frames included); equal to raw_bytes when the
+                   call took the uncoded route.
     sent_bytes     payload bytes this rank puts on the wire, in the per-rank convention of a ring
                    (an all-gather of blocks of B bytes costs (W-1)*B per rank), padding included.
     plain_bytes    sent_bytes of the same collective without compression.
