@@ -1,0 +1,778 @@
+"""ENEC codec, torch path: block-based fixed-length exponent code (docs/format.md, "ENEC section").
+
+Each element splits (qlccomm.split plans bf16_exp / fp16_exp / fp32_exp) into an
+E-bit exponent `e` (E = 8, 5, 8) and raw bits (sign + mantissa, 8 / 11 / 24 bits).
+The exponent is coded against per-tensor parameters b, n, m:
+
+    y = (b - e) mod 2^n               (0 <= y < 2^n; exceptions get y = 0)
+    e = (b - d) mod 2^E,  d = y if y < 2^(n-1) else y - 2^n
+
+so the window of codable exponents is [b - 2^(n-1) + 1, b + 2^(n-1)] (mod 2^E);
+n = 0 codes only e = b.  Exponents outside the window are *exceptions*, stored as
+(block-local position, raw exponent).  Elements live in blocks of B = 16384;
+a block is a [L, G] matrix (L = 16, G = B / L = 1024) whose column j is group j =
+{j + G*k : k < L}.  The low m bits of every y go to the low plane at fixed width m;
+a group whose members all have y < 2^m is unflagged, otherwise flagged, and the
+flagged groups' members' high n - m bits go, group after group, to the high plane.
+Decoding is shifts, masks, gathers and a compaction of the flags: no loop over
+elements, groups or blocks.
+
+Parameter search (encoder only; the stream just records b, n, m, L, B): over the
+declared space b in [0, 2^E), n in [0, E], m in [0, n] it minimises the section's
+byte size.  Every term but the flagged-group count F follows exactly from the
+exponent histogram; F comes from per-group keys (the set of bit lengths of the
+non-negative distances b - e in the group, and the smallest bit length of the
+negative ones) counted over the coded blocks.  When a tensor has more than
+SAMPLE_BLOCKS coded blocks, F is estimated on SAMPLE_BLOCKS evenly spaced full
+coded blocks (block (2i+1)*Kc // (2*SAMPLE_BLOCKS) of the Kc coded full blocks,
+i < SAMPLE_BLOCKS), scaled to all groups and never below the lower bound
+ceil(flagged elements / L); otherwise the search is exact.  Candidates b are
+visited in order of a lower bound computed from the histogram (branch and
+bound), so the search stays exact while evaluating few b.  Ties go to the
+smallest (size, n, m, b).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import FormatError
+from .format import ByteSource, Header
+from .split import PLANS, PLANS_BY_ID, Plan
+
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+_PLAN_OF = {torch.bfloat16: PLANS["bf16_exp"], torch.float16: PLANS["fp16_exp"], torch.float32: PLANS["fp32_exp"]}
+_INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+
+BLOCK_ELEMS = 16384          # elements per block (the writer's B)
+GROUP_ELEMS = 16             # members per group (the writer's L)
+MAX_BLOCK_ELEMS = 1 << 20
+MAX_GROUP_ELEMS = 255
+SAMPLE_BLOCKS = 8            # the search is exact up to this many coded blocks
+_B_BATCH = 16                # candidate b evaluated together
+MODE_ZERO, MODE_CODED = 0, 1
+
+# plan id, b, n, m, L, block size B, block count K, flagged groups F, exceptions X
+_HEAD = struct.Struct("<BBBBBIIQQ")
+HEAD_BYTES = _HEAD.size
+
+
+# ---------------------------------------------------------------------------------------------
+# bit planes (docs/format.md "Bit planes"); same bytes as qlccomm.bitpack, faster on uint8 input
+# ---------------------------------------------------------------------------------------------
+
+def _nbytes(n: int, width: int) -> int:
+    return (width // 8) * n + (n * (width % 8) + 7) // 8
+
+
+def _i64(x: int) -> int:
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _lanes(pattern: int, period: int) -> int:
+    v = 0
+    for s in range(0, 64, period):
+        v |= pattern << s
+    return _i64(v)
+
+
+def _pack_narrow(v: torch.Tensor, w: int) -> torch.Tensor:
+    """Pack uint8 values < 2^w (1 <= w <= 7): value i at stream bits [i*w, (i+1)*w).
+
+    Eight values fill one little-endian int64 (one per byte); three in-place
+    shift/mask rounds squeeze them to their low 8*w bits, whose first w bytes
+    are the packed bytes."""
+    n = v.numel()
+    g = (n + 7) // 8
+    buf = torch.zeros(g * 8, dtype=torch.uint8, device=v.device)
+    buf[:n] = v
+    x = buf.view(torch.int64)
+    t = torch.empty_like(x)
+    for step, keep in ((0, 8), (1, 16), (2, 32)):
+        hi_mask = _lanes(((1 << keep) - 1) << keep, 2 * keep)
+        torch.bitwise_and(x, hi_mask, out=t)
+        x ^= t
+        t >>= keep - (w << step)
+        x |= t
+    out = x.view(torch.uint8).view(g, 8)[:, :w].reshape(-1)
+    return out[: (n * w + 7) // 8]
+
+
+def _unpack_narrow(d: torch.Tensor, w: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_narrow`: n uint8 values from ceil(n*w/8) bytes."""
+    g = (n + 7) // 8
+    buf = torch.zeros(g, 8, dtype=torch.uint8, device=d.device)
+    full = d.numel() // w
+    if full:
+        buf[:full, :w] = d[: full * w].view(full, w)
+    if full < g:
+        buf[full, : d.numel() - full * w] = d[full * w :]
+    x = buf.view(-1).view(torch.int64)
+    t = torch.empty_like(x)
+    for step, keep in ((2, 32), (1, 16), (0, 8)):
+        part = w << step                       # bits per half-lane now
+        torch.bitwise_and(x, _lanes(((1 << part) - 1) << part, 2 * keep), out=t)
+        x ^= t
+        t <<= keep - part
+        x |= t
+    return x.view(torch.uint8)[:n]
+
+
+def _pack(v: torch.Tensor, width: int) -> torch.Tensor:
+    """Values (non-negative, < 2^width, any integer dtype) as bit planes."""
+    if width == 0 or v.numel() == 0:
+        return torch.empty(0, dtype=torch.uint8, device=v.device)
+    parts = [(v if p == 0 else v >> (8 * p)).to(torch.uint8) for p in range(width // 8)]
+    rest = width % 8
+    if rest:
+        top = v >> (8 * (width // 8)) if width >= 8 else v
+        parts.append(_pack_narrow(top.to(torch.uint8), rest))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _unpack_bytes(d: torch.Tensor, width: int, n: int) -> list[torch.Tensor]:
+    """Bit planes of n values as uint8 tensors: byte planes (bits 0-7, 8-15, ...) then the
+    top width % 8 bits unpacked."""
+    planes = [d[p * n : (p + 1) * n] for p in range(width // 8)]
+    if width % 8:
+        planes.append(_unpack_narrow(d[(width // 8) * n :], width % 8, n))
+    return planes
+
+
+def _unpack_u8(d: torch.Tensor, width: int, n: int) -> torch.Tensor:
+    """n values of width <= 8 bits as a fresh, writable uint8 tensor."""
+    if width == 0 or n == 0:
+        return torch.zeros(n, dtype=torch.uint8, device=d.device)
+    if width == 8:
+        return d.clone()
+    return _unpack_narrow(d, width, n)
+
+
+def _unpack_int(d: torch.Tensor, width: int, n: int) -> torch.Tensor:
+    """n values of width <= 31 bits as int32."""
+    out = torch.zeros(n, dtype=torch.int32, device=d.device)
+    for p, plane in enumerate(_unpack_bytes(d, width, n)):
+        out |= plane.to(torch.int32) << (8 * p)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Blocks of one tensor.  The last block is a *tail* when it is shorter than B: it
+    has Gt = ceil(Bt / L) groups and is padded to L*Gt with virtual elements (y = 0)."""
+
+    numel: int
+    B: int
+    L: int
+
+    @property
+    def G(self) -> int:
+        return self.B // self.L
+
+    @property
+    def K(self) -> int:
+        return -(-self.numel // self.B)
+
+    @property
+    def Bt(self) -> int:
+        return self.numel - (self.K - 1) * self.B
+
+    @property
+    def tail(self) -> bool:
+        return self.Bt < self.B
+
+    @property
+    def KA(self) -> int:
+        """Full-size blocks (all but a tail)."""
+        return self.K - 1 if self.tail else self.K
+
+    @property
+    def Gt(self) -> int:
+        return -(-self.Bt // self.L) if self.tail else 0
+
+    @property
+    def pos_bits(self) -> int:
+        return (self.B - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class _Coded:
+    """Which blocks are coded; sizes of the coded part."""
+
+    geo: _Geometry
+    coded_full: list[int]        # indices of coded full-size blocks
+    tail_coded: bool
+
+    @property
+    def KcA(self) -> int:
+        return len(self.coded_full)
+
+    @property
+    def Kc(self) -> int:
+        return self.KcA + int(self.tail_coded)
+
+    @property
+    def Gc(self) -> int:
+        return self.KcA * self.geo.G + (self.geo.Gt if self.tail_coded else 0)
+
+    @property
+    def Nv(self) -> int:
+        """Coded elements including the tail's virtual ones."""
+        return self.Gc * self.geo.L
+
+    @property
+    def Nr(self) -> int:
+        """Real elements of coded blocks."""
+        return self.KcA * self.geo.B + (self.geo.Bt if self.tail_coded else 0)
+
+    @property
+    def all_coded(self) -> bool:
+        return self.KcA == self.geo.KA and (self.tail_coded or not self.geo.tail)
+
+
+def _plane_sizes(geo: _Geometry, cod: _Coded, E: int, R: int, n: int, m: int, F: int, X: int) -> dict:
+    return {
+        "flags": (cod.Gc + 7) // 8 if m < n else 0,
+        "low": _nbytes(cod.Nv, m),
+        "high": _nbytes(F * geo.L, n - m),
+        "exc_pos": _nbytes(X, geo.pos_bits),
+        "exc_exp": _nbytes(X, E),
+        "raw": _nbytes(cod.Nr, R),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter search
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _tables(E: int):
+    """Static per-E tables over (b, e) and the (n, m) pairs."""
+    A = 1 << E
+    b = np.arange(A)[:, None]
+    e = np.arange(A)[None, :]
+    u = (b - e) % A
+    s = np.where(u >= A // 2, u - A, u)                      # signed distance b - e
+    bitlen = np.vectorize(lambda x: int(x).bit_length())
+    p = np.where(s >= 0, bitlen(np.maximum(s, 0)), -1)       # bit length of s >= 0
+    q = np.where(s < 0, bitlen(np.maximum(-s - 1, 0)), -1)   # bit length of -s-1 for s < 0
+    pbit = np.where(p >= 0, 1 << np.maximum(p, 0), 0).astype(np.uint8)
+    qval = np.where(q >= 0, q, E).astype(np.uint8)
+    pairs = [(n, m) for n in range(E + 1) for m in range(n + 1)]
+    pn = np.array([n for n, _ in pairs])
+    pm = np.array([m for _, m in pairs])
+    nkeys = A * (E + 1)
+    key = np.arange(nkeys)
+    P, Q = key % A, key // A
+    flag = np.zeros((nkeys, len(pairs)), dtype=np.int64)
+    for i, (n, m) in enumerate(pairs):
+        if m < n:
+            band = ((1 << n) - 1) ^ ((1 << (m + 1)) - 1)     # bit lengths m+1 .. n-1
+            flag[:, i] = ((P & band) != 0) | (Q <= n - 1)
+    return {"p": p, "q": q, "pbit": pbit, "qval": qval, "pn": pn, "pm": pm, "pairs": pairs,
+            "flag": flag, "nkeys": nkeys}
+
+
+def _nbytes_np(n, width):
+    return (width // 8) * n + (n * (width % 8) + 7) // 8
+
+
+@dataclass
+class _Choice:
+    b: int
+    n: int
+    m: int
+    X: int
+    cost: float
+    exact: bool
+    evaluated_b: int = 0
+
+
+def _search(hist: np.ndarray, sample: np.ndarray, scale: float, exact: bool, geo: _Geometry,
+            cod: _Coded, E: int) -> _Choice:
+    """Pick (b, n, m).  hist: exponent histogram of the coded real elements (int64 [2^E]).
+    sample: exponents of the sampled groups as a member-major [L, groups] uint8 array.
+    scale: coded groups / sampled groups."""
+    T = _tables(E)
+    A = 1 << E
+    L = geo.L
+    pn, pm = T["pn"], T["pm"]
+    total = int(hist.sum())
+    # element-level counts per b: CP[b, p] (s >= 0 of bit length p), CQ[b, q] (s < 0)
+    CP = np.stack([(hist[None, :] * (T["p"] == k)).sum(1) for k in range(E)], 1)
+    CQ = np.stack([(hist[None, :] * (T["q"] == k)).sum(1) for k in range(E)], 1)
+    cp = np.concatenate([np.zeros((A, 1), np.int64), np.cumsum(CP, 1)], 1)   # cp[:, k] = sum_{p<k}
+    cq = np.concatenate([np.zeros((A, 1), np.int64), np.cumsum(CQ, 1)], 1)
+    inwin = np.where(pn == 0, CP[:, [0]], cp[:, pn] + cq[:, pn])             # [A, pairs]
+    X = total - inwin
+    nflag = np.where(pm < pn, (cp[:, pn] - cp[:, np.minimum(pm + 1, pn)]) + cq[:, pn], 0)
+    f_lb = -(-nflag // L)
+    w = pn - pm
+    base = np.where(pm < pn, (cod.Gc + 7) // 8, 0) + _nbytes_np(cod.Nv, pm)
+    exc = np.where(X > 0, 4 * geo.K + _nbytes_np(X, geo.pos_bits) + _nbytes_np(X, E), 0)
+
+    def cost(F):
+        hi = _nbytes_np(F * L, w) if exact else F * L * w / 8.0
+        return base + hi + exc
+
+    lb = cost(f_lb)                                   # [A, pairs]; exact where m == n
+    lb_b = lb.min(1)
+    order = sorted(range(A), key=lambda bb: (lb_b[bb], bb))
+    best = None
+    pairs = T["pairs"]
+    done = 0
+    i = 0
+    g = sample.shape[1]
+    flat = sample.reshape(-1).astype(np.intp)
+    while i < A:
+        if best is not None and lb_b[order[i]] > best[0]:
+            break
+        batch = order[i : i + _B_BATCH]
+        i += len(batch)
+        bs = np.array(batch)
+        P = np.bitwise_or.reduce(T["pbit"][bs][:, flat].reshape(len(bs), L, g), axis=1).astype(np.int64)
+        Q = T["qval"][bs][:, flat].reshape(len(bs), L, g).min(axis=1).astype(np.int64)
+        keys = P + A * Q + (np.arange(len(bs)) * T["nkeys"])[:, None]
+        H = np.bincount(keys.reshape(-1), minlength=len(bs) * T["nkeys"]).reshape(len(bs), -1)
+        used = np.flatnonzero(H.any(0))
+        F = H[:, used] @ T["flag"][used]                        # flagged sampled groups [nb, pairs]
+        if not exact:                                           # (integer matmul: no BLAS)
+            F = np.maximum(F * scale, f_lb[bs])
+        c = base + (_nbytes_np(F * L, w) if exact else F * L * w / 8.0) + exc[bs]
+        c = np.where(pm[None, :] < pn[None, :], c, lb[bs])     # m == n: no flags, exact
+        done += len(bs)
+        cc = c.ravel()
+        nn = np.broadcast_to(pn, c.shape).ravel()
+        mm = np.broadcast_to(pm, c.shape).ravel()
+        bb = np.broadcast_to(bs[:, None], c.shape).ravel()
+        j = np.lexsort((bb, mm, nn, cc))[0]              # smallest (cost, n, m, b)
+        cand = (float(cc[j]), int(nn[j]), int(mm[j]), int(bb[j]))
+        if best is None or cand < best:
+            best = cand
+            best_x = int(X[cand[3], pairs.index((cand[1], cand[2]))])
+    cst, n, m, b = best
+    return _Choice(b, n, m, best_x, cst, exact, done)
+
+
+def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[np.ndarray, float, bool]:
+    """Member-major [L, groups] exponents of the groups the search looks at."""
+    L, G, B = geo.L, geo.G, geo.B
+    exact = cod.Kc <= SAMPLE_BLOCKS
+    cols = []
+    if exact:
+        if cod.KcA:
+            cols.append(ec[: cod.KcA * B].view(cod.KcA, L, G).permute(1, 0, 2).reshape(L, -1))
+        if cod.tail_coded:
+            t = ec[cod.KcA * B :]
+            idx = torch.arange(L * geo.Gt, device=ec.device)
+            idx = torch.where(idx < geo.Bt, idx, idx % geo.Gt)   # virtual members copy member 0
+            cols.append(t.index_select(0, idx).view(L, geo.Gt))
+        groups = cod.Gc
+    else:
+        pick = [((2 * i + 1) * cod.KcA) // (2 * SAMPLE_BLOCKS) for i in range(SAMPLE_BLOCKS)]
+        rows = ec[: cod.KcA * B].view(cod.KcA, B).index_select(0, torch.tensor(pick, device=ec.device))
+        cols.append(rows.view(SAMPLE_BLOCKS, L, G).permute(1, 0, 2).reshape(L, -1))
+        groups = SAMPLE_BLOCKS * G
+    sample = torch.cat(cols, 1).cpu().numpy()
+    return sample, cod.Gc / groups, exact
+
+
+# ---------------------------------------------------------------------------------------------
+# split / merge of the element bits (the plans' layout, computed on bytes)
+# ---------------------------------------------------------------------------------------------
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    """The low byte of each integer of x, as a fresh uint8 tensor (modular conversion)."""
+    out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    out.copy_(x)
+    return out
+
+
+def _split(flat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Exponents (uint8) and the raw bits as the raw plane's byte planes (uint8), the last
+    one unpacked when the raw width is not a whole number of bytes.  Same bits as the
+    plans' split; written with in-place and same-dtype operations, which avoid large
+    temporaries."""
+    if flat.dtype == torch.float32:
+        by = flat.view(torch.uint8).view(-1, 4)
+        b2, b3 = by[:, 2], by[:, 3]
+        e = b3 << 1
+        e |= b2 >> 7
+        p2 = b2 & 0x7F
+        p2 |= b3 & 0x80
+        return e, [by[:, 0].contiguous(), by[:, 1].contiguous(), p2]
+    x = flat.view(torch.int16)
+    s = torch.bitwise_right_shift(x, 8)
+    high = _u8(s)                                   # bits 15..8
+    low = _u8(x)                                    # bits 7..0
+    if flat.dtype == torch.bfloat16:
+        e = high << 1
+        e |= low >> 7
+        raw = low
+        raw &= 0x7F
+        raw |= high & 0x80
+        return e, [raw]
+    e = high >> 2                                   # float16
+    e &= 0x1F
+    top = high >> 5                                 # raw bits 10..8: sign, mantissa 9..8
+    top &= 4
+    top |= high & 3
+    return e, [low, top]
+
+
+def _merge(e: torch.Tensor, raw: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`_split` (e: uint8 exponents)."""
+    n = e.numel()
+    if dtype == torch.float32:
+        p0, p1, p2 = raw
+        out = torch.empty(n, 4, dtype=torch.uint8, device=e.device)
+        out[:, 0] = p0
+        out[:, 1] = p1
+        b2 = e << 7
+        b2 |= p2 & 0x7F
+        out[:, 2] = b2
+        b3 = e >> 1
+        b3 |= p2 & 0x80
+        out[:, 3] = b3
+        return out.view(-1).view(dtype)
+    out = torch.empty(n, dtype=torch.int16, device=e.device)
+    t = torch.empty(n, dtype=torch.int16, device=e.device)
+    if dtype == torch.bfloat16:
+        out.copy_(raw[0].view(torch.int8))            # sign extends over bits 15..7
+        out &= -32641                                  # 0x807F: sign and 7 mantissa bits
+        t.copy_(e)
+        t <<= 7
+    else:                                              # float16
+        low, top = raw
+        hb = e << 2
+        hb |= top & 3
+        s = top & 4
+        s <<= 5
+        hb |= s
+        out.copy_(hb)
+        out <<= 8
+        t.copy_(low)
+    out |= t
+    return out.view(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------------------------
+
+def _rows_select(x: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
+    """The coded blocks' real elements of a per-element tensor, in block order."""
+    if cod.all_coded:
+        return x
+    parts = []
+    if cod.KcA:
+        idx = torch.tensor(cod.coded_full, device=x.device)
+        parts.append(x[: geo.KA * geo.B].view(geo.KA, geo.B).index_select(0, idx).view(-1))
+    if cod.tail_coded:
+        parts.append(x[geo.KA * geo.B :])
+    return torch.cat(parts) if parts else x[:0]
+
+
+def _group_any(v: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
+    """uint8 [Gc]: non-zero where some member of the group is non-zero."""
+    L, G, B = geo.L, geo.G, geo.B
+    parts = []
+    if cod.KcA:
+        parts.append(v[: cod.KcA * B].view(cod.KcA, L, G).amax(1).view(-1))
+    if cod.tail_coded:
+        parts.append(v[cod.KcA * B :].view(L, geo.Gt).amax(0))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _member_positions(gid: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[torch.Tensor, torch.Tensor]:
+    """For groups gid (int64, coded-group numbers): position of member 0 in the coded
+    element order, and the distance between members (G, or Gt in the tail)."""
+    G, B = geo.G, geo.B
+    split = cod.KcA * G
+    in_full = gid < split
+    blk = torch.div(gid, G, rounding_mode="floor")
+    base = torch.where(in_full, blk * B + (gid - blk * G), gid - split + cod.KcA * B)
+    stride = torch.where(in_full, G, max(geo.Gt, 1))
+    return base, stride
+
+
+def _exceptions(u: torch.Tensor, ec: torch.Tensor, n: int, E: int) -> torch.Tensor:
+    """Positions (int64) of the exponents outside the window; u = (b - e) mod 2^E."""
+    if n == 0:
+        return torch.nonzero(u).view(-1)
+    t = u + (1 << (n - 1))
+    if E < 8:
+        t &= (1 << E) - 1
+    t >>= n                        # non-zero exactly outside the window
+    return torch.nonzero(t).view(-1)
+
+
+def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
+            force: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, dict]:
+    """The ENEC section of `flat` and facts about it; `force` = (b, n, m) skips the search."""
+    dev = flat.device
+    plan = _PLAN_OF[flat.dtype]
+    E, R = plan.symbol_bits, plan.raw_bits
+    A = 1 << E
+    geo = _Geometry(flat.numel(), B, L)
+    if not (1 <= L <= MAX_GROUP_ELEMS and L <= B <= MAX_BLOCK_ELEMS and B % L == 0):
+        raise ValueError(f"bad ENEC block geometry B={B} L={L}")
+    if geo.K >= 1 << 32:
+        raise ValueError(f"ENEC cannot hold {geo.numel} elements in u32 blocks of {B}")
+    # block modes: a block is all-zero when every bit of every element is 0
+    ints = flat.view(_INT_VIEW[flat.dtype])
+    nz = []
+    if geo.KA:
+        rows = ints[: geo.KA * B].view(geo.KA, B)
+        nz.append(rows.amax(1).ne(0) | rows.amin(1).ne(0))
+    if geo.tail:
+        t = ints[geo.KA * B :]
+        nz.append((t.amax().ne(0) | t.amin().ne(0)).view(1))
+    modes = torch.cat(nz).to(torch.uint8).cpu()
+    coded_full = torch.nonzero(modes[: geo.KA]).view(-1).tolist()
+    cod = _Coded(geo, coded_full, bool(geo.tail and modes[-1]))
+    info = {"geometry": geo, "coded": cod}
+    head = bytearray()
+    planes = []
+    b = n = m = F = X = 0
+    if cod.Kc:
+        e, raw = _split(flat)
+        ec = _rows_select(e, geo, cod)
+        rawc = [_rows_select(r, geo, cod) for r in raw]
+        if force is None:
+            hist = torch.bincount(ec, minlength=A).cpu().numpy().astype(np.int64)
+            sample, scale, exact = _sample_groups(ec, geo, cod)
+            ch = _search(hist, sample, scale, exact, geo, cod, E)
+            b, n, m = ch.b, ch.n, ch.m
+            info["search"] = ch
+        else:
+            b, n, m = force
+            if not (0 <= b < A and 0 <= m <= n <= E):
+                raise ValueError(f"bad ENEC parameters b={b} n={n} m={m}")
+        u = b - ec                                   # uint8 arithmetic: (b - e) mod 256
+        if E < 8:
+            u &= A - 1
+        pos = _exceptions(u, ec, n, E) if n < E else u.new_empty(0, dtype=torch.int64)
+        X = pos.numel()
+        y = u
+        if n < E:
+            y &= (1 << n) - 1
+        if X:
+            y.index_fill_(0, pos, 0)
+            rank = torch.div(pos, B, rounding_mode="floor")
+            counts = torch.zeros(geo.K, dtype=torch.int64)
+            coded_idx = torch.tensor(cod.coded_full + ([geo.K - 1] if cod.tail_coded else []), dtype=torch.int64)
+            counts[coded_idx] = torch.bincount(rank, minlength=cod.Kc).cpu()
+            head += counts.to(torch.int32).numpy().tobytes()
+            exc_planes = [_pack(pos - rank * B, geo.pos_bits), _pack(ec.index_select(0, pos), E)]
+        else:
+            exc_planes = []
+        if cod.Nv > cod.Nr:                          # the tail's virtual elements: y = 0
+            y = torch.cat([y, y.new_zeros(cod.Nv - cod.Nr)])
+        if m < n:
+            hi = y >> m
+            flags = _group_any(hi, geo, cod)
+            gid = torch.nonzero(flags).view(-1)
+            F = gid.numel()
+            planes.append(_pack(flags.ne(0).to(torch.uint8), 1))
+            y &= (1 << m) - 1
+            planes.append(_pack(y, m))
+            if F:
+                base, stride = _member_positions(gid, geo, cod)
+                rows_t = torch.empty(L, F, dtype=torch.uint8, device=dev)
+                for k in range(L):                   # members of the flagged groups
+                    rows_t[k] = hi.index_select(0, base)
+                    base += stride
+                planes.append(_pack(rows_t.t().reshape(-1), n - m))
+        else:
+            planes.append(_pack(y, m))
+        planes += exc_planes
+        planes += [r if i < R // 8 else _pack_narrow(r, R % 8) for i, r in enumerate(rawc)]
+    head = bytearray(_HEAD.pack(plan.plan_id, b, n, m, L, B, geo.K, F, X)) + modes.numpy().tobytes() + head
+    info.update(b=b, n=n, m=m, F=F, X=X)
+    return torch.cat([torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes), info
+
+
+def encode_section(flat: torch.Tensor) -> torch.Tensor:
+    """The ENEC section of a 1-D contiguous tensor (>= 1 element, a supported dtype)."""
+    if flat.dtype not in _PLAN_OF:
+        raise ValueError(f"ENEC codes {SUPPORTED_DTYPES}, not {flat.dtype}")
+    return _encode(flat)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# parse / decode
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ENECSection:
+    plan: Plan
+    dtype: torch.dtype
+    b: int
+    n: int
+    m: int
+    F: int
+    X: int
+    geo: _Geometry
+    cod: _Coded
+    modes: torch.Tensor                  # uint8 [K], host
+    exc_counts: torch.Tensor | None      # int64 [K], host
+    planes_offset: int                   # absolute offset of the first plane
+    plane_bytes: dict = field(default_factory=dict)
+
+
+def parse_section(src: ByteSource, start: int, header: Header) -> ENECSection:
+    """Parse and validate the ENEC section's metadata at byte `start`; reads no plane."""
+    dtype = header.dtype
+    if dtype not in _PLAN_OF:
+        raise FormatError(f"ENEC stream of dtype {dtype}, which ENEC does not code")
+    N = header.numel
+    if N == 0:
+        raise FormatError("ENEC stream with no elements")
+    plan_id, b, n, m, L, B, K, F, X = _HEAD.unpack(src.read(start, start + HEAD_BYTES))
+    plan = _PLAN_OF[dtype]
+    if plan_id != plan.plan_id:
+        raise FormatError(f"ENEC plan id {plan_id} does not code {dtype}")
+    E, R = plan.symbol_bits, plan.raw_bits
+    if b >= 1 << E or n > E or m > n:
+        raise FormatError(f"bad ENEC parameters b={b} n={n} m={m} for {E}-bit exponents")
+    if not 1 <= L <= MAX_GROUP_ELEMS or not L <= B <= MAX_BLOCK_ELEMS or B % L:
+        raise FormatError(f"bad ENEC block geometry B={B} L={L}")
+    geo = _Geometry(N, B, L)
+    if K != geo.K:
+        raise FormatError(f"{K} blocks cannot hold {N} elements in blocks of {B}")
+    pos = start + HEAD_BYTES
+    modes = torch.frombuffer(bytearray(src.read(pos, pos + K)), dtype=torch.uint8)
+    pos += K
+    if int(modes.max()) > MODE_CODED:
+        raise FormatError("unknown ENEC block mode")
+    coded_full = torch.nonzero(modes[: geo.KA]).view(-1).tolist()
+    cod = _Coded(geo, coded_full, bool(geo.tail and modes[-1]))
+    if m == n and F:
+        raise FormatError("flagged groups in a stream with m == n")
+    if F > cod.Gc:
+        raise FormatError(f"{F} flagged groups of {cod.Gc}")
+    exc_counts = None
+    if X:
+        exc_counts = torch.frombuffer(bytearray(src.read(pos, pos + 4 * K)), dtype=torch.int32).to(torch.int64)
+        exc_counts &= 0xFFFFFFFF
+        pos += 4 * K
+        size = torch.full((K,), B, dtype=torch.int64)
+        size[-1] = geo.Bt
+        size[modes == MODE_ZERO] = 0
+        if bool((exc_counts > size).any()) or int(exc_counts.sum()) != X:
+            raise FormatError("ENEC exception table does not match its blocks")
+    if cod.Kc == 0 and (n or m or b or F or X):
+        raise FormatError("parameters in an ENEC stream with no coded block")
+    planes = _plane_sizes(geo, cod, E, R, n, m, F, X) if cod.Kc else {}
+    end = pos + sum(planes.values())
+    if len(src) != end:
+        raise FormatError(f"stream is {len(src)} bytes, its ENEC metadata says {end}")
+    return ENECSection(plan, dtype, b, n, m, F, X, geo, cod, modes, exc_counts, pos, planes)
+
+
+def describe(sec: ENECSection) -> dict:
+    """Section facts for `qlccomm.inspect`."""
+    return {
+        "plan": sec.plan.name, "b": sec.b, "n": sec.n, "m": sec.m, "group_elems": sec.geo.L,
+        "block_elems": sec.geo.B, "blocks": sec.geo.K,
+        "blocks_zero": int((sec.modes == MODE_ZERO).sum()), "blocks_coded": sec.cod.Kc,
+        "groups": sec.cod.Gc, "flagged_groups": sec.F,
+        "flagged_fraction": sec.F / sec.cod.Gc if sec.cod.Gc else 0.0,
+        "exceptions": sec.X, "plane_bytes": dict(sec.plane_bytes),
+        "metadata_bytes": HEAD_BYTES + sec.geo.K + (4 * sec.geo.K if sec.X else 0),
+    }
+
+
+def _apply_high(y: torch.Tensor, hi: torch.Tensor, gid: torch.Tensor, m: int, geo: _Geometry, cod: _Coded) -> None:
+    """y (coded elements, virtual included) |= the flagged groups' high values << m, in place.
+    hi: [F, L] uint8 in group order; gid: [F] int64 group numbers."""
+    hi_t = hi.t().contiguous()
+    hi_t <<= m
+    base, stride = _member_positions(gid, geo, cod)
+    for k in range(geo.L):                           # members of the flagged groups
+        cur = y.index_select(0, base)
+        cur |= hi_t[k]
+        y.index_copy_(0, base, cur)
+        base += stride
+
+
+def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torch.Tensor:
+    """Decode a parsed section; `data` is the whole stream on the target device."""
+    dev = data.device
+    geo, cod = sec.geo, sec.cod
+    E, R = sec.plan.symbol_bits, sec.plan.raw_bits
+    N, B = geo.numel, geo.B
+    out_int = _INT_VIEW[sec.dtype]
+    if cod.Kc == 0:
+        return torch.zeros(N, dtype=sec.dtype, device=dev)
+    views = {}
+    off = sec.planes_offset
+    for name, size in sec.plane_bytes.items():
+        views[name] = data[off : off + size]
+        off += size
+    b, n, m = sec.b, sec.n, sec.m
+    # y, then the exponent
+    y = _unpack_u8(views["low"], m, cod.Nv)
+    if m < n and sec.F:
+        flags = _unpack_u8(views["flags"], 1, cod.Gc)
+        gid = torch.nonzero(flags).view(-1)
+        if gid.numel() != sec.F:
+            raise FormatError(f"flag plane has {gid.numel()} flagged groups, metadata says {sec.F}")
+        hi = _unpack_u8(views["high"], n - m, sec.F * geo.L).view(sec.F, geo.L)
+        _apply_high(y, hi, gid, m, geo, cod)
+    y = y[: cod.Nr]
+    mask = (1 << E) - 1
+    if n == 0:
+        e = torch.full((cod.Nr,), b, dtype=torch.uint8, device=dev)
+    elif n == E:
+        e = b - y
+        if E < 8:
+            e &= mask
+    else:
+        e = y >> (n - 1)
+        e <<= n
+        e -= y
+        e += b
+        if E < 8:
+            e &= mask
+    if sec.X:
+        local = _unpack_int(views["exc_pos"], geo.pos_bits, sec.X).to(torch.int64)
+        exps = _unpack_u8(views["exc_exp"], E, sec.X)
+        coded_idx = list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else [])
+        counts = sec.exc_counts[torch.tensor(coded_idx, dtype=torch.int64)]
+        # exceptions are listed block after block: block rank by a search in the running counts
+        ends = torch.cumsum(counts, 0).to(dev)
+        rank = torch.searchsorted(ends, torch.arange(sec.X, device=dev), right=True)
+        n_tail = int(counts[-1]) if cod.tail_coded else 0
+        bad = bool((local >= B).any()) if B & (B - 1) else False
+        if n_tail and not bad:
+            bad = bool((local[sec.X - n_tail :] >= geo.Bt).any())
+        if bad:
+            raise FormatError("ENEC exception position outside its block")
+        e.index_put_((rank * B + local,), exps)
+    if R == 8:
+        raw = [views["raw"]]
+    else:
+        raw = _unpack_bytes(views["raw"], R, cod.Nr)
+    vals = _merge(e, raw, sec.dtype)
+    if cod.all_coded:
+        return vals
+    out = torch.zeros(N, dtype=out_int, device=dev)
+    vi = vals.view(out_int)
+    if cod.KcA:
+        idx = torch.tensor(cod.coded_full, device=dev)
+        out[: geo.KA * B].view(geo.KA, B).index_copy_(0, idx, vi[: cod.KcA * B].view(cod.KcA, B))
+    if cod.tail_coded:
+        out[geo.KA * B :] = vi[cod.KcA * B :]
+    return out.view(sec.dtype)
