@@ -41,10 +41,10 @@ import torch.distributed as dist
 from .api import compress, decompress, pick_codec
 from .codebook import Codebook, default_codebook
 from .errors import FormatError
-from .format import DTYPE_CODES, dtype_name
-from .wire import (ADAPTIVE_TAG, F_ARG, F_CODEC, F_DTYPE, F_FORMAT, F_KIND, F_NUMEL, F_OP, F_PATH, F_TAG,
-                   FRAME_BYTES, N_FIXED, NO_TAG, PATH_CODED, PATH_PLAIN, Handshake, WireStats,
-                   all_gather_fixed, check_frame, digest_tag, exchange, frame)
+from .format import DTYPE_CODES
+from .wire import (ADAPTIVE_TAG, F_CODEC, F_DTYPE, F_FORMAT, F_KIND, F_PATH, F_TAG, FRAME_BYTES, N_FIXED, NO_TAG,
+                   PATH_CODED, PATH_PLAIN, Handshake, WireStats, all_gather_fixed, check_frame, digest_tag,
+                   exchange, frame, meta_bytes)
 
 __all__ = ["all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "all_to_all_single",
            "reference_all_reduce", "CollectiveWork", "WireStats", "DEFAULT_MIN_COMPRESS_BYTES"]
@@ -229,10 +229,6 @@ def _worth_coding(nbytes: int, min_compress_bytes) -> bool:
     return nbytes > 0 and nbytes >= threshold
 
 
-def _meta_bytes(n_extra: int, world: int) -> int:
-    return (N_FIXED + n_extra) * 8 * (world - 1)
-
-
 class CollectiveWork:
     """The handle of an `async_op=True` call: `wait()`, `get_future()`, `is_completed()`.
 
@@ -308,7 +304,9 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     try:
         hs.op = opcode = _opcode(op)
         _accumulate_dtype(dtype, opcode)
-        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz, min_compress_bytes) else _RAW
+        coding = _resolve_coding(dtype, codec, codebook)  # validated whatever the size
+        if not _worth_coding(n * isz, min_compress_bytes):
+            coding = _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded:
             payloads = [_encode(flat[s:e], coding) if j != rank else torch.empty(0, dtype=torch.uint8, device=t.device)
@@ -323,8 +321,8 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
         st.sent_bytes = st.plain_bytes = 0
         return _done(async_op, t)
 
-    rows = exchange(hs, world, group, t.device, rank, world)
-    st.meta_bytes = _meta_bytes(world, world)
+    rows = exchange(hs, group, t.device, rank, world)
+    st.meta_bytes = meta_bytes(world)
     own_s, own_e = bounds[rank]
     big = bounds[0][1] - bounds[0][0]  # the largest shard
     st.plain_bytes = (n - (own_e - own_s)) * isz + (world - 1) * big * isz
@@ -359,8 +357,8 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     # phase 2: all-gather of the reduced shards
     if coding.coded:
         rows2 = exchange(Handshake("all_reduce", phase=2, extra=[0 if p2 is None else p2.numel()], error=err),
-                         1, group, t.device, rank, world, checks=())
-        st.meta_bytes += _meta_bytes(1, world)
+                         group, t.device, rank, world, checks=())
+        st.meta_bytes += meta_bytes(world)
         sizes2 = [r[N_FIXED] for r in rows2]
         st.coded_bytes = sum(send_sizes) + sizes2[rank]
         st.compressed = True
@@ -413,8 +411,9 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
         hs.op = opcode = _opcode(op)
         _accumulate_dtype(dtype, opcode)
         flat = inp.reshape(-1)
-        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz * world, min_compress_bytes) \
-            else _RAW
+        coding = _resolve_coding(dtype, codec, codebook)
+        if not _worth_coding(n * isz * world, min_compress_bytes):
+            coding = _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded:
             payloads = [_encode(flat[j * n:(j + 1) * n], coding) if j != rank
@@ -428,8 +427,8 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
         out.copy_(_reduce([flat], opcode, dtype).view(out.shape))
         return _done(async_op, out)
 
-    rows = exchange(hs, world, group, inp.device, rank, world)
-    st.meta_bytes = _meta_bytes(world, world)
+    rows = exchange(hs, group, inp.device, rank, world)
+    st.meta_bytes = meta_bytes(world)
     st.plain_bytes = (world - 1) * n * isz
     if coding.coded:
         send, send_sizes = torch.cat(payloads), hs.extra
@@ -482,7 +481,9 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
                              f"inp's dtype; got {out.numel()} of {out.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_gather_into_tensor needs a contiguous out")
-        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz, min_compress_bytes) else _RAW
+        coding = _resolve_coding(dtype, codec, codebook)  # validated whatever the size
+        if not _worth_coding(n * isz, min_compress_bytes):
+            coding = _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded:
             payload = _encode(inp.reshape(-1), coding)
@@ -495,8 +496,8 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
         out.view(-1).copy_(inp.reshape(-1))
         return _done(async_op, out)
 
-    rows = exchange(hs, 1, group, inp.device, rank, world)
-    st.meta_bytes = _meta_bytes(1, world)
+    rows = exchange(hs, group, inp.device, rank, world)
+    st.meta_bytes = meta_bytes(world)
     st.plain_bytes = (world - 1) * n * isz
     out_flat = out.view(-1)
     if not coding.coded:
@@ -549,7 +550,9 @@ def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None
     try:
         if not 0 <= src_g < world:
             raise ValueError(f"broadcast src {src} is not in the group")
-        coding = _resolve_coding(dtype, codec, codebook) if _worth_coding(n * isz, min_compress_bytes) else _RAW
+        coding = _resolve_coding(dtype, codec, codebook)  # validated whatever the size
+        if not _worth_coding(n * isz, min_compress_bytes):
+            coding = _RAW
         hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
         if world > 1 and coding.coded and rank == src_g:
             payload = _encode(t.reshape(-1), coding)
@@ -561,8 +564,8 @@ def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None
     if world == 1:
         return _done(async_op, t)
 
-    rows = exchange(hs, 1, group, t.device, rank, world)
-    st.meta_bytes = _meta_bytes(1, world)
+    rows = exchange(hs, group, t.device, rank, world)
+    st.meta_bytes = meta_bytes(world)
     st.plain_bytes = n * isz
     if not coding.coded:
         st.sent_bytes = st.plain_bytes
@@ -655,9 +658,9 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
         out.view(-1).copy_(flat)
         return _done(async_op, out)
 
-    rows = exchange(hs, 3 * world, group, inp.device, rank, world,
+    rows = exchange(hs, group, inp.device, rank, world,
                     checks=(F_FORMAT, F_KIND, F_DTYPE, F_CODEC, F_TAG))
-    st.meta_bytes = _meta_bytes(3 * world, world)
+    st.meta_bytes = meta_bytes(world)
     sent_elems = [[r[N_FIXED + world + j] for j in range(world)] for r in rows]
     want_elems = [[r[N_FIXED + 2 * world + j] for j in range(world)] for r in rows]
     bad = [(i, j) for i in range(world) for j in range(world) if sent_elems[i][j] != want_elems[j][i]]

@@ -46,6 +46,7 @@ CODEC_WIRE_NAMES = {v: k for k, v in CODEC_WIRE_IDS.items()}
 (F_MAGIC, F_WIRE, F_PHASE, F_STATUS, F_ERROR, F_FORMAT, F_KIND, F_DTYPE, F_NUMEL, F_OP, F_CODEC,
  F_TAG, F_PATH, F_ARG) = range(14)
 N_FIXED = 14
+MAX_EXTRA = 3  # per-collective values per rank of the group (all_to_all_single: 3 x world)
 PATH_PLAIN, PATH_CODED = 0, 1
 
 # error classes carried by a failing rank's row, so that its peers raise the same kind
@@ -128,9 +129,9 @@ class Handshake:
     extra: list[int] = field(default_factory=list)
     error: BaseException | None = None
 
-    def row(self, n_extra: int) -> list[int]:
+    def row(self, world: int) -> list[int]:
         failed = self.error is not None
-        r = [0] * (N_FIXED + n_extra)
+        r = [0] * row_length(world)
         r[F_MAGIC], r[F_WIRE], r[F_PHASE] = HANDSHAKE_MAGIC, WIRE_VERSION, self.phase
         r[F_STATUS] = 1 if failed else 0
         r[F_ERROR] = error_code(self.error) if failed else 0
@@ -140,13 +141,19 @@ class Handshake:
             r[F_NUMEL], r[F_OP] = self.numel, self.op
             r[F_CODEC], r[F_TAG], r[F_PATH] = CODEC_WIRE_IDS[self.codec], tag_to_int(self.tag), self.path
             r[F_ARG] = self.arg
-            if len(self.extra) != n_extra:
-                raise AssertionError(f"{len(self.extra)} extra handshake values, expected {n_extra}")
-            r[N_FIXED:] = self.extra
+            if len(self.extra) > MAX_EXTRA * world:
+                raise AssertionError(f"{len(self.extra)} extra handshake values, at most {MAX_EXTRA * world}")
+            r[N_FIXED:N_FIXED + len(self.extra)] = self.extra
         return r
 
 
-def exchange(hs: Handshake, n_extra: int, group, device: torch.device, rank: int, world: int,
+def row_length(world: int) -> int:
+    """int64 values per handshake row: the same for every collective and phase, so that ranks
+    that disagree on which collective they are in still exchange equal sizes (and find out)."""
+    return N_FIXED + MAX_EXTRA * world
+
+
+def exchange(hs: Handshake, group, device: torch.device, rank: int, world: int,
              checks: tuple[int, ...] = (F_FORMAT, F_KIND, F_DTYPE, F_NUMEL, F_OP, F_ARG, F_CODEC,
                                         F_TAG, F_PATH)) -> list[list[int]]:
     """All-gather the handshake rows; raise the same error on every rank on any disagreement.
@@ -154,7 +161,7 @@ def exchange(hs: Handshake, n_extra: int, group, device: torch.device, rank: int
     Returns the rows (host ints), indexed by rank.  `checks` are the fixed fields that
     must be equal on every rank.
     """
-    mine = torch.tensor(hs.row(n_extra), dtype=torch.int64, device=device)
+    mine = torch.tensor(hs.row(world), dtype=torch.int64, device=device)
     rows_t = torch.empty(world * mine.numel(), dtype=torch.int64, device=device)
     all_gather_fixed(rows_t, mine, group)
     rows = rows_t.view(world, -1).tolist()
@@ -175,6 +182,11 @@ def exchange(hs: Handshake, n_extra: int, group, device: torch.device, rank: int
                   f"({cls.__name__}; see that rank's error); no data was exchanged")
     _check_agreement(name, rows, checks)
     return rows
+
+
+def meta_bytes(world: int) -> int:
+    """Bytes one rank sends in one handshake (ring all-gather of rows)."""
+    return row_length(world) * 8 * (world - 1)
 
 
 def _describe(field_id: int, value: int) -> str:
