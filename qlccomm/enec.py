@@ -24,7 +24,7 @@ exponent histogram; F comes from per-group keys (the set of bit lengths of the
 non-negative distances b - e in the group, and the smallest bit length of the
 negative ones) counted over the coded blocks.  When a tensor has more than
 SAMPLE_BLOCKS coded blocks, F is estimated on SAMPLE_BLOCKS evenly spaced full
-coded blocks (block (2i+1)*Kc // (2*SAMPLE_BLOCKS) of the Kc coded full blocks,
+coded blocks (block (2i+1)*KcA // (2*SAMPLE_BLOCKS) of the KcA coded full blocks,
 i < SAMPLE_BLOCKS), scaled to all groups and never below the lower bound
 ceil(flagged elements / L); otherwise the search is exact.  Candidates b are
 visited in order of a lower bound computed from the histogram (branch and
@@ -34,7 +34,6 @@ smallest (size, n, m, b).
 from __future__ import annotations
 
 import functools
-import math
 import struct
 from dataclasses import dataclass, field
 
@@ -43,7 +42,7 @@ import torch
 
 from .errors import FormatError
 from .format import ByteSource, Header
-from .split import PLANS, PLANS_BY_ID, Plan
+from .split import PLANS, Plan
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 _PLAN_OF = {torch.bfloat16: PLANS["bf16_exp"], torch.float16: PLANS["fp16_exp"], torch.float32: PLANS["fp32_exp"]}
@@ -90,8 +89,9 @@ def _pack_narrow(v: torch.Tensor, w: int) -> torch.Tensor:
     are the packed bytes."""
     n = v.numel()
     g = (n + 7) // 8
-    buf = torch.zeros(g * 8, dtype=torch.uint8, device=v.device)
+    buf = torch.empty(g * 8, dtype=torch.uint8, device=v.device)
     buf[:n] = v
+    buf[n:] = 0
     x = buf.view(torch.int64)
     t = torch.empty_like(x)
     for step, keep in ((0, 8), (1, 16), (2, 32)):
@@ -279,7 +279,10 @@ def _tables(E: int):
         if m < n:
             band = ((1 << n) - 1) ^ ((1 << (m + 1)) - 1)     # bit lengths m+1 .. n-1
             flag[:, i] = ((P & band) != 0) | (Q <= n - 1)
-    return {"p": p, "q": q, "pbit": pbit, "qval": qval, "pn": pn, "pm": pm, "pairs": pairs,
+    bb, ee = np.broadcast_arrays(b, e)
+    # bincount indices (b*E + bit length) and exponents of the (b, e) cells of each sign
+    cells = {name: (bb[c >= 0] * E + c[c >= 0], ee[c >= 0]) for name, c in (("p", p), ("q", q))}
+    return {"cells": cells, "pbit": pbit, "qval": qval, "pn": pn, "pm": pm, "pairs": pairs,
             "flag": flag, "nkeys": nkeys}
 
 
@@ -309,8 +312,8 @@ def _search(hist: np.ndarray, sample: np.ndarray, scale: float, exact: bool, geo
     pn, pm = T["pn"], T["pm"]
     total = int(hist.sum())
     # element-level counts per b: CP[b, p] (s >= 0 of bit length p), CQ[b, q] (s < 0)
-    CP = np.stack([(hist[None, :] * (T["p"] == k)).sum(1) for k in range(E)], 1)
-    CQ = np.stack([(hist[None, :] * (T["q"] == k)).sum(1) for k in range(E)], 1)
+    CP, CQ = (np.bincount(T["cells"][k][0], weights=hist[T["cells"][k][1]], minlength=A * E)
+              .astype(np.int64).reshape(A, E) for k in ("p", "q"))
     cp = np.concatenate([np.zeros((A, 1), np.int64), np.cumsum(CP, 1)], 1)   # cp[:, k] = sum_{p<k}
     cq = np.concatenate([np.zeros((A, 1), np.int64), np.cumsum(CQ, 1)], 1)
     inwin = np.where(pn == 0, CP[:, [0]], cp[:, pn] + cq[:, pn])             # [A, pairs]
@@ -332,18 +335,28 @@ def _search(hist: np.ndarray, sample: np.ndarray, scale: float, exact: bool, geo
     pairs = T["pairs"]
     done = 0
     i = 0
-    g = sample.shape[1]
-    flat = sample.reshape(-1).astype(np.intp)
+    # a group's key depends only on its set of exponents: evaluate each distinct set once
+    srt = np.sort(sample, axis=0)
+    dup = np.zeros(srt.shape, dtype=bool)
+    dup[1:] = srt[1:] == srt[:-1]
+    canon = np.sort(np.where(dup, srt[:1], srt), axis=0)      # the set, in one canonical form
+    rows = np.ascontiguousarray(canon.T)
+    _, first, weight = np.unique(rows.view(np.dtype((np.void, L))).ravel(), return_index=True,
+                                 return_counts=True)
+    sets = rows[first]
+    g = sets.shape[0]
+    flat = sets.T.reshape(-1).astype(np.intp)
     while i < A:
         if best is not None and lb_b[order[i]] > best[0]:
             break
-        batch = order[i : i + _B_BATCH]
+        batch = order[i : i + min(_B_BATCH, 2 + i)]     # batches grow: the best b comes early
         i += len(batch)
         bs = np.array(batch)
         P = np.bitwise_or.reduce(T["pbit"][bs][:, flat].reshape(len(bs), L, g), axis=1).astype(np.int64)
         Q = T["qval"][bs][:, flat].reshape(len(bs), L, g).min(axis=1).astype(np.int64)
         keys = P + A * Q + (np.arange(len(bs)) * T["nkeys"])[:, None]
-        H = np.bincount(keys.reshape(-1), minlength=len(bs) * T["nkeys"]).reshape(len(bs), -1)
+        H = np.bincount(keys.reshape(-1), weights=np.tile(weight, len(bs)),
+                        minlength=len(bs) * T["nkeys"]).astype(np.int64).reshape(len(bs), -1)
         used = np.flatnonzero(H.any(0))
         F = H[:, used] @ T["flag"][used]                        # flagged sampled groups [nb, pairs]
         if not exact:                                           # (integer matmul: no BLAS)
@@ -751,9 +764,14 @@ def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torc
         exps = _unpack_u8(views["exc_exp"], E, sec.X)
         coded_idx = list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else [])
         counts = sec.exc_counts[torch.tensor(coded_idx, dtype=torch.int64)]
-        # exceptions are listed block after block: block rank by a search in the running counts
-        ends = torch.cumsum(counts, 0).to(dev)
-        rank = torch.searchsorted(ends, torch.arange(sec.X, device=dev), right=True)
+        # exceptions are listed block after block; a block's rank among the coded blocks is a
+        # running sum of the rank steps placed at each non-empty block's first exception
+        nonempty = torch.nonzero(counts).view(-1)
+        starts = (torch.cumsum(counts, 0) - counts).index_select(0, nonempty)
+        steps = torch.diff(nonempty, prepend=nonempty.new_zeros(1))
+        marks = torch.zeros(sec.X, dtype=torch.int64, device=dev)
+        marks.index_copy_(0, starts.to(dev), steps.to(dev))
+        rank = torch.cumsum(marks, 0)
         n_tail = int(counts[-1]) if cod.tail_coded else 0
         bad = bool((local >= B).any()) if B & (B - 1) else False
         if n_tail and not bad:
