@@ -519,15 +519,64 @@ def _member_positions(gid: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[t
     return base, stride
 
 
-def _exceptions(u: torch.Tensor, ec: torch.Tensor, n: int, E: int) -> torch.Tensor:
+_ROW_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
+_DENSE = 8    # flagged groups above 1/_DENSE of all groups: whole-block (dense) high-bit moves
+
+
+def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[idx] for a 2-D uint8 x: rows of 1..16 bytes move as single elements (much faster
+    than a row-wise gather)."""
+    width = x.shape[1]
+    rd = _ROW_DTYPE.get(width)
+    if rd is None:
+        return x.index_select(0, idx)
+    flat = x.reshape(-1)
+    if flat.storage_offset() % width:
+        flat = flat.clone()
+    return flat.view(rd).index_select(0, idx).view(torch.uint8).view(-1, width)
+
+
+def _to_group_major(v: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
+    """[Gc, L]: row g holds coded group g's members (virtual ones included)."""
+    L, G, B = geo.L, geo.G, geo.B
+    parts = []
+    if cod.KcA:
+        parts.append(v[: cod.KcA * B].view(cod.KcA, L, G).transpose(1, 2).reshape(-1, L))
+    if cod.tail_coded:
+        parts.append(v[cod.KcA * B :].view(L, geo.Gt).t())
+    return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+
+
+def _or_group_major(y: torch.Tensor, rows: torch.Tensor, geo: _Geometry, cod: _Coded) -> None:
+    """y (element order, coded, virtual included) |= rows ([Gc, L], group-major), in place."""
+    L, G, B = geo.L, geo.G, geo.B
+    if cod.KcA:
+        ya = y[: cod.KcA * B].view(cod.KcA, L, G)
+        ya |= rows[: cod.KcA * G].view(cod.KcA, G, L).transpose(1, 2)
+    if cod.tail_coded:
+        yt = y[cod.KcA * B :].view(L, geo.Gt)
+        yt |= rows[cod.KcA * G :].t()
+
+
+def _nonzero01(x: torch.Tensor) -> torch.Tensor:
+    """Positions (int64) of the ones of a 1-D uint8 tensor of zeros and ones.  On the CPU
+    numpy's scan over a bool view is several times faster than torch.nonzero."""
+    if x.device.type == "cpu" and x.is_contiguous():
+        return torch.from_numpy(np.flatnonzero(x.numpy().view(np.bool_)))
+    return torch.nonzero(x).view(-1)
+
+
+def _exceptions(u: torch.Tensor, n: int, E: int) -> torch.Tensor:
     """Positions (int64) of the exponents outside the window; u = (b - e) mod 2^E."""
     if n == 0:
-        return torch.nonzero(u).view(-1)
-    t = u + (1 << (n - 1))
-    if E < 8:
-        t &= (1 << E) - 1
-    t >>= n                        # non-zero exactly outside the window
-    return torch.nonzero(t).view(-1)
+        t = u.clamp_max(1)
+    else:
+        t = u + (1 << (n - 1))
+        if E < 8:
+            t &= (1 << E) - 1
+        t >>= n                    # non-zero exactly outside the window
+        t.clamp_max_(1)
+    return _nonzero01(t)
 
 
 def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
@@ -575,7 +624,7 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
         u = b - ec                                   # uint8 arithmetic: (b - e) mod 256
         if E < 8:
             u &= A - 1
-        pos = _exceptions(u, ec, n, E) if n < E else u.new_empty(0, dtype=torch.int64)
+        pos = _exceptions(u, n, E) if n < E else u.new_empty(0, dtype=torch.int64)
         X = pos.numel()
         y = u
         if n < E:
@@ -594,16 +643,19 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
             y = torch.cat([y, y.new_zeros(cod.Nv - cod.Nr)])
         if m < n:
             hi = y >> m
-            flags = _group_any(hi, geo, cod)
-            gid = torch.nonzero(flags).view(-1)
+            flags = _group_any(hi, geo, cod).clamp_max_(1)
+            gid = _nonzero01(flags)
             F = gid.numel()
-            planes.append(_pack(flags.ne(0).to(torch.uint8), 1))
+            planes.append(_pack(flags, 1))
             y &= (1 << m) - 1
             planes.append(_pack(y, m))
-            if F:
+            if F * _DENSE > cod.Gc:                  # many flagged groups: via group-major rows
+                rows = _take_rows(_to_group_major(hi, geo, cod), gid)
+                planes.append(_pack(rows.view(-1), n - m))
+            elif F:                                  # few: gather member by member
                 base, stride = _member_positions(gid, geo, cod)
                 rows_t = torch.empty(L, F, dtype=torch.uint8, device=dev)
-                for k in range(L):                   # members of the flagged groups
+                for k in range(L):
                     rows_t[k] = hi.index_select(0, base)
                     base += stride
                 planes.append(_pack(rows_t.t().reshape(-1), n - m))
@@ -707,9 +759,20 @@ def describe(sec: ENECSection) -> dict:
     }
 
 
-def _apply_high(y: torch.Tensor, hi: torch.Tensor, gid: torch.Tensor, m: int, geo: _Geometry, cod: _Coded) -> None:
+def _apply_high(y: torch.Tensor, hi: torch.Tensor, flags: torch.Tensor, gid: torch.Tensor, m: int,
+                geo: _Geometry, cod: _Coded) -> None:
     """y (coded elements, virtual included) |= the flagged groups' high values << m, in place.
-    hi: [F, L] uint8 in group order; gid: [F] int64 group numbers."""
+    hi: [F, L] uint8 in group order; flags: uint8 [Gc]; gid: [F] int64 flagged group numbers."""
+    F = hi.shape[0]
+    if F * _DENSE > cod.Gc:
+        # many flagged groups: group g takes row (exclusive prefix sum of the flags)[g] of hi,
+        # unflagged groups an appended zero row; then one OR in element order
+        rank = torch.cumsum(flags, 0, dtype=torch.int32)
+        idx = torch.where(flags.bool(), rank.to(torch.int64) - 1, F)
+        rows = _take_rows(torch.cat([hi, hi.new_zeros(1, geo.L)]), idx)
+        rows <<= m
+        _or_group_major(y, rows, geo, cod)
+        return
     hi_t = hi.t().contiguous()
     hi_t <<= m
     base, stride = _member_positions(gid, geo, cod)
@@ -739,11 +802,11 @@ def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torc
     y = _unpack_u8(views["low"], m, cod.Nv)
     if m < n and sec.F:
         flags = _unpack_u8(views["flags"], 1, cod.Gc)
-        gid = torch.nonzero(flags).view(-1)
+        gid = _nonzero01(flags)
         if gid.numel() != sec.F:
             raise FormatError(f"flag plane has {gid.numel()} flagged groups, metadata says {sec.F}")
         hi = _unpack_u8(views["high"], n - m, sec.F * geo.L).view(sec.F, geo.L)
-        _apply_high(y, hi, gid, m, geo, cod)
+        _apply_high(y, hi, flags, gid, m, geo, cod)
     y = y[: cod.Nr]
     mask = (1 << E) - 1
     if n == 0:

@@ -190,6 +190,16 @@ def test_weight_like_ratio():
     assert info["ratio"] >= 1.33
 
 
+@pytest.mark.parametrize("force,dense", [((125, 6, 5), False), ((123, 4, 3), True), ((122, 4, 2), True), ((125, 8, 0), True)])
+def test_flagged_group_paths(force, dense):
+    """Few flagged groups move member by member, many through group-major rows."""
+    t = weights(2 * B + 3000, torch.bfloat16, seed=21)
+    blob, info = enec_blob(t, force=force)
+    groups = qlccomm.inspect(blob)["groups"]
+    assert info["F"] > 0 and (info["F"] * enec._DENSE > groups) == dense
+    assert_same(qlccomm.decompress(blob), t)
+
+
 # ------------------------------------------------------------------------------------------------
 # small geometries, forced parameters (every code path: flags, high plane, exceptions, tails)
 # ------------------------------------------------------------------------------------------------
