@@ -24,49 +24,55 @@ def value_dtype(width: int) -> torch.dtype:
     return torch.uint8 if width <= 8 else torch.int16 if width <= 15 else torch.int32 if width <= 31 else torch.int64
 
 
-def _pack_small(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Pack values of 1..7 bits: each group of 8 values makes `width` bytes.
+def _lanes(pattern: int, period: int) -> int:
+    """`pattern` repeated every `period` bits across 64 bits, as a signed int64 constant."""
+    v = 0
+    for shift in range(0, 64, period):
+        v |= pattern << shift
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >> 63 else v
 
-    Neighbours are merged three times (2, 4, then 8 values per word, each merge a
-    whole-tensor shift and or in the narrowest dtype), then the low `width` bytes
-    of each little-endian word are kept.
+
+def _pack_small(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Pack uint8 values < 2^width (1 <= width <= 7): each group of 8 values makes `width` bytes.
+
+    Eight values fill one little-endian int64 (one per byte); three in-place
+    shift/mask rounds squeeze them to its low 8*width bits, whose first `width`
+    bytes are the packed bytes.
     """
     n = values.numel()
-    v = values.to(torch.uint8)
-    if n % 8:
-        v = torch.cat([v, v.new_zeros(8 - n % 8)])
-    bits = width
-    for _ in range(3):
-        dt = value_dtype(2 * bits)
-        lo, hi = v[0::2].to(dt), v[1::2].to(dt).contiguous()  # hi is updated in place: own copy
-        hi <<= bits
-        hi |= lo
-        v, bits = hi, 2 * bits
-    v = v if v.numel() > 1 else v.clone(memory_format=torch.contiguous_format)  # a 1-element view may keep odd strides
-    out = v.view(torch.uint8).view(-1, v.element_size())[:, :width].reshape(-1)
-    return out[: (n * width + 7) // 8]
+    g = (n + 7) // 8
+    buf = torch.empty(g * 8, dtype=torch.uint8, device=values.device)
+    buf[:n] = values
+    buf[n:] = 0
+    x = buf.view(torch.int64)
+    t = torch.empty_like(x)
+    for step, keep in ((0, 8), (1, 16), (2, 32)):
+        torch.bitwise_and(x, _lanes(((1 << keep) - 1) << keep, 2 * keep), out=t)
+        x ^= t
+        t >>= keep - (width << step)
+        x |= t
+    return x.view(torch.uint8).view(g, 8)[:, :width].reshape(-1)[: (n * width + 7) // 8]
 
 
 def _unpack_small(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`_pack_small`: n uint8 values."""
-    groups = (n + 7) // 8
-    bits = 8 * width
-    dt = value_dtype(bits)
-    word = torch.zeros(groups, torch.empty(0, dtype=dt).element_size(), dtype=torch.uint8, device=data.device)
-    flat = word[:, :width]
+    """Inverse of :func:`_pack_small`: n uint8 values from ceil(n*width/8) bytes."""
+    g = (n + 7) // 8
+    buf = torch.zeros(g, 8, dtype=torch.uint8, device=data.device)
     full = data.numel() // width
-    flat[:full] = data[: full * width].view(full, width)
-    if full < groups:
-        tail = data[full * width :]
-        flat[full, : tail.numel()] = tail
-    v = word.view(dt).view(-1)
-    for _ in range(3):
-        bits //= 2
-        ndt = value_dtype(bits)
-        lo = (v & ((1 << bits) - 1)).to(ndt)
-        hi = (v >> bits).to(ndt)
-        v = torch.stack([lo, hi], dim=1).view(-1)
-    return v[:n].to(torch.uint8)
+    if full:
+        buf[:full, :width] = data[: full * width].view(full, width)
+    if full < g:
+        buf[full, : data.numel() - full * width] = data[full * width :]
+    x = buf.view(-1).view(torch.int64)
+    t = torch.empty_like(x)
+    for step, keep in ((2, 32), (1, 16), (0, 8)):
+        part = width << step                       # bits per half-lane now
+        torch.bitwise_and(x, _lanes(((1 << part) - 1) << part, 2 * keep), out=t)
+        x ^= t
+        t <<= keep - part
+        x |= t
+    return x.view(torch.uint8)[:n]
 
 
 def pack_bits(values: torch.Tensor, width: int) -> torch.Tensor:
@@ -80,29 +86,31 @@ def pack_bits(values: torch.Tensor, width: int) -> torch.Tensor:
     rest = width % 8
     if rest:
         top = v >> (8 * (width // 8)) if width >= 8 else v
-        parts.append(_pack_small(top & ((1 << rest) - 1), rest))
+        parts.append(_pack_small((top & ((1 << rest) - 1)).to(torch.uint8), rest))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def unpack_planes(data: torch.Tensor, width: int, n: int) -> list[torch.Tensor]:
+    """The planes of `n` values as uint8 tensors: the byte planes (bits 0-7, 8-15, ...),
+    then the top `width % 8` bits unpacked one value per byte."""
+    if data.numel() != packed_nbytes(n, width):
+        raise FormatError(f"bit plane holds {data.numel()} bytes, expected {packed_nbytes(n, width)}")
+    planes = [data[p * n : (p + 1) * n] for p in range(width // 8)]
+    if width % 8:
+        planes.append(_unpack_small(data[(width // 8) * n :], width % 8, n))
+    return planes
 
 
 def unpack_bits(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: `n` values from exactly `packed_nbytes(n, width)` bytes.
 
-    The result has dtype `value_dtype(width)`.
+    The result has dtype `value_dtype(width)` (for width 8, a view of `data`).
     """
-    if data.numel() != packed_nbytes(n, width):
-        raise FormatError(f"bit plane holds {data.numel()} bytes, expected {packed_nbytes(n, width)}")
+    planes = unpack_planes(data, width, n)
     vd = value_dtype(width)
-    if width == 0 or n == 0:
+    if not planes or n == 0:
         return torch.zeros(n, dtype=vd, device=data.device)
-    if width == 8:
-        return data
-    planes = width // 8
-    rest = width % 8
-    if planes == 0:
-        return _unpack_small(data, rest, n)
-    out = data[:n].to(vd)
-    for p in range(1, planes):
-        out |= data[p * n : (p + 1) * n].to(vd) << (8 * p)
-    if rest:
-        out |= _unpack_small(data[planes * n :], rest, n).to(vd) << (8 * planes)
+    out = planes[0].to(vd)
+    for p, plane in enumerate(planes[1:], 1):
+        out |= plane.to(vd) << (8 * p)
     return out

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .bitpack import pack_bits, packed_nbytes, unpack_bits, unpack_planes
 from .errors import FormatError
 from .format import ByteSource, Header
 from .split import PLANS, Plan
@@ -61,105 +62,10 @@ _HEAD = struct.Struct("<BBBBBIIQQ")
 HEAD_BYTES = _HEAD.size
 
 
-# ---------------------------------------------------------------------------------------------
-# bit planes (docs/format.md "Bit planes"); same bytes as qlccomm.bitpack, faster on uint8 input
-# ---------------------------------------------------------------------------------------------
-
-def _nbytes(n: int, width: int) -> int:
-    return (width // 8) * n + (n * (width % 8) + 7) // 8
-
-
-def _i64(x: int) -> int:
-    x &= (1 << 64) - 1
-    return x - (1 << 64) if x >> 63 else x
-
-
-def _lanes(pattern: int, period: int) -> int:
-    v = 0
-    for s in range(0, 64, period):
-        v |= pattern << s
-    return _i64(v)
-
-
-def _pack_narrow(v: torch.Tensor, w: int) -> torch.Tensor:
-    """Pack uint8 values < 2^w (1 <= w <= 7): value i at stream bits [i*w, (i+1)*w).
-
-    Eight values fill one little-endian int64 (one per byte); three in-place
-    shift/mask rounds squeeze them to their low 8*w bits, whose first w bytes
-    are the packed bytes."""
-    n = v.numel()
-    g = (n + 7) // 8
-    buf = torch.empty(g * 8, dtype=torch.uint8, device=v.device)
-    buf[:n] = v
-    buf[n:] = 0
-    x = buf.view(torch.int64)
-    t = torch.empty_like(x)
-    for step, keep in ((0, 8), (1, 16), (2, 32)):
-        hi_mask = _lanes(((1 << keep) - 1) << keep, 2 * keep)
-        torch.bitwise_and(x, hi_mask, out=t)
-        x ^= t
-        t >>= keep - (w << step)
-        x |= t
-    out = x.view(torch.uint8).view(g, 8)[:, :w].reshape(-1)
-    return out[: (n * w + 7) // 8]
-
-
-def _unpack_narrow(d: torch.Tensor, w: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`_pack_narrow`: n uint8 values from ceil(n*w/8) bytes."""
-    g = (n + 7) // 8
-    buf = torch.zeros(g, 8, dtype=torch.uint8, device=d.device)
-    full = d.numel() // w
-    if full:
-        buf[:full, :w] = d[: full * w].view(full, w)
-    if full < g:
-        buf[full, : d.numel() - full * w] = d[full * w :]
-    x = buf.view(-1).view(torch.int64)
-    t = torch.empty_like(x)
-    for step, keep in ((2, 32), (1, 16), (0, 8)):
-        part = w << step                       # bits per half-lane now
-        torch.bitwise_and(x, _lanes(((1 << part) - 1) << part, 2 * keep), out=t)
-        x ^= t
-        t <<= keep - part
-        x |= t
-    return x.view(torch.uint8)[:n]
-
-
-def _pack(v: torch.Tensor, width: int) -> torch.Tensor:
-    """Values (non-negative, < 2^width, any integer dtype) as bit planes."""
-    if width == 0 or v.numel() == 0:
-        return torch.empty(0, dtype=torch.uint8, device=v.device)
-    parts = [(v if p == 0 else v >> (8 * p)).to(torch.uint8) for p in range(width // 8)]
-    rest = width % 8
-    if rest:
-        top = v >> (8 * (width // 8)) if width >= 8 else v
-        parts.append(_pack_narrow(top.to(torch.uint8), rest))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _unpack_bytes(d: torch.Tensor, width: int, n: int) -> list[torch.Tensor]:
-    """Bit planes of n values as uint8 tensors: byte planes (bits 0-7, 8-15, ...) then the
-    top width % 8 bits unpacked."""
-    planes = [d[p * n : (p + 1) * n] for p in range(width // 8)]
-    if width % 8:
-        planes.append(_unpack_narrow(d[(width // 8) * n :], width % 8, n))
-    return planes
-
-
 def _unpack_u8(d: torch.Tensor, width: int, n: int) -> torch.Tensor:
     """n values of width <= 8 bits as a fresh, writable uint8 tensor."""
-    if width == 0 or n == 0:
-        return torch.zeros(n, dtype=torch.uint8, device=d.device)
-    if width == 8:
-        return d.clone()
-    return _unpack_narrow(d, width, n)
-
-
-def _unpack_int(d: torch.Tensor, width: int, n: int) -> torch.Tensor:
-    """n values of width <= 31 bits as int32."""
-    out = torch.zeros(n, dtype=torch.int32, device=d.device)
-    for p, plane in enumerate(_unpack_bytes(d, width, n)):
-        out |= plane.to(torch.int32) << (8 * p)
-    return out
+    out = unpack_bits(d, width, n)
+    return out.clone() if width == 8 else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,11 +149,11 @@ class _Coded:
 def _plane_sizes(geo: _Geometry, cod: _Coded, E: int, R: int, n: int, m: int, F: int, X: int) -> dict:
     return {
         "flags": (cod.Gc + 7) // 8 if m < n else 0,
-        "low": _nbytes(cod.Nv, m),
-        "high": _nbytes(F * geo.L, n - m),
-        "exc_pos": _nbytes(X, geo.pos_bits),
-        "exc_exp": _nbytes(X, E),
-        "raw": _nbytes(cod.Nr, R),
+        "low": packed_nbytes(cod.Nv, m),
+        "high": packed_nbytes(F * geo.L, n - m),
+        "exc_pos": packed_nbytes(X, geo.pos_bits),
+        "exc_exp": packed_nbytes(X, E),
+        "raw": packed_nbytes(cod.Nr, R),
     }
 
 
@@ -636,7 +542,7 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
             coded_idx = torch.tensor(cod.coded_full + ([geo.K - 1] if cod.tail_coded else []), dtype=torch.int64)
             counts[coded_idx] = torch.bincount(rank, minlength=cod.Kc).cpu()
             head += counts.to(torch.int32).numpy().tobytes()
-            exc_planes = [_pack(pos - rank * B, geo.pos_bits), _pack(ec.index_select(0, pos), E)]
+            exc_planes = [pack_bits(pos - rank * B, geo.pos_bits), pack_bits(ec.index_select(0, pos), E)]
         else:
             exc_planes = []
         if cod.Nv > cod.Nr:                          # the tail's virtual elements: y = 0
@@ -646,23 +552,23 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
             flags = _group_any(hi, geo, cod).clamp_max_(1)
             gid = _nonzero01(flags)
             F = gid.numel()
-            planes.append(_pack(flags, 1))
+            planes.append(pack_bits(flags, 1))
             y &= (1 << m) - 1
-            planes.append(_pack(y, m))
+            planes.append(pack_bits(y, m))
             if F * _DENSE > cod.Gc:                  # many flagged groups: via group-major rows
                 rows = _take_rows(_to_group_major(hi, geo, cod), gid)
-                planes.append(_pack(rows.view(-1), n - m))
+                planes.append(pack_bits(rows.view(-1), n - m))
             elif F:                                  # few: gather member by member
                 base, stride = _member_positions(gid, geo, cod)
                 rows_t = torch.empty(L, F, dtype=torch.uint8, device=dev)
                 for k in range(L):
                     rows_t[k] = hi.index_select(0, base)
                     base += stride
-                planes.append(_pack(rows_t.t().reshape(-1), n - m))
+                planes.append(pack_bits(rows_t.t().reshape(-1), n - m))
         else:
-            planes.append(_pack(y, m))
+            planes.append(pack_bits(y, m))
         planes += exc_planes
-        planes += [r if i < R // 8 else _pack_narrow(r, R % 8) for i, r in enumerate(rawc)]
+        planes += [r if i < R // 8 else pack_bits(r, R % 8) for i, r in enumerate(rawc)]
     head = bytearray(_HEAD.pack(plan.plan_id, b, n, m, L, B, geo.K, F, X)) + modes.numpy().tobytes() + head
     info.update(b=b, n=n, m=m, F=F, X=X)
     return torch.cat([torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes), info
@@ -823,7 +729,7 @@ def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torc
         if E < 8:
             e &= mask
     if sec.X:
-        local = _unpack_int(views["exc_pos"], geo.pos_bits, sec.X).to(torch.int64)
+        local = unpack_bits(views["exc_pos"], geo.pos_bits, sec.X).to(torch.int64)
         exps = _unpack_u8(views["exc_exp"], E, sec.X)
         coded_idx = list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else [])
         counts = sec.exc_counts[torch.tensor(coded_idx, dtype=torch.int64)]
@@ -845,7 +751,7 @@ def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torc
     if R == 8:
         raw = [views["raw"]]
     else:
-        raw = _unpack_bytes(views["raw"], R, cod.Nr)
+        raw = unpack_planes(views["raw"], R, cod.Nr)
     vals = _merge(e, raw, sec.dtype)
     if cod.all_coded:
         return vals

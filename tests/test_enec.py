@@ -62,25 +62,6 @@ def enec_blob(t: torch.Tensor, **kw) -> tuple[torch.Tensor, dict]:
 # bit planes
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("w", range(1, 8))
-def test_narrow_planes_match_bitpack(w):
-    g = torch.Generator().manual_seed(w)
-    for n in (1, 7, 8, 9, 63, 1000):
-        v = torch.randint(0, 1 << w, (n,), generator=g, dtype=torch.uint8)
-        packed = enec._pack_narrow(v, w)
-        assert torch.equal(packed, pack_bits(v, w))
-        assert torch.equal(enec._unpack_narrow(packed, w, n), v)
-
-
-def test_wide_planes_match_bitpack():
-    g = torch.Generator().manual_seed(1)
-    for w in (11, 14, 24):
-        v = torch.randint(0, 1 << w, (77,), generator=g, dtype=torch.int32)
-        packed = enec._pack(v, w)
-        assert torch.equal(packed, pack_bits(v, w))
-        assert torch.equal(enec._unpack_int(packed, w, 77), v)
-
-
 # ------------------------------------------------------------------------------------------------
 # round trips through the public API
 # ------------------------------------------------------------------------------------------------
