@@ -52,7 +52,9 @@ def pick_codec(dtype: torch.dtype, codec: str) -> str:
             names = ", ".join(str(d).removeprefix("torch.") for d in enec.SUPPORTED_DTYPES)
             raise ValueError(f"ENEC codes {names}; not {dtype}")
         return codec
-    if codec == "auto":
+    if codec == "auto":  # the speed codec for the wide floats, QLC for 1-byte dtypes, else raw
+        if dtype in (torch.bfloat16, torch.float16, torch.float32):
+            return "enec"
         return "qlc" if candidate_plans(dtype) else "raw"
     if codec == "qlc" and not candidate_plans(dtype):
         return "raw"  # dtypes with no coded plan are stored raw behind the same header
@@ -62,7 +64,8 @@ def pick_codec(dtype: torch.dtype, codec: str) -> str:
 def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, checksum: bool = False) -> torch.Tensor:
     """Compress a tensor losslessly into a 1-D uint8 tensor on `t.device`.
 
-    codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "auto" or "raw".
+    codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "raw", or "auto"
+        (ENEC for bfloat16/float16/float32, QLC for 1-byte dtypes, raw otherwise).
     codebook: None/"adaptive" fits the tensor's own histogram and embeds the code;
         a Codebook, a codebook file path, or "default" references it by digest.
     checksum: store a CRC32 of the stream; decompress then detects every bit flip.
