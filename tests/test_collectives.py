@@ -16,6 +16,7 @@ import torch.distributed as dist
 import qlccomm
 from qlccomm import collectives as C
 from qlccomm import wire
+from qlccomm.api import pick_codec
 from dist_util import check_ok, run_ranks
 
 CODED = [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2, torch.int8, torch.uint8]
@@ -165,11 +166,13 @@ def check_all_gather(rank, world, dtypes=None):
     count = 0
     for dtype, n in cases(dtypes):
         xs = [make_input(dtype, n, k, salt=1) for k in range(world)]
-        for threshold in (0, None) if n == MID else (0,):
+        # the default codec "auto" (ENEC for the wide floats), QLC, and the uncoded route
+        variants = [(0, "auto"), (0, "qlc")] + ([(None, "auto")] if n == MID else [])
+        for threshold, codec in variants:
             out = torch.empty(world * n, dtype=dtype)
             st = C.WireStats()
-            qlccomm.all_gather_into_tensor(out, xs[rank], min_compress_bytes=threshold, stats=st)
-            assert_bits(out, torch.cat(xs), f"all_gather {name(dtype)} n={n} threshold={threshold}")
+            qlccomm.all_gather_into_tensor(out, xs[rank], codec=codec, min_compress_bytes=threshold, stats=st)
+            assert_bits(out, torch.cat(xs), f"all_gather {name(dtype)} n={n} {codec} threshold={threshold}")
             assert st.compressed == (threshold == 0 and expect_coded(dtype, n, world))
             count += 1
     # 2-D output of shape [world, n], async, and an input that is a view into the output (as FSDP2 passes)
@@ -286,7 +289,22 @@ def check_broadcast_parameters(rank, world):
     return st.as_dict()
 
 
+def check_thread_count_unchanged(before):
+    after = torch.get_num_threads()
+    assert after == before, (
+        f"a qlccomm call changed torch's intra-op thread count from {before} to {after}: results of "
+        "later torch ops (training math) change with it, so runs stop being reproducible")
+
+
 def check_everything(rank, world):
+    threads = torch.get_num_threads()
+    try:
+        return check_everything_inner(rank, world)
+    finally:
+        check_thread_count_unchanged(threads)
+
+
+def check_everything_inner(rank, world):
     return {
         "all_reduce": check_all_reduce(rank, world),
         "all_reduce_variants": check_all_reduce_variants(rank, world),
@@ -376,7 +394,9 @@ def test_payload_encode_decode_and_checks():
 def test_coding_resolution_per_dtype():
     for dtype in CODED:
         assert C._resolve_coding(dtype, "qlc", None).codec == "qlc"
-        assert C._resolve_coding(dtype, "auto", None).tag == wire.ADAPTIVE_TAG
+        assert C._resolve_coding(dtype, "qlc", None).tag == wire.ADAPTIVE_TAG
+        # "auto" follows qlccomm's own per-dtype choice
+        assert C._resolve_coding(dtype, "auto", None).codec == pick_codec(dtype, "auto")
     for dtype in RAW + [torch.int64, torch.complex64]:
         assert not C._resolve_coding(dtype, "qlc", None).coded
     assert not C._resolve_coding(torch.bfloat16, "raw", None).coded

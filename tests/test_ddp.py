@@ -23,7 +23,13 @@ def run_demo(rank, world, *argv):
 
     args = train_ddp.parse_args(list(argv))
     info = DistInfo(rank, world, rank, "gloo", torch.device("cpu"), "test")
-    return train_ddp.train_and_compare(args, info)
+    threads = torch.get_num_threads()
+    res = train_ddp.train_and_compare(args, info)
+    # checked first: if coding changes torch's thread count, the two trainings compute differently
+    from test_collectives import check_thread_count_unchanged
+
+    check_thread_count_unchanged(threads)
+    return res
 
 
 def check_result(res, steps):

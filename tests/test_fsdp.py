@@ -55,7 +55,7 @@ def test_fsdp2_qlc_all_gather_bfloat16(mpi_group):
 
 
 def test_fsdp2_three_ranks_uneven_shards():
-    res = check_ok(run_ranks("test_fsdp:run_fsdp", 3, "--steps", "6", timeout=120))
+    res = check_ok(run_ranks("test_fsdp:run_fsdp", 3, "--steps", "4", timeout=120))
     for r in res:
         check_result(r)
 
