@@ -277,16 +277,20 @@ def check_broadcast_parameters(rank, world):
                                 torch.nn.BatchNorm1d(8))
     model[3].running_mean.normal_()
     model[3].num_batches_tracked.fill_(rank + 3)  # an int64 buffer (uncoded)
-    src = world - 1
-    st = broadcast_parameters(model, src=src, codec="qlc", min_compress_bytes=0)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    gathered = [None] * world
-    dist.all_gather_object(gathered, {k: v.reshape(-1).view(torch.uint8).tolist() for k, v in state.items()})
-    assert all(g == gathered[src] for g in gathered), "parameters differ after broadcast_parameters"
-    assert state["3.num_batches_tracked"].item() == src + 3
-    if world > 1:
-        assert st.compressed and st.sent_bytes < st.plain_bytes, st
-    return st.as_dict()
+    out = {}
+    for codec, src in (("qlc", world - 1), ("enec", 0)):
+        if codec == "enec" and not enec_available():
+            continue
+        st = broadcast_parameters(model, src=src, codec=codec, min_compress_bytes=0)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        gathered = [None] * world
+        dist.all_gather_object(gathered, {k: v.reshape(-1).view(torch.uint8).tolist() for k, v in state.items()})
+        assert all(g == gathered[src] for g in gathered), f"parameters differ after broadcast_parameters ({codec})"
+        assert state["3.num_batches_tracked"].item() == world - 1 + 3
+        if world > 1:
+            assert st.compressed and st.sent_bytes < st.plain_bytes, st
+        out[codec] = st.as_dict()
+    return out
 
 
 def check_thread_count_unchanged(before):
