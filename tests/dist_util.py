@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,6 +84,7 @@ def run_ranks(target: str, world: int, *args, timeout: float = 60.0, pg_timeout:
         data = json.loads(res_path.read_text()) if res_path.exists() else {}
         outcomes.append(Outcome(rank, ended[rank], bool(data.get("ok")), data.get("result"), data.get("error", ""),
                                 data.get("traceback", ""), output, data.get("seconds", 0.0)))
+    shutil.rmtree(tmp, ignore_errors=True)
     return outcomes
 
 

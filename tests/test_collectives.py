@@ -302,10 +302,9 @@ def check_thread_count_unchanged(before):
 
 def check_everything(rank, world):
     threads = torch.get_num_threads()
-    try:
-        return check_everything_inner(rank, world)
-    finally:
-        check_thread_count_unchanged(threads)
+    result = check_everything_inner(rank, world)
+    check_thread_count_unchanged(threads)
+    return result
 
 
 def check_everything_inner(rank, world):
