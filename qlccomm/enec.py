@@ -283,27 +283,41 @@ def _search(hist: np.ndarray, sample: np.ndarray, scale: float, exact: bool, geo
     return _Choice(b, n, m, best_x, cst, exact, done)
 
 
-def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[np.ndarray, float, bool]:
-    """Member-major [L, groups] exponents of the groups the search looks at."""
-    L, G, B = geo.L, geo.G, geo.B
+def sample_plan(cod: _Coded) -> tuple[list[int], bool]:
+    """Which blocks the search reads: ordinals among the coded full blocks, and whether the
+    search is exact (then every coded block is read, the coded tail included)."""
     exact = cod.Kc <= SAMPLE_BLOCKS
-    cols = []
     if exact:
-        if cod.KcA:
-            cols.append(ec[: cod.KcA * B].view(cod.KcA, L, G).permute(1, 0, 2).reshape(L, -1))
-        if cod.tail_coded:
-            t = ec[cod.KcA * B :]
-            idx = torch.arange(L * geo.Gt, device=ec.device)
-            idx = torch.where(idx < geo.Bt, idx, idx % geo.Gt)   # virtual members copy member 0
-            cols.append(t.index_select(0, idx).view(L, geo.Gt))
-        groups = cod.Gc
-    else:
-        pick = [((2 * i + 1) * cod.KcA) // (2 * SAMPLE_BLOCKS) for i in range(SAMPLE_BLOCKS)]
-        rows = ec[: cod.KcA * B].view(cod.KcA, B).index_select(0, torch.tensor(pick, device=ec.device))
-        cols.append(rows.view(SAMPLE_BLOCKS, L, G).permute(1, 0, 2).reshape(L, -1))
-        groups = SAMPLE_BLOCKS * G
+        return list(range(cod.KcA)), True
+    return [((2 * i + 1) * cod.KcA) // (2 * SAMPLE_BLOCKS) for i in range(SAMPLE_BLOCKS)], False
+
+
+def sample_from_blocks(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
+                       cod: _Coded, exact: bool) -> tuple[np.ndarray, float, bool]:
+    """The search's sample from the exponents of the blocks `sample_plan` names: rows
+    [k, B] (full blocks, in that order), tail [Bt] (the coded tail when exact, else None).
+    Returns member-major [L, groups] exponents, coded groups / sampled groups, exact."""
+    L, G = geo.L, geo.G
+    cols = []
+    if rows.shape[0]:
+        cols.append(rows.view(rows.shape[0], L, G).permute(1, 0, 2).reshape(L, -1))
+    if tail is not None:
+        idx = torch.arange(L * geo.Gt, device=tail.device)
+        idx = torch.where(idx < geo.Bt, idx, idx % geo.Gt)   # virtual members copy member 0
+        cols.append(tail.index_select(0, idx).view(L, geo.Gt))
+    groups = cod.Gc if exact else SAMPLE_BLOCKS * G
     sample = torch.cat(cols, 1).cpu().numpy()
     return sample, cod.Gc / groups, exact
+
+
+def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[np.ndarray, float, bool]:
+    """Member-major [L, groups] exponents of the groups the search looks at."""
+    B = geo.B
+    pick, exact = sample_plan(cod)
+    full = ec[: cod.KcA * B].view(cod.KcA, B)
+    rows = full if exact else full.index_select(0, torch.tensor(pick, device=ec.device))
+    tail = ec[cod.KcA * B :] if exact and cod.tail_coded else None
+    return sample_from_blocks(rows, tail, geo, cod, exact)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,6 +703,40 @@ def _apply_high(y: torch.Tensor, hi: torch.Tensor, flags: torch.Tensor, gid: tor
         base += stride
 
 
+def exponents_of(y: torch.Tensor, b: int, n: int, E: int) -> torch.Tensor:
+    """Exponents (uint8) of coded values y (uint8, < 2^n; consumed): e = (b - d) mod 2^E."""
+    mask = (1 << E) - 1
+    if n == 0:
+        return torch.full(y.shape, b, dtype=torch.uint8, device=y.device)
+    if n == E:
+        e = b - y
+    else:
+        e = y >> (n - 1)
+        e <<= n
+        e -= y
+        e += b
+    if E < 8:
+        e &= mask
+    return e
+
+
+def code_tables(b: int, n: int, E: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The code as lookup tables for the fused kernels, computed by the torch path's own
+    operations: by exponent e < 2^E, y (0 for exceptions) and whether e is an exception;
+    by y < 2^n (256 entries), the exponent it decodes to."""
+    A = 1 << E
+    u = b - torch.arange(A, dtype=torch.uint8)
+    if E < 8:
+        u &= A - 1
+    exc = torch.zeros(A, dtype=torch.bool)
+    if n < E:
+        exc[_exceptions(u.clone(), n, E)] = True
+        u &= (1 << n) - 1
+    u[exc] = 0
+    etab = exponents_of(torch.arange(256, dtype=torch.int64).to(torch.uint8) & ((1 << n) - 1), b, n, E)
+    return u.numpy().copy(), exc.numpy().copy(), etab.numpy().copy()
+
+
 def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torch.Tensor:
     """Decode a parsed section; `data` is the whole stream on the target device."""
     dev = data.device
@@ -713,21 +761,7 @@ def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torc
             raise FormatError(f"flag plane has {gid.numel()} flagged groups, metadata says {sec.F}")
         hi = _unpack_u8(views["high"], n - m, sec.F * geo.L).view(sec.F, geo.L)
         _apply_high(y, hi, flags, gid, m, geo, cod)
-    y = y[: cod.Nr]
-    mask = (1 << E) - 1
-    if n == 0:
-        e = torch.full((cod.Nr,), b, dtype=torch.uint8, device=dev)
-    elif n == E:
-        e = b - y
-        if E < 8:
-            e &= mask
-    else:
-        e = y >> (n - 1)
-        e <<= n
-        e -= y
-        e += b
-        if E < 8:
-            e &= mask
+    e = exponents_of(y[: cod.Nr], b, n, E)
     if sec.X:
         local = unpack_bits(views["exc_pos"], geo.pos_bits, sec.X).to(torch.int64)
         exps = _unpack_u8(views["exc_exp"], E, sec.X)
