@@ -1,7 +1,8 @@
 """One MPI rank of the MPI suite: runs the tests marked `mpi` with pytest-mpi.
 
 Rank 0 prints its pytest output; other ranks write theirs to a log that is
-printed only if that rank fails.  Exit code 5 (every test skipped, e.g. a
+printed only if that rank fails.  Only the test modules that mention `mark.mpi` are
+collected.  Exit code 5 (every test skipped, e.g. a
 min_size above the world size) counts as success, as pytest-mpi intends.
 """
 from __future__ import annotations
@@ -23,7 +24,10 @@ if rank != 0:
     sys.stderr.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-rc = int(pytest.main(["--with-mpi", "-q", "-m", "mpi", "-p", "no:cacheprovider", here, *sys.argv[1:]]))
+# collect only the modules that hold MPI tests: importing the whole suite on every rank is slow
+files = sorted(os.path.join(here, f) for f in os.listdir(here)
+               if f.startswith("test_") and f.endswith(".py") and "mark.mpi" in open(os.path.join(here, f)).read())
+rc = int(pytest.main(["--with-mpi", "-q", "-m", "mpi", "-p", "no:cacheprovider", *files, *sys.argv[1:]]))
 if rc == int(pytest.ExitCode.NO_TESTS_COLLECTED):
     rc = 0
 if log_path is not None:
