@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
@@ -47,10 +48,121 @@ class ChunkLayout:
 
     def elems(self) -> torch.Tensor:
         """Elements in each chunk (int64 [nchunks]); the last may be short."""
-        e = torch.full((self.nchunks,), self.chunk, dtype=torch.int64)
-        if self.nchunks:
-            e[-1] = self.numel - self.chunk * (self.nchunks - 1)
+        return chunk_elems(self.numel, self.chunk, self.nchunks)
+
+    def chunk_offsets(self) -> dict[str, torch.Tensor]:
+        """Where each chunk's data starts in each plane (int64 [nchunks] each, on the host).
+
+        prefix: byte offset in the prefix plane (coded chunks before it, times 3*C/8);
+        symbol: element index in the symbol plane (elements of raw chunks before it);
+        suffix: byte offset in the suffix plane (exclusive sum of the table);
+        raw:    element index in the raw planes (elements of non-zero chunks before it).
+        Only the last chunk may be short, so every offset of a full chunk is byte aligned.
+        """
+        return chunk_offsets(self.chunk, self.elems(), self.modes, self.suffix_len)
+
+
+def chunk_elems(numel: int, chunk: int, nchunks: int, device=None) -> torch.Tensor:
+    """Elements in each of `nchunks` chunks of `chunk` (int64); the last may be short.
+    A torch tensor (on `device`), or a numpy array with device="numpy"."""
+    if device == "numpy":
+        e = np.full(nchunks, chunk, np.int64)
+        if nchunks:
+            e[-1] = numel - chunk * (nchunks - 1)
         return e
+    e = torch.full((nchunks,), chunk, dtype=torch.int64, device=device)
+    if nchunks:
+        e[-1] = numel - chunk * (nchunks - 1)
+    return e
+
+
+# The chunk-table helpers below take torch tensors (the torch path, on any device) or
+# numpy arrays (the fused paths plan on the host): only operations both spell alike.
+def _xp(a):
+    return np if isinstance(a, np.ndarray) else torch
+
+
+def _exclusive_cumsum(x):
+    return _xp(x).cumsum(x, 0) - x
+
+
+def chunk_offsets(chunk: int, elems, modes, suffix_len) -> dict:
+    """Per-chunk plane offsets; see :meth:`ChunkLayout.chunk_offsets`."""
+    xp = _xp(modes)
+    coded, raw = modes == MODE_CODED, modes == MODE_RAW
+    return {
+        "prefix": _exclusive_cumsum(xp.where(coded, PREFIX_BITS * chunk // 8, 0)),
+        "symbol": _exclusive_cumsum(xp.where(raw, elems, 0)),
+        "suffix": _exclusive_cumsum(suffix_len),
+        "raw": _exclusive_cumsum(xp.where(coded | raw, elems, 0)),
+    }
+
+
+def choose_modes(elems, suffix_bits, nonzero, symbol_bits: int):
+    """Chunk modes and suffix-plane bytes (int64 each) from per-chunk statistics.
+
+    elems, suffix_bits (sum of the suffix widths of each chunk's symbols): int64;
+    nonzero: bool, whether any bit of the chunk is set.  A chunk is coded when its
+    prefix and suffix bytes are fewer than its symbols stored at `symbol_bits`.
+    """
+    xp = _xp(elems)
+    coded_bytes = (PREFIX_BITS * elems + 7) // 8 + (suffix_bits + 7) // 8
+    raw_sym_bytes = (elems * symbol_bits + 7) // 8
+    modes = xp.where(coded_bytes < raw_sym_bytes, MODE_CODED, MODE_RAW)
+    modes = xp.where(nonzero, modes, MODE_ZERO)
+    suffix_len = xp.where(modes == MODE_CODED, (suffix_bits + 7) // 8, 0)
+    return modes, suffix_len
+
+
+def plane_sizes(elems, modes, suffix_len, plan: Plan) -> dict:
+    """Bytes of each plane (prefix, symbol, suffix, raw) for a chunk table (host tensors or arrays)."""
+    n_coded = int((elems * (modes == MODE_CODED)).sum())
+    n_raw = int((elems * (modes == MODE_RAW)).sum())
+    return {
+        "prefix": packed_nbytes(n_coded, PREFIX_BITS),
+        "symbol": packed_nbytes(n_raw, plan.symbol_bits),
+        "suffix": int(suffix_len.sum()),
+        "raw": packed_nbytes(n_coded + n_raw, plan.raw_bits),
+    }
+
+
+def section_head(plan: Plan, codebook: Codebook, embed: bool, chunk: int, nchunks: int) -> bytes:
+    """The section's fixed metadata: plan, codebook (embedded or digest), chunk size and count."""
+    head = bytearray(struct.pack("<BB", plan.plan_id, CB_EMBEDDED if embed else CB_DIGEST))
+    head += codebook.to_bytes() if embed else bytes.fromhex(codebook.digest)
+    head += struct.pack("<II", chunk, nchunks)
+    return bytes(head)
+
+
+def chunk_table(modes, suffix_len):
+    """The chunk table as stored: K mode bytes, then K u32 suffix byte counts (uint8, modes' device
+    for tensors; a numpy array for numpy arrays)."""
+    if isinstance(modes, np.ndarray):
+        return np.concatenate([modes.astype(np.uint8), suffix_len.astype("<u4").view(np.uint8)])
+    return torch.cat([modes.to(torch.uint8), suffix_len.to(torch.int32).view(torch.uint8)])
+
+
+# Errors that only decoding the planes reveals, as bit flags (the fused decoders report
+# them as an OR of flags; the first set flag in this order is the one raised, as the
+# torch path checks them in this order).
+ERR_MISMATCH, ERR_RANK, ERR_SYMBOL = 1, 2, 4
+
+
+def decode_error(flags: int, plan: Plan) -> FormatError:
+    """The FormatError for a non-zero OR of ERR_* flags (first flag in check order)."""
+    if flags & ERR_MISMATCH:
+        return FormatError("suffix plane does not match the prefixes (corrupt stream)")
+    if flags & ERR_RANK:
+        return FormatError("code names a rank past the table (corrupt stream)")
+    if flags & ERR_SYMBOL:
+        return FormatError(f"decoded symbol exceeds {plan.symbol_bits} bits (corrupt stream or codebook)")
+    raise AssertionError(f"no decode error flag in {flags}")
+
+
+def adaptive_codebook(hist, dtype: torch.dtype, plan: Plan) -> Codebook:
+    """The codebook of adaptive mode: fitted to the histogram of the symbols of the
+    chunks that are not all-zero (int64 [256], host)."""
+    return codebook_from_histogram(hist, dtype, plan)
 
 
 def _pad_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -91,13 +203,12 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     nonzero = sym2.any(dim=1).bool()
     if raw2 is not None:
         nonzero |= raw2.any(dim=1).bool()
-    elems = torch.full((nchunks,), chunk, dtype=torch.int64, device=dev)
-    elems[-1] = n - chunk * (nchunks - 1)
+    elems = chunk_elems(n, chunk, nchunks, dev)
 
     if codebook is None:
         hist = torch.bincount(sym, minlength=256)
         hist[0] -= elems[~nonzero].sum()                # all-zero chunks cost nothing: leave them out
-        codebook = codebook_from_histogram(hist.cpu().numpy(), flat.dtype, plan)
+        codebook = adaptive_codebook(hist.cpu().numpy(), flat.dtype, plan)
         embed = True
     tables = codebook.device_tables(dev)
 
@@ -107,11 +218,7 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
         code_len[-1, n % chunk :] = PREFIX_BITS          # padding: zero-width codes
     # float32 sums are exact here (< 2^24) and much faster than integer reductions on CPU
     suffix_bits = code_len.sum(dim=1, dtype=torch.float32).to(torch.int64) - PREFIX_BITS * chunk
-    coded_bytes = (PREFIX_BITS * elems + 7) // 8 + (suffix_bits + 7) // 8
-    raw_sym_bytes = (elems * plan.symbol_bits + 7) // 8
-    modes = torch.where(coded_bytes < raw_sym_bytes, MODE_CODED, MODE_RAW)
-    modes = torch.where(nonzero, modes, MODE_ZERO)
-    suffix_len = torch.where(modes == MODE_CODED, (suffix_bits + 7) // 8, 0)
+    modes, suffix_len = choose_modes(elems, suffix_bits, nonzero, plan.symbol_bits)
 
     coded_rows, raw_rows, nz_rows = _rows(modes, MODE_CODED), _rows(modes, MODE_RAW), _rows(modes, MODE_CODED, MODE_RAW)
     n_coded = int(elems.index_select(0, coded_rows).sum())
@@ -119,17 +226,20 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     coded_idx = _select_rows(sym_idx.view(nchunks, chunk), coded_rows).view(-1)
     prefix_plane = pack_bits(tables["area"].index_select(0, coded_idx)[:n_coded], PREFIX_BITS)
     symbol_plane = pack_bits(sym2.index_select(0, raw_rows).view(-1)[:n_raw], plan.symbol_bits)
+    suffix_val = tables["suffix"].index_select(0, coded_idx).view(-1, chunk)
+    if n_coded % chunk:
+        # the zero padding of a short last coded chunk has zero-width codes: its suffix
+        # values must be zero too, or they would land in the chunk's unused high bits
+        suffix_val[-1, n_coded % chunk :] = 0
     suffix_plane = _pack_suffixes(
-        tables["suffix"].index_select(0, coded_idx).view(-1, chunk),
+        suffix_val,
         _select_rows(code_len, coded_rows).sub_(PREFIX_BITS) if coded_rows.numel() else code_len[:0],
         suffix_len.index_select(0, coded_rows))
     raw_plane = (pack_bits(_select_rows(raw2, nz_rows).reshape(-1)[: n_coded + n_raw], plan.raw_bits)
                  if raw2 is not None else sym.new_empty(0))
 
-    head = bytearray(struct.pack("<BB", plan.plan_id, CB_EMBEDDED if embed else CB_DIGEST))
-    head += codebook.to_bytes() if embed else bytes.fromhex(codebook.digest)
-    head += struct.pack("<II", chunk, nchunks)
-    meta = torch.cat([modes.to(torch.uint8), suffix_len.to(torch.int32).view(torch.uint8)])
+    head = bytearray(section_head(plan, codebook, embed, chunk, nchunks))
+    meta = chunk_table(modes, suffix_len)
     head_t = torch.frombuffer(head, dtype=torch.uint8).to(dev)
     return torch.cat([head_t, meta, prefix_plane, symbol_plane, suffix_plane, raw_plane])
 
@@ -226,14 +336,7 @@ def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
         raise FormatError("suffix bytes on a chunk that is not coded")
     if bool((suffix_len > elems).any()):  # at most 8 suffix bits per symbol
         raise FormatError("suffix length exceeds its chunk")
-    n_coded = int(elems[modes == MODE_CODED].sum())
-    n_raw = int(elems[modes == MODE_RAW].sum())
-    planes = {
-        "prefix": packed_nbytes(n_coded, PREFIX_BITS),
-        "symbol": packed_nbytes(n_raw, plan.symbol_bits),
-        "suffix": int(suffix_len.sum()),
-        "raw": packed_nbytes(n_coded + n_raw, plan.raw_bits),
-    }
+    planes = plane_sizes(elems, modes, suffix_len, plan)
     end = pos + sum(planes.values())
     if len(src) != end:
         raise FormatError(f"stream is {len(src)} bytes, its QLC metadata says {end}")
@@ -311,7 +414,7 @@ def _decode_coded(views, n_coded: int, chunk_bytes: torch.Tensor, chunk: int, ta
         width[-1, n_coded % chunk :] = 0                                          # padding: zero-width codes
     bits = width.sum(dim=1, dtype=torch.float32).to(torch.int64)                  # exact: < 2^24
     if bool(((bits + 7) // 8 != chunk_bytes).any()):
-        raise FormatError("suffix plane does not match the prefixes (corrupt stream)")
+        raise decode_error(ERR_MISMATCH, plan)
     # exclusive prefix sum inside each chunk; int16 is exact for chunks up to 4096 codes (< 2^15 bits
     # before the last code; the inclusive sum may wrap, the difference does not)
     local = torch.cumsum(width, dim=1, dtype=torch.int16 if chunk <= 4096 else torch.int32)
@@ -329,7 +432,7 @@ def _decode_coded(views, n_coded: int, chunk_bytes: torch.Tensor, chunk: int, ta
     value += area_idx.view(area.shape).bitwise_left_shift_(8)
     sym = tables["decode"].index_select(0, value.view(-1)).view(area.shape)
     if bool((sym < 0).any()):
-        raise FormatError("code names a rank past the table (corrupt stream)")
+        raise decode_error(ERR_RANK, plan)
     if plan.symbol_bits < 8 and bool((sym >> plan.symbol_bits).any()):
-        raise FormatError(f"decoded symbol exceeds {plan.symbol_bits} bits (corrupt stream or codebook)")
+        raise decode_error(ERR_SYMBOL, plan)
     return sym                                                                    # int16

@@ -1,0 +1,177 @@
+"""Kernel-level benchmark of the QLC backends on CPU tensors (``python -m qlccomm.kernels.bench``).
+
+Goes through the public API (``qlccomm.compress`` / ``qlccomm.decompress``), with
+the backend chosen by ``QLCCOMM_KERNELS`` for each measurement, and also times the
+codec section alone (``encode_section`` / ``decode_section``: no stream header, no
+copy in ``compress``, no parsing).  Measures in *interleaved rounds*: every round
+times the memory copies, zstd level 1 and each codec once, on the same bytes, so
+load from other processes hits all of them alike.  Reports medians over rounds of
+GB/s (uncompressed bytes per second) by wall clock and by process CPU time (with one
+thread, CPU time is immune to time-slicing on a shared machine), and of the speed
+relative to `clone` (allocate + copy) in the same round.
+
+References: `copy_` copies into an existing tensor (memory bandwidth); `clone`
+allocates and copies (what an out-of-place result costs: fresh pages fault in).
+
+Data (``--data``):
+  weights  bfloat16 of a Student-t (df=5) times 0.02: heavy tails, exponents
+           spread over ~20 binades around 2^-6, like trained weight matrices
+  grads    rows of 4096 normal values with a per-row scale 10^U(-7,-2), and
+           10% of the rows exactly zero (untouched embedding rows)
+
+This is not the user-facing ``qlccomm bench`` (qlccomm/cli.py); it exists to
+measure the kernels against their targets (issue 5) on one core.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+import qlccomm
+
+
+def make_data(kind: str, nbytes: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n = nbytes // torch.empty(0, dtype=dtype).element_size()
+    if kind == "weights":
+        # Student-t by its definition (normal / sqrt(chi2/df)), with our generator
+        z = torch.randn(n, generator=g)
+        chi2 = torch.randn(n, 5, generator=g).pow_(2).sum(1)
+        x = z / (chi2 / 5).sqrt_() * 0.02
+    elif kind == "grads":
+        rows = -(-n // 4096)
+        scale = torch.pow(10.0, torch.empty(rows).uniform_(-7, -2, generator=g))
+        scale[torch.rand(rows, generator=g) < 0.1] = 0.0
+        x = (torch.randn(rows, 4096, generator=g) * scale[:, None]).reshape(-1)[:n]
+    else:
+        raise ValueError(kind)
+    return x.to(dtype)
+
+
+_SYNC = [lambda: None]
+
+
+def _timed(fn):
+    _SYNC[0]()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    _SYNC[0]()
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def _backend(name: str):
+    os.environ["QLCCOMM_KERNELS"] = name
+
+
+def run(mib: float = 64, rounds: int = 7, threads: int = 1, data: str = "weights",
+        dtype: torch.dtype = torch.bfloat16, backends=("native", "torch"), adaptive: bool = True,
+        device: str = "cpu", best: bool = False):
+    torch.set_num_threads(threads)
+    x = make_data(data, int(mib * (1 << 20)), dtype).to(device)
+    if x.device.type == "cuda":
+        _SYNC[0] = torch.cuda.synchronize
+    elif x.device.type != "cpu" and hasattr(getattr(torch, x.device.type, None), "synchronize"):
+        _SYNC[0] = getattr(torch, x.device.type).synchronize
+    nbytes = x.numel() * x.element_size()
+    cb = qlccomm.fit_codebook(x)
+    raw = x.view(torch.uint8).cpu().numpy() if x.device.type == "cpu" else None
+
+    cases = {}                                   # name -> (encode fn, decode fn)
+    y = torch.empty_like(x)
+    cases["clone"] = (lambda: x.clone(), None)
+    cases["copy_"] = (lambda: y.copy_(x), None)
+    zblob = None
+    try:
+        import zstandard
+        if raw is not None:                      # zstd only where the bytes are: on the CPU
+            zc, zd = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
+            zblob = zc.compress(raw)
+            cases["zstd-1"] = (lambda: zc.compress(raw), lambda: zd.decompress(zblob))
+    except ImportError:
+        pass
+    blobs = {}
+    for b in backends:
+        for mode in (("codebook", "adaptive") if adaptive else ("codebook",)):
+            _backend(b)
+            c = cb if mode == "codebook" else None
+            blob = qlccomm.compress(x, codebook=c)
+            assert torch.equal(qlccomm.decompress(blob, codebook=cb).view(torch.uint8), x.view(torch.uint8))
+            name = f"qlc/{b}/{mode}"
+            blobs[name] = blob
+            cases[name] = ((lambda c=c, b=b: (_backend(b), qlccomm.compress(x, codebook=c))),
+                           (lambda blob=blob, b=b: (_backend(b), qlccomm.decompress(blob, codebook=cb))))
+    # the codec section alone (no stream header, no torch.cat in compress, no parse)
+    from qlccomm import kernels, qlc
+    from qlccomm.format import ByteSource, parse_header
+    for b in backends:
+        _backend(b)
+        impl = kernels.implementation("qlc", x.device) or qlc
+        blob = qlccomm.compress(x, codebook=cb)
+        src = ByteSource(blob)
+        header = parse_header(src.read(0, 21 + 8 * x.dim()))
+        sec = qlc.parse_section(src, header.nbytes, header.numel, x.dtype, cb)
+        flat = x.reshape(-1)
+        name = f"qlc/{b}/codebook/section"
+        blobs[name] = blob
+        cases[name] = ((lambda impl=impl: impl.encode_section(flat, cb.plan_obj, cb)),
+                       (lambda impl=impl, sec=sec, header=header, blob=blob: impl.decode_section(sec, blob, header)))
+    sizes = {"clone": nbytes, "copy_": nbytes, **({"zstd-1": len(zblob)} if zblob is not None else {}),
+             **{k: v.numel() for k, v in blobs.items()}}
+
+    wall = {k: {"enc": [], "dec": []} for k in cases}
+    cpu = {k: {"enc": [], "dec": []} for k in cases}
+    rel = {k: {"enc": [], "dec": []} for k in cases}
+    for _ in range(rounds):
+        t_copy, c_copy, _ = _timed(cases["clone"][0])
+        wall["clone"]["enc"].append(t_copy)
+        cpu["clone"]["enc"].append(c_copy)
+        rel["clone"]["enc"].append(1.0)
+        for name, (enc, dec) in cases.items():
+            if name == "clone":
+                continue
+            for what, fn in (("enc", enc), ("dec", dec)):
+                if fn is None:
+                    continue
+                t, c, _ = _timed(fn)
+                wall[name][what].append(t)
+                cpu[name][what].append(c)
+                rel[name][what].append(t_copy / t)
+    os.environ.pop("QLCCOMM_KERNELS", None)
+
+    for label, pick, pick_rel in (("median", statistics.median, statistics.median), ("best", min, max)):
+        if label == "best" and not best:
+            continue
+        rate = (lambda ts: f"{nbytes / pick(ts) / 1e9:8.3f}" if ts else f"{'-':>8}")
+        relf = (lambda rs: f"{pick_rel(rs):8.3f}" if rs else f"{'-':>8}")
+        print(f"# {mib} MiB {str(dtype).removeprefix('torch.')} {data} on {x.device}, {threads} CPU thread(s), "
+              f"{label} of {rounds} interleaved rounds; GB/s = uncompressed bytes / s")
+        print(f"{'case':<28}{'ratio':>7}  {'enc GB/s':>8}{'dec GB/s':>9}  {'enc cpu':>8}{'dec cpu':>9}"
+              f"  {'enc/clone':>9}{'dec/clone':>10}")
+        for name in cases:
+            print(f"{name:<28}{nbytes / sizes[name]:>7.3f}  {rate(wall[name]['enc'])}{rate(wall[name]['dec']):>9}"
+                  f"  {rate(cpu[name]['enc'])}{rate(cpu[name]['dec']):>9}  {relf(rel[name]['enc']):>9}"
+                  f"{relf(rel[name]['dec']):>10}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mib", type=float, default=64)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", choices=["weights", "grads"], default="weights")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--backends", default="native,torch")
+    p.add_argument("--no-adaptive", action="store_true")
+    p.add_argument("--best", action="store_true", help="also print the best round (least disturbed)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (use --backends triton,torch off the CPU)")
+    a = p.parse_args(argv)
+    run(a.mib, a.rounds, a.threads, a.data, getattr(torch, a.dtype), tuple(a.backends.split(",")),
+        not a.no_adaptive, a.device, a.best)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Host-side glue shared by the fused QLC kernels (Triton and native).
+
+The fused paths split the work the same way:
+
+    encode: per-chunk statistics pass (kernel) -> host planning (this module:
+            modes, plane offsets, section metadata) -> one writing pass (kernel)
+    decode: host planning from the parsed, validated section (this module) ->
+            one decoding pass (kernel) -> error flags checked on the host
+
+Everything about the *format* that is not a per-element pass lives in
+qlccomm.qlc (choose_modes, chunk_offsets, plane_sizes, section_head,
+chunk_table, decode_error) and is reused here, so the fused paths and the torch
+path cannot drift apart.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qlccomm import qlc
+from qlccomm.codebook import ALPHABET, N_AREAS, PREFIX_BITS, Codebook
+from qlccomm.split import Plan
+
+# Columns of the per-chunk table the kernels read (int64 [K, TAB_COLS]).
+TAB_MODE, TAB_ELEMS, TAB_PREFIX, TAB_SYMBOL, TAB_SUFFIX, TAB_SUFLEN, TAB_RAW = range(7)
+TAB_COLS = 8            # one column spare: rows of 64 bytes
+
+
+@dataclass(frozen=True)
+class PlanBits:
+    """A plan as shifts and masks, the form the kernels take.
+
+    symbol = (x >> ssh) & smask;  raw = ((x >> rsh) & rhi) | (x & rlo)
+    x      = (symbol << ssh) | ((raw & rhi) << rsh) | (raw & rlo)
+    kind: element width, 0 = 8-bit, 1 = 16-bit, 2 = 32-bit.
+    """
+
+    kind: int
+    ssh: int
+    smask: int
+    rsh: int
+    rhi: int
+    rlo: int
+    sym_bits: int
+    raw_bits: int
+
+
+PLAN_BITS = {
+    "byte": PlanBits(0, 0, 0xFF, 0, 0, 0, 8, 0),
+    "bf16_exp": PlanBits(1, 7, 0xFF, 8, 0x80, 0x7F, 8, 8),
+    "fp16_hi": PlanBits(1, 8, 0xFF, 0, 0, 0xFF, 8, 8),
+    "fp16_exp": PlanBits(1, 10, 0x1F, 5, 0x400, 0x3FF, 5, 11),
+    "fp32_exp": PlanBits(2, 23, 0xFF, 8, 0x800000, 0x7FFFFF, 8, 24),
+}
+KIND_DTYPES = {0: torch.uint8, 1: torch.int16, 2: torch.int32}
+
+
+def plan_bits(plan: Plan) -> PlanBits:
+    pb = PLAN_BITS[plan.name]
+    assert pb.sym_bits == plan.symbol_bits and pb.raw_bits == plan.raw_bits, plan
+    return pb
+
+
+def element_view(flat: torch.Tensor, pb: PlanBits) -> torch.Tensor:
+    """The tensor's elements as plain integers of their width (no copy)."""
+    return flat.view(KIND_DTYPES[pb.kind])
+
+
+# -- output buffers --------------------------------------------------------------------------------
+_HUGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise = None
+
+
+def _get_madvise():
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fn = libc.madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):
+                pass
+    return _madvise
+
+
+def empty_output(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty on the CPU for a buffer the kernels fill right away.
+
+    Large fresh allocations are fresh pages, and faulting them in 4 KiB at a time
+    costs more than decoding into them on some machines (0.6 ns/byte in a VM
+    measured here).  Where transparent huge pages are in `madvise` mode, asking for
+    them on the buffer's 2 MiB-aligned interior makes that ~3x cheaper.  Best effort:
+    a no-op elsewhere; the tensor is an ordinary one either way.
+    """
+    t = torch.empty(numel, dtype=dtype)
+    nbytes = numel * t.element_size()
+    if nbytes >= 4 * _HUGE:
+        fn = _get_madvise()
+        if fn:
+            a = t.data_ptr()
+            lo, hi = (a + _HUGE - 1) & ~(_HUGE - 1), (a + nbytes) & ~(_HUGE - 1)
+            if hi > lo:
+                fn(lo, hi - lo, _MADV_HUGEPAGE)
+    return t
+
+
+# -- codebook tables -------------------------------------------------------------------------------
+_TABLES: "OrderedDict[tuple, dict]" = OrderedDict()
+_TABLES_MAX = 64
+
+
+def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> dict:
+    """Kernel tables of a codebook, cached by digest (and device when given).
+
+    enc:   int32 [256] by symbol: suffix | area << 8 | suffix width << 12
+    wsuf:  uint8 [256] by symbol: suffix width
+    dec:   int16 [8 * 256] by area * 256 + suffix: symbol, or -1 past the rank table
+    widths, masks: int64 [8] by area;  wpack: the 8 widths as 4-bit fields of one int
+    Host (numpy) arrays without `device`, torch tensors on `device` with it.
+    """
+    key = (cb.digest, None if device is None else str(device))
+    t = _TABLES.get(key)
+    if t is not None:
+        _TABLES.move_to_end(key)
+        return t
+    if device is None:
+        cpu = cb.device_tables(torch.device("cpu"))
+        area = cpu["area"].numpy().astype(np.int32)
+        suffix = cpu["suffix"].numpy().astype(np.int32)
+        wsuf = cpu["length"].numpy().astype(np.int32) - PREFIX_BITS
+        widths = np.asarray(cb.widths, np.int64)
+        t = {
+            "enc": (suffix | (area << 8) | (wsuf << 12)).astype(np.int32),
+            "wsuf": wsuf.astype(np.uint8),
+            "dec": cpu["decode"].numpy().astype(np.int16).copy(),
+            "widths": widths,
+            "masks": (np.int64(1) << widths) - 1,
+            "wpack": int(sum(int(w) << (4 * k) for k, w in enumerate(cb.widths))),
+        }
+        assert t["dec"].shape == (N_AREAS * ALPHABET,)
+    else:
+        host = codebook_tables(cb)
+        dev = torch.device(device)
+        t = {k: (torch.from_numpy(v).to(dev) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
+    _TABLES[key] = t
+    while len(_TABLES) > _TABLES_MAX:
+        _TABLES.popitem(last=False)
+    return t
+
+
+# Error marks in the native decoder's symbol table (bit 31 set = an error; valid entries,
+# symbol << ssh, stay below bit 31, and below bit 18 for the plans with 5-bit symbols)
+DTAB_RANK = -(1 << 31) | (1 << 30)        # rank past the table
+DTAB_WIDE = -(1 << 31) | (1 << 29)        # symbol wider than the plan's symbol bits
+
+
+def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
+    """The native decoder's tables (host, cached):
+
+    dtab: int32 [8 * 256] by area << 8 | the next 8 suffix bits (bits past the area's
+          width ignored): symbol << pb.ssh, or DTAB_RANK / DTAB_WIDE.
+    w4:   int32 [4096] by the 12 prefix bits of 4 consecutive codes: the bit offsets of
+          codes 1, 2, 3 in bits 0-7, 8-15, 16-23 and the 4 codes' total width in 24-31.
+    """
+    key = (cb.digest, "native-decode")
+    t = _TABLES.get(key)
+    if t is None:
+        host = codebook_tables(cb)
+        area = np.repeat(np.arange(N_AREAS), ALPHABET)
+        low = np.tile(np.arange(ALPHABET), N_AREAS)
+        sym = host["dec"][(area << 8) | (low & host["masks"][area])].astype(np.int64)
+        dtab = np.where(sym < 0, DTAB_RANK, np.maximum(sym, 0) << pb.ssh)
+        if pb.sym_bits < 8:
+            dtab = np.where((sym >= 0) & ((sym >> pb.sym_bits) != 0), DTAB_WIDE, dtab)
+        assert int(np.where(dtab >= 0, dtab, 0).max()) < (1 << 31)
+        p = np.arange(4096)
+        w = [host["widths"][(p >> (3 * j)) & 7] for j in range(4)]
+        w4 = w[0] | ((w[0] + w[1]) << 8) | ((w[0] + w[1] + w[2]) << 16) | ((w[0] + w[1] + w[2] + w[3]) << 24)
+        t = (dtab.astype(np.int32), w4.astype(np.int32))
+        _TABLES[key] = t
+    return t
+
+
+# -- encode planning --------------------------------------------------------------------------------
+@dataclass
+class EncodeLayout:
+    """Where everything goes in an encoded section (offsets in bytes from the section start)."""
+
+    head: np.ndarray            # uint8: plan, codebook, chunk size and count, chunk table
+    table: np.ndarray           # int64 [K, TAB_COLS]
+    bases: dict                 # plane name -> byte offset of the plane in the section
+    sizes: dict                 # plane name -> bytes
+    n_nz: int                   # elements of the non-zero chunks (the raw planes' length)
+    total: int                  # section bytes
+
+
+def _layout(chunk: int, elems: np.ndarray, modes: np.ndarray, suffix_len: np.ndarray,
+            plan: Plan, start: int) -> tuple[np.ndarray, dict, dict, int]:
+    """Chunk table for the kernels, plane bases (from `start`), plane sizes, raw-plane length."""
+    off = qlc.chunk_offsets(chunk, elems, modes, suffix_len)
+    table = np.empty((modes.size, TAB_COLS), np.int64)
+    for col, v in ((TAB_MODE, modes), (TAB_ELEMS, elems), (TAB_PREFIX, off["prefix"]),
+                   (TAB_SYMBOL, off["symbol"]), (TAB_SUFFIX, off["suffix"]), (TAB_SUFLEN, suffix_len),
+                   (TAB_RAW, off["raw"])):
+        table[:, col] = v
+    table[:, TAB_COLS - 1] = 0
+    sizes = qlc.plane_sizes(elems, modes, suffix_len, plan)
+    bases, pos = {}, start
+    for name in ("prefix", "symbol", "suffix", "raw"):
+        bases[name] = pos
+        pos += sizes[name]
+    n_nz = int((elems * (modes != qlc.MODE_ZERO)).sum())
+    return table, bases, sizes, n_nz
+
+
+def encode_layout(n: int, chunk: int, plan: Plan, codebook: Codebook, embed: bool,
+                  suffix_bits, nonzero) -> EncodeLayout:
+    """Plan an encoded section from per-chunk statistics (host arrays of K entries):
+    suffix_bits, the sum of the suffix widths of each chunk's symbols; nonzero,
+    whether any bit of the chunk is set.  Same decisions as qlc.encode_section."""
+    nchunks = -(-n // chunk)
+    suffix_bits = np.asarray(suffix_bits, np.int64)
+    nonzero = np.asarray(nonzero, np.bool_)
+    elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
+    modes, suffix_len = qlc.choose_modes(elems, suffix_bits, nonzero, plan.symbol_bits)
+    head = np.concatenate([np.frombuffer(qlc.section_head(plan, codebook, embed, chunk, nchunks), np.uint8),
+                           qlc.chunk_table(modes, suffix_len)])
+    table, bases, sizes, n_nz = _layout(chunk, elems, modes, suffix_len, plan, head.size)
+    total = head.size + sum(sizes.values())
+    return EncodeLayout(head, table, bases, sizes, n_nz, total)
+
+
+def zero_chunk_elems(n: int, chunk: int, nonzero) -> int:
+    """Elements in the all-zero chunks (adaptive mode leaves them out of the histogram)."""
+    elems = qlc.chunk_elems(n, chunk, len(nonzero), "numpy")
+    return int(elems[~np.asarray(nonzero, np.bool_)].sum())
+
+
+# -- decode planning --------------------------------------------------------------------------------
+@dataclass
+class DecodeLayout:
+    table: np.ndarray           # int64 [K, TAB_COLS]
+    bases: dict                 # plane name -> absolute byte offset in the stream
+    ends: dict                  # plane name -> absolute end offset
+    n_nz: int
+    numel: int
+    chunk: int
+
+
+def decode_layout(sec) -> DecodeLayout:
+    """Per-chunk offsets of a parsed (validated) QLC section."""
+    lay = sec.layout
+    table, bases, sizes, n_nz = _layout(lay.chunk, lay.elems().numpy(), lay.modes.numpy(),
+                                        lay.suffix_len.numpy(), sec.plan, sec.planes_offset)
+    for name, size in sec.plane_bytes.items():
+        assert sizes[name] == size, (name, sizes[name], size)   # parse_section checked the stream
+    ends = {k: bases[k] + sizes[k] for k in bases}
+    return DecodeLayout(table, bases, ends, n_nz, lay.numel, lay.chunk)
+
+
+def raise_flags(flags: int, plan: Plan) -> None:
+    """Raise the torch path's FormatError for the decoders' OR of qlc.ERR_* flags."""
+    if flags:
+        raise qlc.decode_error(int(flags), plan)

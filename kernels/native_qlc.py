@@ -1,0 +1,487 @@
+"""QLC on CPU tensors: fused native kernels compiled by numba.
+
+Same contract as qlccomm.qlc (encode_section / decode_section, same bytes, same
+errors).  Chunks are independent, so every kernel is a `prange` over chunks:
+
+    qlc_stats   per chunk: is any bit set, and the sum of its suffix widths
+                (adaptive mode: the chunk's symbol histogram instead)
+    host        modes, plane offsets and the section metadata (kernels/common.py)
+    qlc_encode  per chunk: raw planes, then prefix + suffix (coded) or symbols (raw)
+                written straight into the section at its offsets
+    qlc_decode  per chunk: symbols, then the raw bits merged in; errors as per-chunk
+                flags, raised on the host with the torch path's messages
+
+Inside a chunk: encoding gathers suffixes in a 64-bit accumulator flushed 32 bits
+at a time; decoding reads 8 unaligned bytes per 4 codes, takes the 4 codes' bit
+offsets from one lookup on their 12 prefix bits (the widths follow from the
+prefixes alone) and their symbols from a table on area and 8 suffix bits, so the
+only serial dependency between codes is one add.  Every read is bounded by the
+chunk's own bytes (bytes past them read as zero), so corrupt planes cannot make it
+read out of bounds; parse_section validated every offset and size before this runs.
+
+Why numba rather than a compiled extension: the package stays pure Python (no
+compiler or build step at install time, the same wheel everywhere, `pip install -e`
+just works), the kernels live next to the Triton ones in the same language, and
+`cache=True` keeps the JIT out of every process but the first (cold compile of all
+specialisations: about 40-60 s on 2 shared cores; cached: under 1 s).  There are
+three specialisations per kernel at most (8-, 16- and 32-bit elements); every plan
+is a set of shifts and masks passed as integers (kernels/common.PlanBits).  The
+cost: numba cannot be told to skip its negative-index checks, so the hot loops
+index with unsigned integers, and unaligned word loads/stores need a small LLVM
+intrinsic (_u64_at, _u64_put).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
+
+from qlccomm import qlc
+from qlccomm.codebook import Codebook
+from qlccomm.split import Plan
+
+from . import common
+from .common import TAB_ELEMS, TAB_MODE, TAB_PREFIX, TAB_RAW, TAB_SUFFIX, TAB_SUFLEN, TAB_SYMBOL
+
+_UNSIGNED = {0: np.uint8, 1: np.uint16, 2: np.uint32}
+
+# numba's own thread pool, unless the user chose a layer: its "omp" layer shares libgomp
+# with torch and changes torch's intra-op thread count behind the user's back (measured:
+# torch.set_num_threads(1), one kernel call, torch.get_num_threads() == 2).  The kernels
+# take as many threads as torch is set to use (_threads), so torchrun's 1 stays 1.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+# the workqueue layer must not be entered from two threads at once
+_LOCK = threading.Lock()
+
+if sys.byteorder != "little":   # the unaligned word loads/stores below assume little-endian
+    raise ImportError("the native QLC kernels need a little-endian CPU")
+
+
+@intrinsic
+def _u64_at(typingctx, arr, idx):
+    """The 8 bytes arr[idx:idx+8] as one little-endian int64 (an unaligned load; no bounds check)."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.load(ptr, align=1)
+    return types.int64(arr, types.intp), codegen
+
+
+@intrinsic
+def _u64_put(typingctx, arr, idx, val):
+    """Store int64 `val` little-endian at arr[idx:idx+8] (unaligned; no bounds check)."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(64).as_pointer())
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, types.int64), codegen
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every inner loop runs over per-chunk slices (xs = x[lo:hi], ...) indexed from 0: LLVM then
+# knows the indices are non-negative and drops numba's negative-index wraparound checks,
+# which otherwise cost more than the work itself.
+
+# statistics
+@njit(cache=True)
+def _chunk_any(xs):
+    acc = 0
+    for i in range(xs.shape[0]):
+        acc |= xs[i]
+    return acc != 0
+
+
+@njit(cache=True)
+def _chunk_bits(xs, ssh, smask, wsuf):
+    b0 = 0
+    b1 = 0
+    m = xs.shape[0]
+    half = m >> 1
+    for i in range(half):
+        k = np.uintp(2 * i)
+        b0 += wsuf[np.uintp((xs[k] >> ssh) & smask)]
+        b1 += wsuf[np.uintp((xs[k + np.uintp(1)] >> ssh) & smask)]
+    if m & 1:
+        b0 += wsuf[np.uintp((xs[m - 1] >> ssh) & smask)]
+    return b0 + b1
+
+
+@njit(cache=True)
+def _chunk_hist(xs, ssh, smask, hrow):
+    h = np.zeros((4, 256), np.int32)            # 4 sub-histograms: no store-to-load stalls
+    m = xs.shape[0]
+    quad = m >> 2
+    for i in range(quad):
+        k = np.uintp(4 * i)
+        h[0, np.uintp((xs[k] >> ssh) & smask)] += 1
+        h[1, np.uintp((xs[k + np.uintp(1)] >> ssh) & smask)] += 1
+        h[2, np.uintp((xs[k + np.uintp(2)] >> ssh) & smask)] += 1
+        h[3, np.uintp((xs[k + np.uintp(3)] >> ssh) & smask)] += 1
+    for i in range(4 * quad, m):
+        h[0, np.uintp((xs[i] >> ssh) & smask)] += 1
+    for s in range(256):
+        hrow[s] = h[0, s] + h[1, s] + h[2, s] + h[3, s]
+
+
+@njit(cache=True, parallel=True)
+def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
+    """Per chunk c: nz[c] = any bit set; bits[c] = sum of suffix widths (wsuf by symbol),
+    or with want_hist: hist[c] = symbol histogram (left zero for all-zero chunks)."""
+    n = x.shape[0]
+    for c in prange(bits.shape[0]):
+        lo = c * chunk
+        xs = x[lo:min(lo + chunk, n)]
+        nonzero = _chunk_any(xs)
+        nz[c] = nonzero
+        if want_hist:
+            if nonzero:
+                _chunk_hist(xs, ssh, smask, hist[c])
+        else:
+            bits[c] = _chunk_bits(xs, ssh, smask, wsuf)
+
+
+@njit(cache=True, parallel=True)
+def qlc_bits_from_hist(hist, wsuf, bits):
+    for c in prange(hist.shape[0]):
+        b = 0
+        for s in range(256):
+            b += hist[c, s] * np.int64(wsuf[s])
+        bits[c] = b
+
+
+# ---------------------------------------------------------------------------------------------------
+# encode
+@njit(cache=True, inline="always")
+def _store_le(dst, p, word, nbytes):
+    """The low `nbytes` (<= 8) bytes of word, little-endian, at dst[p:], clipped to dst's end.
+    With room in dst it stores 8 bytes at once: the bytes past `nbytes` are the word's
+    higher bytes, which the callers either overwrite next or want anyway."""
+    if p + 8 <= dst.shape[0]:
+        _u64_put(dst, p, word)
+    else:
+        for t in range(nbytes):
+            if p + t < dst.shape[0]:
+                dst[p + t] = (word >> (8 * t)) & 0xFF
+
+
+@njit(cache=True)
+def _enc_raw_planes(xs, rsh, rhi, rlo, raw_bits, p0, p1, p2, top):
+    """Raw bits of the chunk's elements: byte planes p0 (, p1, p2), or p0 + 3-bit `top`."""
+    m = xs.shape[0]
+    if raw_bits == 8:
+        for i in range(m):
+            v = xs[i]
+            p0[i] = ((v >> rsh) & rhi) | (v & rlo)
+    elif raw_bits == 24:
+        for i in range(m):
+            v = xs[i]
+            r = ((v >> rsh) & rhi) | (v & rlo)
+            p0[i] = r & 0xFF
+            p1[i] = (r >> 8) & 0xFF
+            p2[i] = (r >> 16) & 0xFF
+    else:  # 11 bits: a byte plane, then the top 3 bits packed (8 values -> 3 bytes)
+        for g in range(0, m, 8):
+            word = 0
+            for j in range(min(8, m - g)):
+                v = xs[g + j]
+                r = ((v >> rsh) & rhi) | (v & rlo)
+                p0[g + j] = r & 0xFF
+                word |= ((r >> 8) & 7) << (3 * j)
+            _store_le(top, 3 * (g >> 3), word, 3)
+
+
+@njit(cache=True)
+def _enc_symbols(xs, ssh, smask, sym_bits, dst):
+    m = xs.shape[0]
+    if sym_bits == 8:
+        for i in range(m):
+            dst[i] = (xs[i] >> ssh) & smask
+    else:  # 5 bits: 8 values -> 5 bytes
+        for g in range(0, m, 8):
+            word = 0
+            for j in range(min(8, m - g)):
+                word |= np.int64((xs[g + j] >> ssh) & smask) << (5 * j)
+            _store_le(dst, 5 * (g >> 3), word, 5)
+
+
+@njit(cache=True)
+def _enc_coded(xs, ssh, smask, enc, pre, suf):
+    """Prefixes into `pre` (3 bits per code), suffixes into `suf`; returns the suffix bits.
+
+    enc[symbol] = suffix | area << 8 | width << 12.  Suffixes gather in a 64-bit
+    accumulator (< 64 bits pending: bit 63 is never set) flushed 32 bits at a time."""
+    m = xs.shape[0]
+    acc = 0
+    nacc = 0
+    q = 0
+    for g in range(0, m - 7, 8):
+        pw = 0
+        for half in range(2):
+            for j in range(4 * half, 4 * half + 4):
+                e = np.int64(enc[np.uintp((xs[np.uintp(g + j)] >> ssh) & smask)])
+                acc |= (e & 0xFF) << nacc
+                nacc += (e >> 12) & 15
+                pw |= ((e >> 8) & 7) << (3 * j)
+            if nacc >= 32:
+                _store_le(suf, q, acc, 4)
+                q += 4
+                acc >>= 32
+                nacc -= 32
+        _store_le(pre, 3 * (g >> 3), pw, 3)
+    g = m & ~7
+    if g < m:   # the short tail of the last chunk
+        pw = 0
+        for j in range(m - g):
+            e = np.int64(enc[np.uintp((xs[g + j] >> ssh) & smask)])
+            acc |= (e & 0xFF) << nacc
+            nacc += (e >> 12) & 15
+            pw |= ((e >> 8) & 7) << (3 * j)
+            if nacc >= 32:
+                _store_le(suf, q, acc, 4)
+                q += 4
+                acc >>= 32
+                nacc -= 32
+        _store_le(pre, 3 * (g >> 3), pw, 3)
+    _store_le(suf, q, acc, (nacc + 7) >> 3)
+    return q * 8 + nacc
+
+
+@njit(cache=True, parallel=True)
+def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, table, out,
+               pbase, ybase, sbase, rbase, n_nz, check):
+    """Write every plane of every non-zero chunk at the offsets of `table` (common.TAB_*).
+    check[c] = the suffix bits written (the host compares them with the statistics)."""
+    n = x.shape[0]
+    for c in prange(table.shape[0]):
+        mode = table[c, TAB_MODE]
+        if mode == 0:
+            continue
+        lo = c * chunk
+        m = table[c, TAB_ELEMS]
+        xs = x[lo:min(lo + m, n)]
+        if raw_bits:
+            r0 = rbase + table[c, TAB_RAW]
+            if raw_bits == 11:
+                t0 = rbase + n_nz + 3 * (table[c, TAB_RAW] >> 3)
+                top = out[t0:t0 + ((3 * m + 7) >> 3)]
+            else:
+                top = out[0:0]
+            _enc_raw_planes(xs, rsh, rhi, rlo, raw_bits, out[r0:r0 + m],
+                            out[r0 + n_nz:r0 + n_nz + m] if raw_bits == 24 else out[0:0],
+                            out[r0 + 2 * n_nz:r0 + 2 * n_nz + m] if raw_bits == 24 else out[0:0], top)
+        if mode == 1:
+            p0 = pbase + table[c, TAB_PREFIX]
+            s0 = sbase + table[c, TAB_SUFFIX]
+            check[c] = _enc_coded(xs, ssh, smask, enc, out[p0:p0 + ((3 * m + 7) >> 3)],
+                                  out[s0:s0 + table[c, TAB_SUFLEN]])
+        else:
+            y0 = ybase + (table[c, TAB_SYMBOL] * sym_bits >> 3)
+            _enc_symbols(xs, ssh, smask, sym_bits, out[y0:y0 + ((sym_bits * m + 7) >> 3)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# decode
+@njit(cache=True, inline="always")
+def _load_le(src, p, nbytes):
+    """Little-endian bytes [p, p + nbytes) of src (nbytes <= 8); bytes past its end read as 0.
+    Bits above 8 * nbytes may hold the following bytes (callers mask what they use)."""
+    if p + 8 <= src.shape[0]:
+        return _u64_at(src, p)
+    w = 0
+    for t in range(nbytes):
+        if p + t < src.shape[0]:
+            w |= np.int64(src[p + t]) << (8 * t)
+    return w
+
+
+@njit(cache=True)
+def _dec_coded(pre, suf, o, dtab, w4, wpack, sym_check, padded):
+    """Decode a coded chunk into the output slice `o` (symbols shifted into place).
+
+    pre, suf: the chunk's prefix and suffix bytes (slices: nothing outside them is read).
+    Tables (common.decode_tables): dtab[area << 8 | next 8 suffix bits] = symbol << ssh
+    or an error mark (bit 31); w4[12 prefix bits] = the offsets of 4 codes' suffixes.
+    The offsets come from the prefixes alone: no serial dependency through the
+    symbol lookups.  Returns qlc.ERR_* flags."""
+    m = o.shape[0]
+    pos = 0            # suffix bits consumed
+    bad = 0            # OR of the table entries: bit 31 marks an error
+    for g in range(0, m - 7, 8):
+        pw = _load_le(pre, 3 * (g >> 3), 3)
+        for half in range(2):
+            p12 = (pw >> (12 * half)) & 0xFFF
+            w = w4[p12]
+            buf = _load_le(suf, pos >> 3, 8) >> (pos & 7)    # >= 57 valid bits; 4 codes use <= 32
+            e0 = dtab[((p12 & 7) << 8) | (buf & 0xFF)]
+            e1 = dtab[(((p12 >> 3) & 7) << 8) | ((buf >> (w & 0xFF)) & 0xFF)]
+            e2 = dtab[(((p12 >> 6) & 7) << 8) | ((buf >> ((w >> 8) & 0xFF)) & 0xFF)]
+            e3 = dtab[(((p12 >> 9) & 7) << 8) | ((buf >> ((w >> 16) & 0xFF)) & 0xFF)]
+            pos += (w >> 24) & 0xFF
+            bad |= e0 | e1 | e2 | e3
+            j = np.uintp(g + 4 * half)     # unsigned: no negative-index wraparound code
+            o[j] = e0
+            o[j + np.uintp(1)] = e1
+            o[j + np.uintp(2)] = e2
+            o[j + np.uintp(3)] = e3
+    g = m & ~7
+    if g < m:
+        pw = _load_le(pre, 3 * (g >> 3), 3)
+        for j in range(m - g):
+            a = (pw >> (3 * j)) & 7
+            e = dtab[(a << 8) | ((_load_le(suf, pos >> 3, 2) >> (pos & 7)) & 0xFF)]
+            pos += (wpack >> (a << 2)) & 15
+            bad |= e
+            o[g + j] = e
+    if padded:
+        # the torch path also decodes the zero padding of a short last chunk (area 0 at
+        # suffix bit `pos`) and checks its symbol; do the same so errors agree exactly
+        bad |= dtab[(_load_le(suf, pos >> 3, 2) >> (pos & 7)) & 0xFF]
+    flags = 0
+    if (pos + 7) >> 3 != suf.shape[0]:
+        flags |= 1
+    if bad < 0:
+        flags |= 2 if (not sym_check or (bad >> 30) & 1) else 4
+    return flags
+
+
+@njit(cache=True)
+def _dec_symbols(src, o, ssh, sym_bits):
+    m = o.shape[0]
+    if sym_bits == 8:
+        for i in range(m):
+            o[i] = np.int64(src[i]) << ssh
+    else:
+        for g in range(0, m, 8):
+            word = _load_le(src, 5 * (g >> 3), 5)
+            for j in range(min(8, m - g)):
+                o[g + j] = ((word >> (5 * j)) & 31) << ssh
+
+
+@njit(cache=True)
+def _dec_raw_planes(o, rsh, rhi, rlo, raw_bits, p0, p1, p2, top):
+    m = o.shape[0]
+    if raw_bits == 8:
+        for i in range(m):
+            r = np.int64(p0[i])
+            o[i] |= ((r & rhi) << rsh) | (r & rlo)
+    elif raw_bits == 24:
+        for i in range(m):
+            r = np.int64(p0[i]) | (np.int64(p1[i]) << 8) | (np.int64(p2[i]) << 16)
+            o[i] |= ((r & rhi) << rsh) | (r & rlo)
+    else:
+        for g in range(0, m, 8):
+            word = _load_le(top, 3 * (g >> 3), 3)
+            for j in range(min(8, m - g)):
+                r = np.int64(p0[g + j]) | (((word >> (3 * j)) & 7) << 8)
+                o[g + j] |= ((r & rhi) << rsh) | (r & rlo)
+
+
+@njit(cache=True, parallel=True)
+def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w4, wpack, table,
+               pbase, pend, ybase, yend, sbase, rbase, rend, n_nz, flags):
+    """Decode every chunk of `table` into out; flags[c] = the chunk's qlc.ERR_* flags."""
+    n = out.shape[0]
+    for c in prange(table.shape[0]):
+        mode = table[c, TAB_MODE]
+        lo = c * chunk
+        m = table[c, TAB_ELEMS]
+        o = out[lo:min(lo + m, n)]
+        if mode == 0:
+            o[:] = 0
+            continue
+        if mode == 1:
+            p0 = pbase + table[c, TAB_PREFIX]
+            s0 = sbase + table[c, TAB_SUFFIX]
+            flags[c] = _dec_coded(data[p0:min(p0 + ((3 * m + 7) >> 3), pend)],
+                                  data[s0:s0 + table[c, TAB_SUFLEN]], o, dtab, w4, wpack, sym_bits < 8,
+                                  m < chunk)
+        else:
+            y0 = ybase + (table[c, TAB_SYMBOL] * sym_bits >> 3)
+            _dec_symbols(data[y0:min(y0 + ((sym_bits * m + 7) >> 3), yend)], o, ssh, sym_bits)
+        if raw_bits:
+            r0 = rbase + table[c, TAB_RAW]
+            if raw_bits == 11:
+                t0 = rbase + n_nz + 3 * (table[c, TAB_RAW] >> 3)
+                top = data[t0:min(t0 + ((3 * m + 7) >> 3), rend)]
+            else:
+                top = data[0:0]
+            _dec_raw_planes(o, rsh, rhi, rlo, raw_bits, data[r0:r0 + m],
+                            data[r0 + n_nz:r0 + n_nz + m] if raw_bits == 24 else data[0:0],
+                            data[r0 + 2 * n_nz:r0 + 2 * n_nz + m] if raw_bits == 24 else data[0:0], top)
+
+
+# ---------------------------------------------------------------------------------------------------
+# host side
+def _threads() -> int:
+    """numba threads: as many as torch uses (torchrun sets 1), at most numba's pool."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
+    return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
+
+
+def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
+                   chunk: int = qlc.CHUNK_ELEMS) -> torch.Tensor:
+    """qlccomm.qlc.encode_section for CPU tensors (same bytes)."""
+    flat = flat.detach().contiguous()
+    pb = common.plan_bits(plan)
+    x = _elements(flat, pb)
+    n = x.shape[0]
+    nchunks = -(-n // chunk)
+    bits = np.zeros(nchunks, np.int64)
+    nz = np.zeros(nchunks, np.bool_)
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        if codebook is None:
+            hist = np.zeros((nchunks, 256), np.int32)
+            qlc_stats(x, chunk, pb.ssh, pb.smask, np.zeros(256, np.uint8), True, bits, nz, hist)
+            codebook = qlc.adaptive_codebook(hist.sum(axis=0, dtype=np.int64), flat.dtype, plan)
+            embed = True
+            tabs = common.codebook_tables(codebook)
+            qlc_bits_from_hist(hist, tabs["wsuf"], bits)
+        else:
+            tabs = common.codebook_tables(codebook)
+            qlc_stats(x, chunk, pb.ssh, pb.smask, tabs["wsuf"], False, bits, nz, np.zeros((0, 256), np.int32))
+        lay = common.encode_layout(n, chunk, plan, codebook, embed, bits, nz)
+        out = common.empty_output(lay.total, torch.uint8)
+        o = out.numpy()
+        o[: lay.head.size] = lay.head
+        check = np.zeros(nchunks, np.int64)
+        b = lay.bases
+        qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, tabs["enc"],
+                   lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
+    coded = lay.table[:, TAB_MODE] == qlc.MODE_CODED
+    if not np.array_equal(check[coded], bits[coded]):      # the two passes must agree
+        raise RuntimeError("the tensor changed while it was being encoded (suffix bits differ between passes)")
+    return out
+
+
+def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header) -> torch.Tensor:
+    """qlccomm.qlc.decode_section for CPU streams (same result, same errors)."""
+    pb = common.plan_bits(sec.plan)
+    lay = common.decode_layout(sec)
+    dtab, w4 = common.decode_tables(sec.codebook, pb)
+    data = section.contiguous().numpy()
+    flat = common.empty_output(lay.numel, header.dtype)
+    out = common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
+    flags = np.zeros(lay.table.shape[0], np.int32)
+    b, e = lay.bases, lay.ends
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        qlc_decode(data, out, lay.chunk, pb.ssh, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, dtab, w4,
+                   common.codebook_tables(sec.codebook)["wpack"], lay.table,
+                   b["prefix"], e["prefix"], b["symbol"], e["symbol"], b["suffix"], b["raw"], e["raw"],
+                   lay.n_nz, flags)
+    common.raise_flags(int(np.bitwise_or.reduce(flags)) if flags.size else 0, sec.plan)
+    return flat
