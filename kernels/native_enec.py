@@ -33,8 +33,17 @@ serves unaligned planes.  Every read is bounded by its plane's slice (bytes past
 read as zero) and every write by its block's slice, so corrupt planes cannot reach
 outside; parse_section validated the metadata and plane sizes before this runs.
 
+Kernel calls per section, constant in the number of blocks: encode 3 (qlc_stats,
+enec_flags only when m < n, enec_write) plus torch's split of the <= 8 sampled blocks
+and qlccomm.bitpack for the exception planes; decode 1 (enec_decode).
+
 Specialisations: one per element width (16 / 32 bits) per kernel; everything about
-the plan is integer shifts and masks (kernels/common.PlanBits).
+the plan is integer shifts and masks (kernels/common.PlanBits).  A cold numba cache
+costs about 30 s of compilation per width on the 2-vCPU dev VM; `cache=True` keeps it
+in kernels/__pycache__ afterwards.
+
+`python -m qlccomm.kernels.native_enec` measures ENEC against QLC, a clone and zstd-1
+on one core (docs/benchmarks.md, "ENEC (native)").
 """
 from __future__ import annotations
 
@@ -622,3 +631,80 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.T
     if err.any():
         raise FormatError("ENEC exception position outside its block")
     return flat
+
+
+# ---------------------------------------------------------------------------------------------------
+def bench(mib: int = 32, rounds: int = 11) -> None:
+    """One-core ENEC vs QLC native (sections), a clone and zstd-1 on bf16 weight-like data,
+    interleaved rounds, medians of wall and process CPU time (docs/benchmarks.md, ENEC)."""
+    import statistics
+    import time
+
+    from qlccomm import datagen, qlc
+    from qlccomm.format import CODEC_ENEC, CODEC_QLC, ByteSource, Header
+    from qlccomm.split import PLANS
+
+    from . import native_qlc as nq
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    x = datagen.synthetic("weight", torch.bfloat16, mib << 19)
+    nb = x.numel() * 2
+
+    def blob_of(codec, sec):
+        h = Header(codec, x.dtype, (x.numel(),))
+        return torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), sec]), h
+
+    sec = encode_section(x)
+    blob, h = blob_of(CODEC_ENEC, sec)
+    es = enec.parse_section(ByteSource(blob), h.nbytes, h)
+    qsec = nq.encode_section(x, PLANS["bf16_exp"], None)
+    qblob, hq = blob_of(CODEC_QLC, qsec)
+    qs = qlc.parse_section(ByteSource(qblob), hq.nbytes, x.numel(), x.dtype, None)
+    cases = {"enec/native encode": lambda: encode_section(x),
+             "enec/native decode": lambda: decode_section(es, blob, h),
+             "qlc/native encode": lambda: nq.encode_section(x, PLANS["bf16_exp"], None),
+             "qlc/native decode": lambda: nq.decode_section(qs, qblob, hq),
+             "clone": lambda: x.clone()}
+    ratio = {"enec": nb / sec.numel(), "qlc": nb / qsec.numel()}
+    try:
+        import zstandard
+        raw = x.view(torch.uint8).numpy().tobytes()
+        cz, dz = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
+        zb = cz.compress(raw)
+        cases["zstd-1 compress"] = lambda: cz.compress(raw)
+        cases["zstd-1 decompress"] = lambda: dz.decompress(zb)
+        ratio["zstd-1"] = nb / len(zb)
+    except ImportError:
+        pass
+    wall = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, f in cases.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            f()
+            cpu[k].append(time.process_time() - c0)
+            wall[k].append(time.perf_counter() - t0)
+    print(f"# {mib} MiB bfloat16 weights, 1 thread, median of {rounds} interleaved rounds; "
+          f"GB/s = uncompressed bytes / s")
+    print(f"{'case':20s} {'wall ms':>8s} {'GB/s':>6s} {'cpu ms':>8s} {'GB/s':>6s}")
+    med = {}
+    for k in cases:
+        w, c = statistics.median(wall[k]), statistics.median(cpu[k])
+        med[k] = (w, c)
+        print(f"{k:20s} {w * 1e3:8.1f} {nb / w / 1e9:6.2f} {c * 1e3:8.1f} {nb / c / 1e9:6.2f}")
+    print("ratio " + "  ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
+    q, e = med["qlc/native decode"], med["enec/native decode"]
+    print(f"ENEC decode speed / QLC decode speed: wall {q[0] / e[0]:.2f}, cpu {q[1] / e[1]:.2f}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from qlccomm.kernels import native_enec
+
+    ap = argparse.ArgumentParser(description="ENEC vs QLC native kernels on one core")
+    ap.add_argument("--mib", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=11)
+    a = ap.parse_args()
+    native_enec.bench(a.mib, a.rounds)
