@@ -7,11 +7,12 @@ NPROC  ?= 2
 
 .PHONY: install demo test test-serial test-mpi test-torchrun bench clean
 
+# torch==2.13.0 is the CPU wheel of PyTorch; pyproject itself accepts torch>=2.6
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# the CPU wheel of PyTorch; pyproject itself accepts torch>=2.6
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,triton,native]'
+	$(VENV)/bin/qlccomm warmup   # numba compiles the CPU kernels once, into its on-disk cache
 	touch $(STAMP)
 
 install: $(STAMP)

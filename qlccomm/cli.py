@@ -1,4 +1,4 @@
-"""The `qlccomm` command: fit, inspect, bench."""
+"""The `qlccomm` command: fit, inspect, bench, warmup."""
 from __future__ import annotations
 
 import argparse
@@ -124,6 +124,32 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_warmup(args) -> int:
+    """Run every coded dtype through the CPU kernels once, so that numba compiles (and
+    caches on disk) now rather than inside the first job or test."""
+    import time
+
+    from . import kernels
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2,
+                  torch.int8, torch.uint8):
+        body = synthetic("grad", dtype, 20_000, seed=1)
+        size = body.element_size()
+        noise = torch.randint(0, 256, (4096 * size,), generator=g, dtype=torch.int32).to(torch.uint8).view(dtype)
+        x = torch.cat([body, torch.zeros(4096, dtype=dtype), noise, body[:1000]])  # every chunk mode, short tail
+        for codec, codebook in (("qlc", None), ("qlc", "default"), ("enec", None)):
+            try:
+                api.pick_codec(dtype, codec)
+            except ValueError:
+                continue
+            out = api.decompress(api.compress(x, codec=codec, codebook=codebook))
+            if not torch.equal(out.view(torch.uint8), x.view(torch.uint8)):
+                raise SystemExit(f"{codec} round trip of {dtype} is not bit-exact")
+    print(f"cpu kernels: qlc {kernels.backend_for('cpu')}; ready in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="qlccomm", description="Lossless compression for torch.distributed.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -149,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(fn=cmd_bench)
+
+    w = sub.add_parser("warmup", help="compile the CPU kernels ahead of the first job (numba caches them)")
+    w.set_defaults(fn=cmd_warmup)
 
     args = ap.parse_args(argv)
     return args.fn(args)

@@ -68,3 +68,8 @@ def test_bench_small(capsys, tmp_path):
     torch.save({"w": synthetic("weight", torch.bfloat16, 10000, 6)}, pt)
     assert main(["bench", "--codec", "qlc", "--dtype", "bf16", "--file", str(pt), "--repeat", "1"]) == 0
     assert "from" in capsys.readouterr().out
+
+
+def test_warmup(capsys):
+    assert main(["warmup"]) == 0
+    assert "cpu kernels" in capsys.readouterr().out
