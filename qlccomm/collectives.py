@@ -229,6 +229,23 @@ def _worth_coding(nbytes: int, min_compress_bytes) -> bool:
     return nbytes > 0 and nbytes >= threshold
 
 
+def _choose_coding(hs: Handshake, dtype: torch.dtype, codec: str, codebook, nbytes: int,
+                   min_compress_bytes) -> _Coding:
+    """The coding of a message of `nbytes` (codec and codebook validated whatever the
+    size; small messages go uncoded), recorded in the handshake for the peers to check."""
+    coding = _resolve_coding(dtype, codec, codebook)
+    if not _worth_coding(nbytes, min_compress_bytes):
+        coding = _RAW
+    hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
+    return coding
+
+
+def _encode_shards(flat: torch.Tensor, bounds, rank: int, coding: _Coding) -> list[torch.Tensor]:
+    """Payloads of the shards [s, e) that the other ranks own; an empty one for our own."""
+    return [_encode(flat[s:e], coding) if j != rank else torch.empty(0, dtype=torch.uint8, device=flat.device)
+            for j, (s, e) in enumerate(bounds)]
+
+
 class CollectiveWork:
     """The handle of an `async_op=True` call: `wait()`, `get_future()`, `is_completed()`.
 
@@ -304,13 +321,9 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     try:
         hs.op = opcode = _opcode(op)
         _accumulate_dtype(dtype, opcode)
-        coding = _resolve_coding(dtype, codec, codebook)  # validated whatever the size
-        if not _worth_coding(n * isz, min_compress_bytes):
-            coding = _RAW
-        hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
+        coding = _choose_coding(hs, dtype, codec, codebook, n * isz, min_compress_bytes)
         if world > 1 and coding.coded:
-            payloads = [_encode(flat[s:e], coding) if j != rank else torch.empty(0, dtype=torch.uint8, device=t.device)
-                        for j, (s, e) in enumerate(bounds)]
+            payloads = _encode_shards(flat, bounds, rank, coding)
             hs.extra = [p.numel() for p in payloads]
     except Exception as e:
         if world == 1:
@@ -411,13 +424,9 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
         hs.op = opcode = _opcode(op)
         _accumulate_dtype(dtype, opcode)
         flat = inp.reshape(-1)
-        coding = _resolve_coding(dtype, codec, codebook)
-        if not _worth_coding(n * isz * world, min_compress_bytes):
-            coding = _RAW
-        hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
+        coding = _choose_coding(hs, dtype, codec, codebook, n * isz * world, min_compress_bytes)
         if world > 1 and coding.coded:
-            payloads = [_encode(flat[j * n:(j + 1) * n], coding) if j != rank
-                        else torch.empty(0, dtype=torch.uint8, device=inp.device) for j in range(world)]
+            payloads = _encode_shards(flat, [(j * n, (j + 1) * n) for j in range(world)], rank, coding)
             hs.extra = [p.numel() for p in payloads]
     except Exception as e:
         if world == 1:
@@ -481,10 +490,7 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
                              f"inp's dtype; got {out.numel()} of {out.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_gather_into_tensor needs a contiguous out")
-        coding = _resolve_coding(dtype, codec, codebook)  # validated whatever the size
-        if not _worth_coding(n * isz, min_compress_bytes):
-            coding = _RAW
-        hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
+        coding = _choose_coding(hs, dtype, codec, codebook, n * isz, min_compress_bytes)
         if world > 1 and coding.coded:
             payload = _encode(inp.reshape(-1), coding)
             hs.extra = [payload.numel()]
@@ -550,10 +556,7 @@ def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None
     try:
         if not 0 <= src_g < world:
             raise ValueError(f"broadcast src {src} is not in the group")
-        coding = _resolve_coding(dtype, codec, codebook)  # validated whatever the size
-        if not _worth_coding(n * isz, min_compress_bytes):
-            coding = _RAW
-        hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
+        coding = _choose_coding(hs, dtype, codec, codebook, n * isz, min_compress_bytes)
         if world > 1 and coding.coded and rank == src_g:
             payload = _encode(t.reshape(-1), coding)
             hs.extra = [payload.numel()]
