@@ -101,6 +101,15 @@ def _unpack(data_ptr, base, idx, end, mask, R: tl.constexpr):
 
 
 @triton.jit
+def _chunk_row(tab_ptr, c):
+    """Chunk c's row of the table (kernels/common.py TAB_*): mode, elements, prefix, symbol,
+    suffix and raw plane offsets, suffix bytes."""
+    row = tab_ptr + c * 8
+    return (tl.load(row + 0), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3),
+            tl.load(row + 4), tl.load(row + 5), tl.load(row + 6))
+
+
+@triton.jit
 def _qlc_stats(x_ptr, enc_ptr, stat_ptr, sym_ptr, n, chunk, nchunks, nprog,
                SSH: tl.constexpr, SMASK: tl.constexpr, WITH_LEN: tl.constexpr, WRITE_SYM: tl.constexpr,
                SUB: tl.constexpr):
@@ -130,15 +139,8 @@ def _qlc_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, n, chunk, nchunks, np
                 SSH: tl.constexpr, SMASK: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
                 RLO: tl.constexpr, SYM_BITS: tl.constexpr, RAW_BITS: tl.constexpr, SUB: tl.constexpr):
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
-        row = tab_ptr + c * 8
-        mode = tl.load(row + 0)
+        mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
         if mode != 0:
-            elems = tl.load(row + 1)
-            poff = tl.load(row + 2)
-            yoff = tl.load(row + 3)
-            soff = tl.load(row + 4)
-            slen = tl.load(row + 5)
-            roff = tl.load(row + 6)
             base = c * chunk
             carry = 0          # suffix bits before this step
             lsum = 0           # sum of the codes' start-byte parts before this step
@@ -217,14 +219,7 @@ def _qlc_decode(data_ptr, dec_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks, np
                 SSH: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr, RLO: tl.constexpr,
                 SYM_BITS: tl.constexpr, RAW_BITS: tl.constexpr, SUB: tl.constexpr):
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
-        row = tab_ptr + c * 8
-        mode = tl.load(row + 0)
-        elems = tl.load(row + 1)
-        poff = tl.load(row + 2)
-        yoff = tl.load(row + 3)
-        soff = tl.load(row + 4)
-        slen = tl.load(row + 5)
-        roff = tl.load(row + 6)
+        mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
         base = c * chunk
         s0 = sbase + soff
         send = s0 + slen
