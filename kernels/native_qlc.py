@@ -304,24 +304,38 @@ def _load_le(src, p, nbytes):
     return w
 
 
+@njit(cache=True, inline="always")
+def _load_fast(src, p, nbytes, slack):
+    """_load_le, or with `slack` (the caller knows src's buffer holds 8 bytes from p,
+    perhaps past the slice's end) one unchecked load: bits past `nbytes` bytes are
+    the caller's to ignore either way."""
+    if slack:
+        return _u64_at(src, p)
+    return _load_le(src, p, nbytes)
+
+
 @njit(cache=True)
-def _dec_coded(pre, suf, o, dtab, w4, wpack, sym_check, padded):
+def _dec_coded(slack, pre, suf, o, dtab, w4, wpack, sym_check, padded):
     """Decode a coded chunk into the output slice `o` (symbols shifted into place).
 
     pre, suf: the chunk's prefix and suffix bytes (slices: nothing outside them is read).
     Tables (common.decode_tables): dtab[area << 8 | next 8 suffix bits] = symbol << ssh
     or an error mark (bit 31); w4[12 prefix bits] = the offsets of 4 codes' suffixes.
     The offsets come from the prefixes alone: no serial dependency through the
-    symbol lookups.  Returns qlc.ERR_* flags."""
+    symbol lookups.  With `slack`, the stream's buffer extends 8 bytes past every
+    read of the 8-code groups and they skip the bounds test (_load_fast; a
+    corrupt chunk can then decode bytes past its suffix, but only after its codes ran
+    past the suffix's end, which flags a mismatch, the error the torch path reports
+    first).  Returns qlc.ERR_* flags."""
     m = o.shape[0]
     pos = 0            # suffix bits consumed
     bad = 0            # OR of the table entries: bit 31 marks an error
     for g in range(0, m - 7, 8):
-        pw = _load_le(pre, 3 * (g >> 3), 3)
+        pw = _load_fast(pre, 3 * (g >> 3), 3, slack)
         for half in range(2):
             p12 = (pw >> (12 * half)) & 0xFFF
             w = w4[p12]
-            buf = _load_le(suf, pos >> 3, 8) >> (pos & 7)    # >= 57 valid bits; 4 codes use <= 32
+            buf = _load_fast(suf, pos >> 3, 8, slack) >> (pos & 7)    # >= 57 valid bits; 4 codes use <= 32
             e0 = dtab[((p12 & 7) << 8) | (buf & 0xFF)]
             e1 = dtab[(((p12 >> 3) & 7) << 8) | ((buf >> (w & 0xFF)) & 0xFF)]
             e2 = dtab[(((p12 >> 6) & 7) << 8) | ((buf >> ((w >> 8) & 0xFF)) & 0xFF)]
@@ -402,9 +416,11 @@ def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w
         if mode == 1:
             p0 = pbase + table[c, TAB_PREFIX]
             s0 = sbase + table[c, TAB_SUFFIX]
-            flags[c] = _dec_coded(data[p0:min(p0 + ((3 * m + 7) >> 3), pend)],
-                                  data[s0:s0 + table[c, TAB_SUFLEN]], o, dtab, w4, wpack, sym_bits < 8,
-                                  m < chunk)
+            pre = data[p0:min(p0 + ((3 * m + 7) >> 3), pend)]
+            suf = data[s0:s0 + table[c, TAB_SUFLEN]]
+            # suffix reads start below byte m (8-bit codes at most), prefix reads below 3m/8
+            slack = max(s0 + m, p0 + ((3 * m) >> 3)) + 8 <= data.shape[0]
+            flags[c] = _dec_coded(slack, pre, suf, o, dtab, w4, wpack, sym_bits < 8, m < chunk)
         else:
             y0 = ybase + (table[c, TAB_SYMBOL] * sym_bits >> 3)
             _dec_symbols(data[y0:min(y0 + ((sym_bits * m + 7) >> 3), yend)], o, ssh, sym_bits)
