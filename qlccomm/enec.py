@@ -157,6 +157,56 @@ def _plane_sizes(geo: _Geometry, cod: _Coded, E: int, R: int, n: int, m: int, F:
     }
 
 
+# columns of block_table (int64 [Kc, TAB_COLS]): the fused kernels' per-coded-block facts
+TAB_BLOCK, TAB_ELEMS, TAB_GROUPS, TAB_GORD, TAB_RORD, TAB_XOFF, TAB_XCNT, TAB_FOFF = range(8)
+TAB_COLS = 8
+
+
+def block_table(geo: _Geometry, cod: _Coded, exc_block: np.ndarray | None = None) -> np.ndarray:
+    """Per coded block, in block order: block index, real elements, groups, coded groups and
+    coded real elements before it (its offsets in the flag / low and raw planes), exceptions
+    before it and in it (from exc_block, exceptions per block [K]; zeros without it).
+    TAB_FOFF (flagged groups before it) is left 0: it needs the flags."""
+    blocks = np.asarray(list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else []), np.int64)
+    Kc = blocks.size
+    tab = np.zeros((Kc, TAB_COLS), np.int64)
+    tab[:, TAB_BLOCK] = blocks
+    elems = np.full(Kc, geo.B, np.int64)
+    groups = np.full(Kc, geo.G, np.int64)
+    if cod.tail_coded:
+        elems[-1] = geo.Bt
+        groups[-1] = geo.Gt
+    tab[:, TAB_ELEMS] = elems
+    tab[:, TAB_GROUPS] = groups
+    tab[:, TAB_GORD] = np.cumsum(groups) - groups
+    tab[:, TAB_RORD] = np.cumsum(elems) - elems
+    if exc_block is not None and Kc:
+        xc = np.asarray(exc_block, np.int64)[blocks]
+        tab[:, TAB_XCNT] = xc
+        tab[:, TAB_XOFF] = np.cumsum(xc) - xc
+    return tab
+
+
+def plane_bases(sizes: dict, start: int) -> tuple[dict, dict]:
+    """Absolute start and end offsets of the planes (sizes in stream order) from byte `start`."""
+    bases, ends, pos = {}, {}, start
+    for name, size in sizes.items():
+        bases[name] = pos
+        pos += size
+        ends[name] = pos
+    return bases, ends
+
+
+def section_head(plan: Plan, b: int, n: int, m: int, geo: _Geometry, F: int, X: int, modes,
+                 exc_block=None) -> bytes:
+    """The section's metadata: fixed fields, block modes (uint8 [K]) and, when X > 0, the
+    exceptions of each block (integers [K], 0 for all-zero blocks) as u32."""
+    head = _HEAD.pack(plan.plan_id, b, n, m, geo.L, geo.B, geo.K, F, X) + np.asarray(modes, np.uint8).tobytes()
+    if X:
+        head += np.asarray(exc_block, np.int64).astype("<u4").tobytes()
+    return head
+
+
 # ---------------------------------------------------------------------------------------------
 # parameter search
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +574,7 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
     coded_full = torch.nonzero(modes[: geo.KA]).view(-1).tolist()
     cod = _Coded(geo, coded_full, bool(geo.tail and modes[-1]))
     info = {"geometry": geo, "coded": cod}
-    head = bytearray()
+    exc_block = None
     planes = []
     b = n = m = F = X = 0
     if cod.Kc:
@@ -555,7 +605,7 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
             counts = torch.zeros(geo.K, dtype=torch.int64)
             coded_idx = torch.tensor(cod.coded_full + ([geo.K - 1] if cod.tail_coded else []), dtype=torch.int64)
             counts[coded_idx] = torch.bincount(rank, minlength=cod.Kc).cpu()
-            head += counts.to(torch.int32).numpy().tobytes()
+            exc_block = counts.numpy()
             exc_planes = [pack_bits(pos - rank * B, geo.pos_bits), pack_bits(ec.index_select(0, pos), E)]
         else:
             exc_planes = []
@@ -583,7 +633,7 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
             planes.append(pack_bits(y, m))
         planes += exc_planes
         planes += [r if i < R // 8 else pack_bits(r, R % 8) for i, r in enumerate(rawc)]
-    head = bytearray(_HEAD.pack(plan.plan_id, b, n, m, L, B, geo.K, F, X)) + modes.numpy().tobytes() + head
+    head = bytearray(section_head(plan, b, n, m, geo, F, X, modes.numpy(), exc_block))
     info.update(b=b, n=n, m=m, F=F, X=X)
     return torch.cat([torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes), info
 
