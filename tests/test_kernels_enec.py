@@ -12,58 +12,16 @@ import torch
 import qlccomm
 from qlccomm import enec
 from qlccomm.api import _parse
-from qlccomm.format import CODEC_ENEC, ByteSource, Header
+from qlccomm.format import ByteSource
 
 import kernel_cases as kc
 
 ne = pytest.importorskip("qlccomm.kernels.native_enec", reason="numba is not installed")
 
-DTYPES = [torch.bfloat16, torch.float16, torch.float32]
-INT_OF = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
-EXP_BITS = {torch.bfloat16: 8, torch.float16: 5, torch.float32: 8}
-SHIFT = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
+DTYPES = kc.ENEC_DTYPES
+INT_OF, EXP_BITS, SHIFT = kc.INT_OF, kc.EXP_BITS, kc.EXP_SHIFT
 B = enec.BLOCK_ELEMS
-
-
-def weights(n: int, dtype: torch.dtype, seed: int = 0, tail: float = 0.5) -> torch.Tensor:
-    """Weight-like values (heavier tails for larger `tail`)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, generator=g) / torch.rand(n, generator=g).clamp_min(1e-3).pow(tail)
-    return (x * 0.02).to(dtype)
-
-
-def specials(t: torch.Tensor, seed: int) -> torch.Tensor:
-    """t with zeros, -0.0, subnormals, +-inf and NaN payloads sprinkled in (exceptions)."""
-    t = t.clone()
-    ib = INT_OF[t.dtype]
-    v = t.view(ib)
-    top = 31 if t.dtype == torch.float32 else 15
-    E, sh = EXP_BITS[t.dtype], SHIFT[t.dtype]
-    inf = ((1 << E) - 1) << sh
-    sign = -(1 << top)
-    pats = [0, sign, 1, (1 << sh) - 1, inf, inf | 1, inf | (1 << (sh - 1)) | 5, sign | inf, sign | 3]
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, t.numel(), (max(1, t.numel() // 50),), generator=g)
-    v[idx] = torch.tensor(pats, dtype=ib).repeat(idx.numel() // len(pats) + 1)[: idx.numel()]
-    return t
-
-
-def stream(section: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    head = torch.frombuffer(bytearray(Header(CODEC_ENEC, t.dtype, (t.numel(),)).encode()), dtype=torch.uint8)
-    return torch.cat([head, section])
-
-
-def decode_with(impl, blob) -> tuple[str, bytes | str]:
-    """("ok", decoded bytes) or ("error", FormatError message): parse, then impl decodes."""
-    try:
-        src = ByteSource(blob)
-        header, sec = _parse(src)
-        if header.codec != CODEC_ENEC:
-            return ("other codec", "")
-        y = impl.decode_section(sec, src.tensor, header)
-    except qlccomm.FormatError as e:
-        return ("error", str(e))
-    return ("ok", y.view(torch.uint8).numpy().tobytes())
+weights, specials, stream, decode_with = kc.weights, kc.specials, kc.enec_stream, kc.enec_decode_with
 
 
 def assert_same(t: torch.Tensor) -> dict:
@@ -179,38 +137,7 @@ def test_decoder_other_geometries(geometry):
 def test_crafted_errors():
     """Flag count differs from F; exception position past a short tail; past B (not a
     power of two): the torch path's FormatError from the native decoder."""
-    t = weights(2 * B + 100, torch.bfloat16, seed=9, tail=0.5)
-    ref, info = enec._encode(t)
-    assert info["F"] > 0 and info["m"] < info["n"]
-    blob = bytearray(stream(ref, t).numpy().tobytes())
-    _, sec = _parse(ByteSource(bytes(blob)))
-    flags_at = sec.planes_offset
-    data = np.frombuffer(bytes(blob[flags_at:flags_at + sec.plane_bytes["flags"]]), np.uint8)
-    zero_byte = flags_at + int(np.flatnonzero(data != 0xFF)[0])
-    bit = int(np.flatnonzero(np.unpackbits(np.frombuffer(bytes([blob[zero_byte]]), np.uint8),
-                                           bitorder="little") == 0)[0])
-    blob[zero_byte] |= 1 << bit
-    cases = [(bytes(blob), "flag plane has")]
-    # exception past the tail: a stream whose tail block has an exception
-    t2 = weights(B + 100, torch.bfloat16, seed=10)
-    t2[-1] = float("inf")
-    ref2, info2 = enec._encode(t2)
-    assert info2["X"] > 0
-    b2 = bytearray(stream(ref2, t2).numpy().tobytes())
-    _, sec2 = _parse(ByteSource(bytes(b2)))
-    pos_at = sec2.planes_offset + sum(sec2.plane_bytes[k] for k in ("flags", "low", "high"))
-    b2[pos_at + sec2.X - 1] = 0xFF                     # low byte of the last position: 255 >= Bt = 100
-    cases.append((bytes(b2), "ENEC exception position outside"))
-    # B = 24 (not a power of two): a 5-bit position of 31
-    t3 = weights(48, torch.float32, seed=11)
-    t3[3] = float("nan")
-    ref3, info3 = enec._encode(t3, B=24, L=4, force=(int(enec._split(t3)[0][0]), 2, 1))
-    b3 = bytearray(stream(ref3, t3).numpy().tobytes())
-    _, sec3 = _parse(ByteSource(bytes(b3)))
-    pos_at = sec3.planes_offset + sum(sec3.plane_bytes[k] for k in ("flags", "low", "high"))
-    b3[pos_at] |= 0x1F                                 # first position: 31 >= 24
-    cases.append((bytes(b3), "ENEC exception position outside"))
-    for blob_, msg in cases:
+    for blob_, msg in kc.enec_crafted_errors():
         ref_out = decode_with(enec, blob_)
         assert ref_out[0] == "error" and ref_out[1].startswith(msg), ref_out
         assert decode_with(ne, blob_) == ref_out
