@@ -16,8 +16,8 @@ device raises RuntimeError rather than silently measuring something else; Triton
 on CPU tensors runs only under ``TRITON_INTERPRET=1`` (how the tests run it).
 
 Which codecs each backend implements is the FUSED table; a codec a backend does
-not implement runs on the torch path there (forced or not).  ENEC has native
-kernels; on Triton devices it still runs on the torch path.
+not implement runs on the torch path there (forced or not).  Both codecs have
+Triton (triton_qlc, triton_enec) and native (native_qlc, native_enec) kernels.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ ENV = "QLCCOMM_KERNELS"
 # codec -> backend -> module (in this package) with encode_section / decode_section
 FUSED: dict[str, dict[str, str]] = {
     "qlc": {"triton": "triton_qlc", "native": "native_qlc"},
-    "enec": {"native": "native_enec"},
+    "enec": {"triton": "triton_enec", "native": "native_enec"},
 }
 
 _modules: dict[str, object] = {}        # module name -> imported module, or the import error
