@@ -1,11 +1,12 @@
-"""The Triton QLC kernels without a GPU.
+"""The Triton QLC and ENEC kernels without a GPU.
 
-1. tests/triton_interpreted_cases.py, run in a subprocess under TRITON_INTERPRET=1
-   (Triton's interpreter on CPU tensors): every plan and chunk mode, small and odd
-   chunk sizes, offsets carried between steps, the public API with
-   QLCCOMM_KERNELS=triton, crafted and fuzzed corrupt streams -- all against the
-   torch path.  A subprocess because the variable must be set before triton.language
-   is imported; the rest of the suite keeps the normal JIT.
+1. tests/triton_interpreted_cases.py (QLC) and tests/triton_enec_interpreted_cases.py
+   (ENEC), each run in a subprocess under TRITON_INTERPRET=1 (Triton's interpreter on
+   CPU tensors): every plan / dtype and block or chunk mode, small and odd sizes,
+   offsets carried between steps, the public API with QLCCOMM_KERNELS=triton, crafted
+   and fuzzed corrupt streams -- all against the torch path.  A subprocess because the
+   variable must be set before triton.language is imported; the rest of the suite
+   keeps the normal JIT.
 2. Every kernel specialisation compiles to an sm_90 (H100) cubin with Triton's own
    ptxas: catches what the interpreter does not check (loop-carried types, layouts).
 """
@@ -23,17 +24,26 @@ pytest.importorskip("triton")
 
 HERE = Path(__file__).resolve().parent
 MODULE = "qlccomm.kernels.triton_qlc"
+ENEC_MODULE = "qlccomm.kernels.triton_enec"
 
 
-def test_interpreted_kernels_match_torch_path():
+def _run_interpreted(cases: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1")
     env.pop("QLCCOMM_KERNELS", None)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5",
-                        str(HERE / "triton_interpreted_cases.py")],
+                        str(HERE / cases)],
                        cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
     print(r.stdout[-6000:], r.stderr[-3000:])
     assert r.returncode == 0, f"interpreted Triton cases failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1]
+
+
+def test_interpreted_kernels_match_torch_path():
+    _run_interpreted("triton_interpreted_cases.py")
+
+
+def test_interpreted_enec_kernels_match_torch_path():
+    _run_interpreted("triton_enec_interpreted_cases.py")
 
 
 def test_compiles_for_cuda_sm90():
@@ -69,6 +79,56 @@ def test_compiles_for_cuda_sm90():
         if name == "bf16_exp":
             specs.append((mod._qlc_suffix_diff, dict(scr_ptr="*u8", tab_ptr="*i64", out_ptr="*u8", sbase=i64,
                                                      chunk="i32", nchunks="i32", nprog="i32"), dict(SUB=1024)))
+        for fn, sig, consts in specs:
+            sig = dict(sig, **{k: "constexpr" for k in consts})
+            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                           options={"num_warps": mod.NUM_WARPS})
+
+
+def test_enec_compiles_for_cuda_sm90():
+    """Every ENEC kernel specialisation the host code launches (per dtype; the writer's
+    L = 16, steps of SUB_MAX) compiles to an sm_90 cubin with Triton's ptxas."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    mod = importlib.import_module(ENEC_MODULE)
+    from qlccomm.kernels import common
+
+    target = GPUTarget("cuda", 90, 32)
+    i64, i32 = "i64", "i32"
+    sub = mod.SUB_MAX
+    for name in ("bf16_exp", "fp16_exp", "fp32_exp"):
+        pb = common.PLAN_BITS[name]
+        elem = {1: "*i16", 2: "*i32"}[pb.kind]
+        split = dict(SSH=pb.ssh, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, RAW_BITS=pb.raw_bits)
+        specs = [
+            (mod._enec_stats, dict(x_ptr=elem, nz_ptr="*i64", part_ptr="*i32", n=i64, B=i32, nblocks=i32,
+                                   nprog=i32), dict(SSH=pb.ssh, SMASK=pb.smask, SUB=sub)),
+            (mod._enec_count, dict(x_ptr=elem, tab_ptr="*i64", ctab_ptr="*i32", cnt_ptr="*i32", B=i32, m=i32,
+                                   nrows=i32, nprog=i32), dict(SSH=pb.ssh, SMASK=pb.smask, L=16, SUB=sub)),
+            (mod._enec_write, dict(x_ptr=elem, tab_ptr="*i64", ctab_ptr="*i32", out_ptr="*u8", xpos_ptr="*i32",
+                                   xexp_ptr="*i32", B=i32, m=i32, wh=i32, nrows=i32, nprog=i32, flag_base=i64,
+                                   low_base=i64, high_base=i64, raw_base=i64, Nr=i64),
+             dict(split, SMASK=pb.smask, L=16, SUB=sub)),
+            (mod._enec_decode, dict(data_ptr="*u8", tab_ptr="*i64", fo_ptr="*i64", fcnt_ptr="*i32",
+                                    etab_ptr="*i32", out_ptr=elem, err_ptr="*i32", B=i32, L=i32, m=i32, wh=i32,
+                                    F=i64, use_flags=i32, ncoded=i32, nrows=i32, nprog=i32, flag_lo=i64,
+                                    flag_hi=i64, low_lo=i64, low_hi=i64, high_lo=i64, high_hi=i64, raw_lo=i64,
+                                    raw_hi=i64, Nr=i64), dict(split, LP=16, SUB=sub)),
+            (mod._enec_exc_apply, dict(data_ptr="*u8", tab_ptr="*i64", out_ptr=elem, err_ptr="*i32", B=i32, X=i64,
+                                       P=i32, E=i32, nrows=i32, nprog=i32, xp_lo=i64, xp_hi=i64, xe_lo=i64,
+                                       xe_hi=i64), dict(SSH=pb.ssh, EMASK=~(pb.smask << pb.ssh), SUB=sub)),
+        ]
+        if name == "bf16_exp":          # dtype-independent kernels
+            specs += [
+                (mod._enec_exc_pack, dict(xpos_ptr="*i32", xexp_ptr="*i32", out_ptr="*u8", X=i64, pos_base=i64,
+                                          exp_base=i64, P=i32, E=i32, nchunks=i32, nprog=i32), dict(SUB=sub)),
+                (mod._enec_flag_count, dict(data_ptr="*u8", tab_ptr="*i64", cnt_ptr="*i32", flag_lo=i64,
+                                            flag_hi=i64, nrows=i32, nprog=i32), dict(SUB=sub)),
+            ]
         for fn, sig, consts in specs:
             sig = dict(sig, **{k: "constexpr" for k in consts})
             triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
