@@ -341,27 +341,11 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     st.plain_bytes = (n - (own_e - own_s)) * isz + (world - 1) * big * isz
 
     # phase 1: reduce-scatter
-    if coding.coded:
-        send = torch.cat(payloads)
-        send_sizes = hs.extra
-        recv_sizes = [rows[i][N_FIXED + rank] for i in range(world)]
-    else:
-        send = _bytes(flat) if flat.is_contiguous() else _bytes(flat.contiguous())
-        send_sizes = [(e - s) * isz for s, e in bounds]
-        recv_sizes = [(own_e - own_s) * isz] * world
-        recv_sizes[rank] = send_sizes[rank]
-    recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=t.device)
-    dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes, group=group)
+    recv, recv_sizes, send_sizes, _ = _scatter_shards(flat, bounds, payloads, rows, rank, world, group, False)
     st.sent_bytes = sum(send_sizes) - send_sizes[rank]
-    own = flat[own_s:own_e]
-    chunks = recv.split(recv_sizes)
     err, p2 = None, None
     try:
-        if coding.coded:
-            parts = [own if i == rank else _decode(chunks[i], coding, dtype, own_e - own_s, i) for i in range(world)]
-        else:
-            parts = [own if i == rank else _from_bytes(chunks[i], dtype) for i in range(world)]
-        reduced = _reduce(parts, opcode, dtype)
+        reduced = _reduce_shards(recv.split(recv_sizes), flat[own_s:own_e], coding, dtype, opcode, rank)
         if coding.coded:
             p2 = _encode(reduced, coding)
     except Exception as e:
@@ -402,6 +386,35 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     return _complete(work, finish, async_op, t)
 
 
+def _scatter_shards(flat: torch.Tensor, bounds, payloads, rows, rank: int, world: int, group, async_op: bool):
+    """The exchange of a reduce-scatter: rank j gets shard j (elements bounds[j]) of every
+    rank's `flat`, coded (payloads[j], sizes from the handshake rows) or as plain bytes.
+    Returns (recv, recv_sizes, send_sizes, work); sizes in bytes, recv in rank order."""
+    if payloads is not None:
+        send, send_sizes = torch.cat(payloads), [p.numel() for p in payloads]
+        recv_sizes = [rows[i][N_FIXED + rank] for i in range(world)]
+    else:
+        isz = flat.element_size()
+        send = _bytes(flat.contiguous())
+        send_sizes = [(e - s) * isz for s, e in bounds]
+        recv_sizes = [send_sizes[rank]] * world
+    recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=flat.device)
+    work = None
+    if sum(recv_sizes) or sum(send_sizes):          # both zero on every rank, or on none
+        work = dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes,
+                                      group=group, async_op=async_op)
+    return recv, recv_sizes, send_sizes, work
+
+
+def _reduce_shards(chunks, own: torch.Tensor, coding: _Coding, dtype: torch.dtype, opcode: int,
+                   rank: int) -> torch.Tensor:
+    """Reduce the received shards (own in place of chunks[rank]) in rank order."""
+    n = own.numel()
+    parts = [own if i == rank else _decode(c, coding, dtype, n, i) if coding.coded else _from_bytes(c, dtype)
+             for i, c in enumerate(chunks)]
+    return _reduce(parts, opcode, dtype)
+
+
 # -- reduce_scatter_tensor -----------------------------------------------------------------------------
 def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc", *,
                           codebook=None, min_compress_bytes=None, stats=None):
@@ -439,33 +452,15 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
     rows = exchange(hs, group, inp.device, rank, world)
     st.meta_bytes = meta_bytes(world)
     st.plain_bytes = (world - 1) * n * isz
-    if coding.coded:
-        send, send_sizes = torch.cat(payloads), hs.extra
-        recv_sizes = [rows[i][N_FIXED + rank] for i in range(world)]
-        st.coded_bytes, st.compressed = sum(send_sizes), True
-    else:
-        send = _bytes(flat.contiguous())
-        send_sizes = [n * isz] * world
-        recv_sizes = [n * isz] * world
+    own = flat[rank * n:(rank + 1) * n].clone()          # inp may change before an async finish
+    recv, recv_sizes, send_sizes, work = _scatter_shards(flat, [(j * n, (j + 1) * n) for j in range(world)],
+                                                         payloads, rows, rank, world, group, async_op)
     st.sent_bytes = sum(send_sizes) - send_sizes[rank]
-    recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=inp.device)
-    own = flat[rank * n:(rank + 1) * n].clone()
-    work = None
-    if sum(recv_sizes) or sum(send_sizes):
-        work = dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes,
-                                      group=group, async_op=async_op)
+    if coding.coded:
+        st.coded_bytes, st.compressed = sum(send_sizes), True
 
     def finish():
-        chunks = recv.split(recv_sizes)
-        parts = []
-        for i in range(world):
-            if i == rank:
-                parts.append(own)
-            elif coding.coded:
-                parts.append(_decode(chunks[i], coding, dtype, n, i))
-            else:
-                parts.append(_from_bytes(chunks[i], dtype))
-        out.copy_(_reduce(parts, opcode, dtype).view(out.shape))
+        out.copy_(_reduce_shards(recv.split(recv_sizes), own, coding, dtype, opcode, rank).view(out.shape))
 
     return _complete(work, finish, async_op, out)
 
