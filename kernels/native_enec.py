@@ -188,18 +188,16 @@ def enec_flags(x, B, tab, L, ssh, smask, ytab, m, fcnt):
 
 
 @njit(cache=True)
-def _enc_y_raw(xs, ssh, smask, rsh, rhi, rlo, R, ytab, y, p0, p1, p2, top):
-    """y[i] = ytab[exponent]; the raw bits into byte planes p0 (, p1, p2) or p0 + 3-bit top."""
+def _enc_raw(xs, rsh, rhi, rlo, R, p0, p1, p2, top):
+    """The raw bits of the block's elements into byte planes p0 (, p1, p2), or p0 + 3-bit top."""
     bk = xs.shape[0]
     if R == 8:
         for i in range(bk):
             v = xs[i]
-            y[i] = ytab[np.uintp((v >> ssh) & smask)]
             p0[i] = ((v >> rsh) & rhi) | (v & rlo)
     elif R == 24:
         for i in range(bk):
             v = xs[i]
-            y[i] = ytab[np.uintp((v >> ssh) & smask)]
             r = ((v >> rsh) & rhi) | (v & rlo)
             p0[i] = r & 0xFF
             p1[i] = (r >> 8) & 0xFF
@@ -209,11 +207,46 @@ def _enc_y_raw(xs, ssh, smask, rsh, rhi, rlo, R, ytab, y, p0, p1, p2, top):
             word = 0
             for j in range(min(8, bk - g)):
                 v = xs[g + j]
-                y[g + j] = ytab[np.uintp((v >> ssh) & smask)]
                 r = ((v >> rsh) & rhi) | (v & rlo)
                 p0[g + j] = r & 0xFF
                 word |= np.int64((r >> 8) & 7) << (3 * j)
             _store_le(top, 3 * (g >> 3), word, 3)
+
+
+@njit(cache=True)
+def _enc_y(xs, ssh, smask, ytab, y):
+    for i in range(xs.shape[0]):
+        y[i] = ytab[np.uintp((xs[i] >> ssh) & smask)]
+
+
+@njit(cache=True)
+def _enc_low(xs, ssh, smask, yx, m, y, low, xpos, xexp):
+    """One pass over a block of whole 8-element runs: y[i] = y of element i, the low m bits
+    packed into `low` (8 values per m bytes), and the exceptions as (position, exponent).
+    yx[exponent] = y | 256 for the exceptions (whose y is 0).  Returns the exceptions."""
+    mask = (1 << m) - 1
+    t = 0
+    cap = xpos.shape[0]
+    for g in range(0, xs.shape[0], 8):
+        word = 0
+        ex = 0
+        for j in range(8):
+            k = np.uintp(g + j)
+            v = yx[np.uintp((xs[k] >> ssh) & smask)]
+            y[k] = v & 0xFF
+            word |= np.int64(v & mask) << (m * j)
+            ex |= v
+        if m:
+            _store_le(low, m * (g >> 3), word, m)
+        if ex >> 8:                       # rare: 2% of elements on weights
+            for j in range(8):
+                e = (xs[g + j] >> ssh) & smask
+                if yx[np.uintp(e)] >> 8:
+                    if t < cap:
+                        xpos[t] = g + j
+                        xexp[t] = e
+                    t += 1
+    return t
 
 
 @njit(cache=True)
@@ -253,7 +286,7 @@ def _enc_high(acc, y, gk, L, m, wh, fdst, hdst):
 
 
 @njit(cache=True, parallel=True)
-def enec_write(x, B, tab, fcnt, out, L, m, wh, ssh, smask, rsh, rhi, rlo, R, ytab, xtab,
+def enec_write(x, B, tab, fcnt, out, L, m, wh, ssh, smask, rsh, rhi, rlo, R, ytab, xtab, yx,
                flag_base, flag_end, low_base, low_end, high_base, high_end, raw_base, raw_end, Nr,
                xpos, xexp, check):
     """Every plane of every coded block at the offsets of `tab`; exceptions as (block-local
@@ -283,14 +316,20 @@ def enec_write(x, B, tab, fcnt, out, L, m, wh, ssh, smask, rsh, rhi, rlo, R, yta
             top = out[t0:min(t0 + ((3 * bk + 7) >> 3), raw_end)]
         else:
             top = empty
-        _enc_y_raw(xs, ssh, smask, rsh, rhi, rlo, R, ytab, y, out[r0:r0 + bk], p1, p2, top)
+        _enc_raw(xs, rsh, rhi, rlo, R, out[r0:r0 + bk], p1, p2, top)
         xoff = tab[c, T_XOFF]
         xcnt = tab[c, T_XCNT]
-        if xcnt:
-            check[c, 1] = _enc_exceptions(xs, ssh, smask, xtab, xpos[xoff:xoff + xcnt], xexp[xoff:xoff + xcnt])
-        if m > 0:
-            lo = low_base + ((gord * L * m) >> 3)
-            _pack_store(out[lo:min(lo + ((nv * m + 7) >> 3), low_end)], y, m, nv, 0)
+        lo = low_base + ((gord * L * m) >> 3)
+        low = out[lo:min(lo + ((nv * m + 7) >> 3), low_end)]
+        if bk == nv and bk % 8 == 0:      # every block but a short last one: one fused pass
+            check[c, 1] = _enc_low(xs, ssh, smask, yx, m, y, low, xpos[xoff:xoff + xcnt], xexp[xoff:xoff + xcnt])
+        else:
+            _enc_y(xs, ssh, smask, ytab, y)
+            if xcnt:
+                check[c, 1] = _enc_exceptions(xs, ssh, smask, xtab, xpos[xoff:xoff + xcnt],
+                                              xexp[xoff:xoff + xcnt])
+            if m > 0:
+                _pack_store(low, y, m, nv, 0)
         if wh > 0:
             acc = np.empty(gk, np.uint8)
             for j in range(gk):
@@ -624,7 +663,8 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
         xpos = np.zeros(X, np.int32)
         xexp = np.zeros(X, np.int32)
         check = np.zeros((Kc, 2), np.int64)
-        enec_write(x, B, tab, fcnt, o, L, m, wh, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, R, ytab, xtab,
+        yx = ytab.astype(np.int32) | (xtab.astype(np.int32) << 8)
+        enec_write(x, B, tab, fcnt, o, L, m, wh, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, R, ytab, xtab, yx,
                    bases["flags"], ends["flags"], bases["low"], ends["low"], bases["high"], ends["high"],
                    bases["raw"], ends["raw"], cod.Nr, xpos, xexp, check)
     if not (np.array_equal(check[:, 1], tab[:, T_XCNT]) and (wh == 0 or np.array_equal(check[:, 0], fcnt))):
