@@ -66,9 +66,10 @@ from .native_qlc import _LOCK, _UNSIGNED, _load_le, _store_le, _threads, qlc_sta
 _PLAN_BITS = {torch.bfloat16: common.PLAN_BITS["bf16_exp"], torch.float16: common.PLAN_BITS["fp16_exp"],
               torch.float32: common.PLAN_BITS["fp32_exp"]}
 
-# columns of the per-coded-block table (int64 [Kc, T_COLS])
-T_BLK, T_ELEMS, T_GROUPS, T_GORD, T_RORD, T_XOFF, T_XCNT, T_FOFF = range(8)
-T_COLS = 8
+# columns of the per-coded-block table, enec.block_table (int64 [Kc, enec.TAB_COLS])
+T_BLK, T_ELEMS, T_GROUPS, T_GORD, T_RORD, T_XOFF, T_XCNT, T_FOFF = (
+    enec.TAB_BLOCK, enec.TAB_ELEMS, enec.TAB_GROUPS, enec.TAB_GORD, enec.TAB_RORD, enec.TAB_XOFF, enec.TAB_XCNT,
+    enec.TAB_FOFF)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -555,50 +556,18 @@ def enec_decode(data, out, B, tab, zero_blocks, L, b, n, m, F, X, P, E, ssh, sma
 
 # ---------------------------------------------------------------------------------------------------
 # host side
-def _block_table(geo, cod, exc_block: np.ndarray | None) -> np.ndarray:
-    """Per coded block (block order): index, real elements, groups, coded groups and real
-    elements before it, exceptions before it and in it.  exc_block: exceptions per block [K]."""
-    blocks = np.asarray(list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else []), np.int64)
-    Kc = blocks.size
-    tab = np.zeros((Kc, T_COLS), np.int64)
-    tab[:, T_BLK] = blocks
-    elems = np.full(Kc, geo.B, np.int64)
-    groups = np.full(Kc, geo.G, np.int64)
-    if cod.tail_coded:
-        elems[-1] = geo.Bt
-        groups[-1] = geo.Gt
-    tab[:, T_ELEMS] = elems
-    tab[:, T_GROUPS] = groups
-    tab[:, T_GORD] = np.cumsum(groups) - groups
-    tab[:, T_RORD] = np.cumsum(elems) - elems
-    if exc_block is not None and Kc:
-        xc = np.asarray(exc_block, np.int64)[blocks]
-        tab[:, T_XCNT] = xc
-        tab[:, T_XOFF] = np.cumsum(xc) - xc
-    return tab
-
-
-def _bases(sizes: dict, start: int) -> tuple[dict, dict]:
-    bases, ends, pos = {}, {}, start
-    for name, size in sizes.items():
-        bases[name] = pos
-        pos += size
-        ends[name] = pos
-    return bases, ends
-
-
 def _elements(flat: torch.Tensor) -> np.ndarray:
     pb = _PLAN_BITS[flat.dtype]
     return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
 
 
-def encode_section(flat: torch.Tensor) -> torch.Tensor:
-    """qlccomm.enec.encode_section for CPU tensors (same bytes)."""
+def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
+    """qlccomm.enec.encode_section for CPU tensors (same bytes, same `reserve`)."""
     if flat.dtype not in _PLAN_BITS:
         raise ValueError(f"ENEC codes {enec.SUPPORTED_DTYPES}, not {flat.dtype}")
     B, L = enec.BLOCK_ELEMS, enec.GROUP_ELEMS
     if B % 8 or L % 8 or (B // L) % 8:                  # byte-aligned block parts (the writer's)
-        return enec.encode_section(flat)
+        return enec.encode_section(flat, reserve)
     pb = _PLAN_BITS[flat.dtype]
     plan = enec._PLAN_OF[flat.dtype]
     E, R = plan.symbol_bits, plan.raw_bits
@@ -618,8 +587,8 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
     cod = enec._Coded(geo, coded_full, bool(geo.tail and modes[-1]))
     b = n = m = F = X = 0
     if cod.Kc == 0:
-        head = enec._HEAD.pack(plan.plan_id, 0, 0, 0, L, B, K, 0, 0) + modes.tobytes()
-        return torch.frombuffer(bytearray(head), dtype=torch.uint8)
+        head = enec.section_head(plan, 0, 0, 0, geo, 0, 0, modes)
+        return torch.frombuffer(bytearray(reserve) + head, dtype=torch.uint8)
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
     h_all = hist[modes.astype(bool)].sum(0, dtype=np.int64)[:A]
     pick, exact = enec.sample_plan(cod)
@@ -639,7 +608,7 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
     X = int(exc_block.sum())
     if X != ch.X:
         raise AssertionError("native ENEC encoder: exception count differs from the search's")
-    tab = _block_table(geo, cod, exc_block)
+    tab = enec.block_table(geo, cod, exc_block)
     Kc = tab.shape[0]
     wh = n - m
     with _LOCK:
@@ -652,14 +621,12 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
         else:
             fcnt = np.zeros(Kc, np.int64)
         sizes = enec._plane_sizes(geo, cod, E, R, n, m, F, X)
-        head = bytearray(enec._HEAD.pack(plan.plan_id, b, n, m, L, B, K, F, X)) + modes.tobytes()
-        if X:
-            head += exc_block.astype(np.int32).tobytes()
-        bases, ends = _bases(sizes, len(head))
-        total = ends["raw"]
-        out = common.empty_output(total, torch.uint8)
+        head = enec.section_head(plan, b, n, m, geo, F, X, modes, exc_block)
+        bases, ends = enec.plane_bases(sizes, len(head))
+        buf = common.empty_output(reserve + ends["raw"], torch.uint8)
+        out = buf[reserve:]
         o = out.numpy()
-        o[: len(head)] = np.frombuffer(bytes(head), np.uint8)
+        o[: len(head)] = np.frombuffer(head, np.uint8)
         xpos = np.zeros(X, np.int32)
         xexp = np.zeros(X, np.int32)
         check = np.zeros((Kc, 2), np.int64)
@@ -672,7 +639,7 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
     if X:
         out[bases["exc_pos"]:ends["exc_pos"]] = pack_bits(torch.from_numpy(xpos), geo.pos_bits)
         out[bases["exc_exp"]:ends["exc_exp"]] = pack_bits(torch.from_numpy(xexp), E)
-    return out
+    return buf
 
 
 def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.Tensor:
@@ -684,9 +651,9 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.T
     pb = _PLAN_BITS[sec.dtype]
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     exc_block = sec.exc_counts.numpy() if sec.X else None
-    tab = _block_table(geo, cod, exc_block)
+    tab = enec.block_table(geo, cod, exc_block)
     zero_blocks = np.flatnonzero(sec.modes.numpy() == enec.MODE_ZERO).astype(np.int64)
-    bases, ends = _bases(sec.plane_bytes, sec.planes_offset)
+    bases, ends = enec.plane_bases(sec.plane_bytes, sec.planes_offset)
     _, _, etab_e = enec.code_tables(sec.b, sec.n, E)
     etab = etab_e.astype(np.int64) << pb.ssh
     # two exponents per lookup for bfloat16 (16-bit elements, one raw byte plane), 2m <= 12 bits

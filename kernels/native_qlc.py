@@ -448,8 +448,8 @@ def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
-                   chunk: int = qlc.CHUNK_ELEMS) -> torch.Tensor:
-    """qlccomm.qlc.encode_section for CPU tensors (same bytes)."""
+                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0) -> torch.Tensor:
+    """qlccomm.qlc.encode_section for CPU tensors (same bytes, same `reserve`)."""
     flat = flat.detach().contiguous()
     pb = common.plan_bits(plan)
     x = _elements(flat, pb)
@@ -470,8 +470,8 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
             tabs = common.codebook_tables(codebook)
             qlc_stats(x, chunk, pb.ssh, pb.smask, tabs["wsuf"], False, bits, nz, np.zeros((0, 256), np.int32))
         lay = common.encode_layout(n, chunk, plan, codebook, embed, bits, nz)
-        out = common.empty_output(lay.total, torch.uint8)
-        o = out.numpy()
+        out = common.empty_output(reserve + lay.total, torch.uint8)
+        o = out.numpy()[reserve:]
         o[: lay.head.size] = lay.head
         check = np.zeros(nchunks, np.int64)
         b = lay.bases

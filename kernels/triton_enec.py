@@ -445,13 +445,14 @@ def _sample(flat: torch.Tensor, x: torch.Tensor, geo, cod) -> tuple[np.ndarray, 
     return enec.sample_from_blocks(rows_e, tail, geo, cod, exact)
 
 
-def encode_section(flat: torch.Tensor) -> torch.Tensor:
-    """qlccomm.enec.encode_section on the tensor's device (same bytes)."""
+def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
+    """qlccomm.enec.encode_section on the tensor's device (same bytes, same `reserve`; the
+    kernels write bytes, so the section may start at any address)."""
     if flat.dtype not in _PLAN_BITS:
         raise ValueError(f"ENEC codes {enec.SUPPORTED_DTYPES}, not {flat.dtype}")
     B, L = enec.BLOCK_ELEMS, enec.GROUP_ELEMS
     if B % 8 or L % 8 or (B // L) % 8 or L & (L - 1):     # byte-aligned block parts (the writer's)
-        return enec.encode_section(flat)
+        return enec.encode_section(flat, reserve)
     flat = flat.detach().contiguous().view(-1)
     dev = flat.device
     pb = _PLAN_BITS[flat.dtype]
@@ -467,7 +468,9 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
     cod = enec._Coded(geo, coded_full, bool(geo.tail and modes[-1]))
     if cod.Kc == 0:
         head = enec.section_head(plan, 0, 0, 0, geo, 0, 0, modes)
-        return torch.frombuffer(bytearray(head), dtype=torch.uint8).to(dev)
+        buf = torch.empty(reserve + len(head), dtype=torch.uint8, device=dev)
+        buf[reserve:].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+        return buf
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
     sample, scale, exact = _sample(flat, x, geo, cod)
     ch = enec._search(hist[:A], sample, scale, exact, geo, cod, E)
@@ -507,7 +510,8 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
     sizes = enec._plane_sizes(geo, cod, E, R, n, m, F, X)
     head = enec.section_head(plan, b, n, m, geo, F, X, modes, exc_block)
     bases, ends = enec.plane_bases(sizes, len(head))
-    out = _empty(ends["raw"], dtype=torch.uint8, device=dev)
+    buf = _empty(reserve + ends["raw"], dtype=torch.uint8, device=dev)
+    out = buf[reserve:]
     out[: len(head)].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
     xpos = torch.empty(max(X, 1), dtype=torch.int32, device=dev)
     xexp = torch.empty(max(X, 1), dtype=torch.int32, device=dev)
@@ -521,7 +525,7 @@ def encode_section(flat: torch.Tensor) -> torch.Tensor:
         gx = _grid(nch)
         _enec_exc_pack[(gx,)](xpos, xexp, out, X, bases["exc_pos"], bases["exc_exp"], geo.pos_bits, E, nch, gx,
                               SUB=xsub, num_warps=NUM_WARPS)
-    return out
+    return buf
 
 
 def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.Tensor:

@@ -157,7 +157,7 @@ def _qlc_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, n, chunk, nchunks, np
                     tl.store(out_ptr + r0, (raw & 255).to(tl.uint8), mask=valid)
                     if RAW_BITS == 24:
                         tl.store(out_ptr + r0 + n_nz, ((raw >> 8) & 255).to(tl.uint8), mask=valid)
-                        tl.store(out_ptr + r0 + 2 * n_nz, ((raw >> 16) & 255).to(tl.uint8), mask=valid)
+                        tl.store(out_ptr + r0 + n_nz + n_nz, ((raw >> 16) & 255).to(tl.uint8), mask=valid)
                     if RAW_BITS == 11:
                         top = tl.where(valid, (raw >> 8) & 7, 0)
                         _pack_store(out_ptr, rbase + n_nz + ((3 * roff) >> 3) + 3 * (s // 8), top,
@@ -253,7 +253,7 @@ def _qlc_decode(data_ptr, dec_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks, np
                     raw = tl.load(data_ptr + r0, mask=valid, other=0).to(tl.int32)
                     if RAW_BITS == 24:
                         raw |= tl.load(data_ptr + r0 + n_nz, mask=valid, other=0).to(tl.int32) << 8
-                        raw |= tl.load(data_ptr + r0 + 2 * n_nz, mask=valid, other=0).to(tl.int32) << 16
+                        raw |= tl.load(data_ptr + r0 + n_nz + n_nz, mask=valid, other=0).to(tl.int32) << 16
                     if RAW_BITS == 11:
                         raw |= _unpack(data_ptr, rbase + n_nz + ((3 * roff) >> 3), idx, rend, valid, 3) << 8
             val = (sym << SSH) | ((raw & RHI) << RSH) | (raw & RLO)
@@ -279,8 +279,9 @@ def _stats(x, enc, n, chunk, nchunks, pb, with_len, sym_out=None):
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
-                   chunk: int = qlc.CHUNK_ELEMS) -> torch.Tensor:
-    """qlccomm.qlc.encode_section on the tensor's device (same bytes)."""
+                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0) -> torch.Tensor:
+    """qlccomm.qlc.encode_section on the tensor's device (same bytes, same `reserve`; the
+    kernels write bytes, so the section may start at any address)."""
     flat = flat.detach().contiguous()
     dev = flat.device
     pb = common.plan_bits(plan)
@@ -298,7 +299,8 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     enc = common.codebook_tables(codebook, dev)["enc"]
     stat = _stats(x, enc, n, chunk, nchunks, pb, True).cpu().numpy().astype(np.int64)
     lay = common.encode_layout(n, chunk, plan, codebook, embed, stat >> 1, (stat & 1).astype(bool))
-    out = torch.empty(lay.total, dtype=torch.uint8, device=dev)
+    buf = torch.empty(reserve + lay.total, dtype=torch.uint8, device=dev)
+    out = buf[reserve:]
     out[: lay.head.size].copy_(torch.from_numpy(lay.head))
     table = torch.from_numpy(lay.table).to(dev)
     scratch = torch.empty(max(lay.sizes["suffix"], 1), dtype=torch.uint8, device=dev)
@@ -311,7 +313,7 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     if lay.sizes["suffix"]:
         _qlc_suffix_diff[(g,)](scratch, table, out, b["suffix"], chunk, nchunks, g, SUB=_sub(chunk),
                                num_warps=NUM_WARPS)
-    return out
+    return buf
 
 
 def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header) -> torch.Tensor:

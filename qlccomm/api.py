@@ -77,23 +77,23 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
         raise TypeError(f"qlccomm cannot store dtype {t.dtype}")
     flat = t.detach().contiguous().reshape(-1)
     name = pick_codec(t.dtype, codec)
-    body = None
+    header = Header(CODEC_IDS[name], t.dtype, tuple(t.shape), checksum)
+    hlen = header.nbytes            # the codecs leave this much room in front of their section
+    blob = None
     if flat.numel() and name == "qlc":
         cb = _resolve_codebook(codebook, t.dtype)
         adaptive = cb is None
         if adaptive and len(candidate_plans(t.dtype)) > 1:
             cb = fit_codebook(flat)  # measures every plan (float16) and keeps the better
         plan = cb.plan_obj if cb is not None else candidate_plans(t.dtype)[0]
-        body = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive)
+        blob = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive, reserve=hlen)
     elif flat.numel() and name == "enec":
-        body = _codec_impl("enec", flat.device).encode_section(flat)
-    header = Header(CODEC_IDS[name], t.dtype, tuple(t.shape), checksum)
-    raw_bytes = header.raw_bytes
-    if body is None or body.numel() >= raw_bytes:  # never expand: store raw
+        blob = _codec_impl("enec", flat.device).encode_section(flat, reserve=hlen)
+    if blob is None or blob.numel() - hlen >= header.raw_bytes:  # never expand: store raw
         header = Header(CODEC_RAW, t.dtype, tuple(t.shape), checksum)
-        body = flat.view(-1).view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8, device=t.device)
-    head = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(t.device)
-    blob = torch.cat([head, body])
+        blob = torch.empty(hlen + header.raw_bytes, dtype=torch.uint8, device=t.device)
+        blob[hlen:] = flat.view(torch.uint8)
+    blob[:hlen] = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(t.device)
     if checksum:
         crc = stream_crc(blob.cpu().numpy().tobytes())
         blob[CRC_OFFSET : CRC_OFFSET + 4] = torch.tensor(list(struct.pack("<I", crc)), dtype=torch.uint8)

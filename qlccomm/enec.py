@@ -550,8 +550,9 @@ def _exceptions(u: torch.Tensor, n: int, E: int) -> torch.Tensor:
 
 
 def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
-            force: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, dict]:
-    """The ENEC section of `flat` and facts about it; `force` = (b, n, m) skips the search."""
+            force: tuple[int, int, int] | None = None, reserve: int = 0) -> tuple[torch.Tensor, dict]:
+    """The ENEC section of `flat` (after `reserve` bytes, see encode_section) and facts about
+    it; `force` = (b, n, m) skips the search."""
     dev = flat.device
     plan = _PLAN_OF[flat.dtype]
     E, R = plan.symbol_bits, plan.raw_bits
@@ -635,14 +636,17 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
         planes += [r if i < R // 8 else pack_bits(r, R % 8) for i, r in enumerate(rawc)]
     head = bytearray(section_head(plan, b, n, m, geo, F, X, modes.numpy(), exc_block))
     info.update(b=b, n=n, m=m, F=F, X=X)
-    return torch.cat([torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes), info
+    return torch.cat([torch.empty(reserve, dtype=torch.uint8, device=dev),
+                      torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes), info
 
 
-def encode_section(flat: torch.Tensor) -> torch.Tensor:
-    """The ENEC section of a 1-D contiguous tensor (>= 1 element, a supported dtype)."""
+def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
+    """The ENEC section of a 1-D contiguous tensor (>= 1 element, a supported dtype).
+    `reserve` bytes, left uninitialised, precede the section in the result: room for
+    the caller's stream header without a copy."""
     if flat.dtype not in _PLAN_OF:
         raise ValueError(f"ENEC codes {SUPPORTED_DTYPES}, not {flat.dtype}")
-    return _encode(flat)[0]
+    return _encode(flat, reserve=reserve)[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,12 +187,14 @@ def _select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
-                   chunk: int = CHUNK_ELEMS) -> torch.Tensor:
+                   chunk: int = CHUNK_ELEMS, reserve: int = 0) -> torch.Tensor:
     """Encode a 1-D contiguous tensor; returns the QLC section (uint8, on flat's device).
 
     `codebook=None` fits one to the tensor's own histogram (all-zero chunks left
     out); a fitted codebook, or any with `embed=True`, is embedded in the stream,
     others are referenced by digest.  The tensor must hold at least one element.
+    `reserve` bytes, left uninitialised, precede the section in the result: room
+    for the caller's stream header without a copy.
     """
     dev = flat.device
     n = flat.numel()
@@ -241,7 +243,8 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     head = bytearray(section_head(plan, codebook, embed, chunk, nchunks))
     meta = chunk_table(modes, suffix_len)
     head_t = torch.frombuffer(head, dtype=torch.uint8).to(dev)
-    return torch.cat([head_t, meta, prefix_plane, symbol_plane, suffix_plane, raw_plane])
+    return torch.cat([torch.empty(reserve, dtype=torch.uint8, device=dev), head_t, meta, prefix_plane,
+                      symbol_plane, suffix_plane, raw_plane])
 
 
 def _merge_pairs(value: torch.Tensor, width: torch.Tensor, dtype: torch.dtype):

@@ -184,3 +184,18 @@ def test_public_api_dispatches_to_native():
             assert torch.equal(blob, ref)
             y = qlccomm.decompress(blob)
             assert torch.equal(y.view(torch.int16), x.view(torch.int16)) and y.shape == x.shape
+
+
+@pytest.mark.parametrize("width", range(9))
+def test_every_low_width(width):
+    """Exponents uniform over 2^width values: the search picks m = n = width (a bf16 decode
+    reads two exponents per lookup for 1 <= m <= 6, element by element above); block tails
+    of 77 elements and a 1000-element tensor take the element-by-element tails."""
+    g = torch.Generator().manual_seed(width)
+    for numel in (3 * B + 77, 1000):
+        e = 120 - torch.randint(0, 1 << width, (numel,), generator=g)
+        mant = torch.randint(0, 256, (numel,), generator=g)
+        t = (((mant & 0x80) << 8) | (e << 7) | (mant & 0x7F)).to(torch.int16).view(torch.bfloat16)
+        info = assert_same(t)
+        if width < 8:
+            assert info["m"] == info["n"] == width, info

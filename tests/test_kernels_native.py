@@ -138,3 +138,22 @@ def test_torch_thread_count_left_alone():
             assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("reserve", [0, 1, 29])
+def test_reserve_leaves_room_for_the_header(reserve):
+    """encode_section(..., reserve=r): r free bytes, then the very section (both codecs, native
+    and torch paths); compress writes its header there instead of copying the stream."""
+    from qlccomm import enec
+    from qlccomm.kernels import native_enec as ne
+    x = kc.mixed(torch.bfloat16, qlc.CHUNK_ELEMS, "czr", tail=1001, seed=3)
+    for impl in (nq, qlc):
+        ref = qlc.encode_section(x, kc.PLANS["bf16_exp"], None)
+        got = impl.encode_section(x, kc.PLANS["bf16_exp"], None, reserve=reserve)
+        assert got.numel() == reserve + ref.numel() and torch.equal(got[reserve:], ref)
+    for impl in (ne, enec):
+        ref = enec.encode_section(x)
+        got = impl.encode_section(x, reserve=reserve)
+        assert got.numel() == reserve + ref.numel() and torch.equal(got[reserve:], ref)
+    blob = qlccomm.compress(x, codec="enec")
+    assert torch.equal(qlccomm.decompress(blob).view(torch.int16), x.view(torch.int16))
