@@ -123,19 +123,6 @@ def _row(tab_ptr, c):
 
 
 @triton.jit
-def _pack_rt(out_ptr, base, vals, limit, w, SUB: tl.constexpr):
-    """_pack_store with a runtime width w (0..8): SUB values (masked, zero past the data)
-    packed LSB first, 8 values per w bytes, at out_ptr + base; bytes at or past `limit`
-    (relative to base) are not written."""
-    v = tl.reshape(vals.to(tl.int64), (SUB // 8, 8))
-    j = tl.arange(0, 8)
-    word = tl.sum(v << (j * w).to(tl.int64)[None, :], axis=1)          # [SUB/8], 8w bits
-    byte = (word[:, None] >> (j * 8).to(tl.int64)[None, :]) & 255
-    pos = tl.arange(0, SUB // 8)[:, None] * w + j[None, :]
-    tl.store(out_ptr + base + pos, byte.to(tl.uint8), mask=(j[None, :] < w) & (pos < limit))
-
-
-@triton.jit
 def _unpack_rt(data_ptr, base, idx, end, mask, w):
     """Values number idx of runtime width w (0..8) of a packed plane at data_ptr + base;
     bytes at or past `end` (absolute) read as 0."""
@@ -171,7 +158,7 @@ def _put_wide(out_ptr, base, count, t0, v, valid, W, SUB: tl.constexpr):
         tl.store(out_ptr + base + p * count64 + t, ((v >> (8 * p)) & 255).to(tl.uint8), mask=valid)
     r = W % 8
     if r > 0:
-        _pack_rt(out_ptr, base + nb * count64 + ((t0 * r) >> 3), (v >> (8 * nb)) & ((1 << r) - 1),
+        _pack_store(out_ptr, base + nb * count64 + ((t0 * r) >> 3), (v >> (8 * nb)) & ((1 << r) - 1),
                  ((count64 * r + 7) >> 3) - ((t0 * r) >> 3), r, SUB)
 
 
@@ -251,7 +238,7 @@ def _enec_write(x_ptr, tab_ptr, ctab_ptr, out_ptr, xpos_ptr, xexp_ptr, B, m, wh,
                 _pack_store(out_ptr, raw_base + Nr + ((3 * rord) >> 3) + 3 * (s // 8),
                             tl.where(valid, (raw >> 8) & 7, 0), (3 * bk + 7) // 8 - 3 * (s // 8), 3, SUB)
             if m > 0:
-                _pack_rt(out_ptr, low_base + (((gord * L + s) * m) >> 3), ct & ((1 << m) - 1),
+                _pack_store(out_ptr, low_base + (((gord * L + s) * m) >> 3), ct & ((1 << m) - 1),
                          ((nv * m) >> 3) - ((s * m) >> 3), m, SUB)
             if xcnt > 0:
                 xf = (ct >> 8) & 1

@@ -72,16 +72,17 @@ def _sub(chunk: int) -> int:
 
 
 @triton.jit
-def _pack_store(out_ptr, base, vals, limit, R: tl.constexpr, SUB: tl.constexpr):
-    """Store SUB values of R <= 8 bits (already masked, zero past the data) packed LSB
-    first, 8 values per R bytes, at out_ptr + base; bytes at or past `limit` (relative
-    to base) are not written."""
+def _pack_store(out_ptr, base, vals, limit, w, SUB: tl.constexpr):
+    """Store SUB values of w <= 8 bits (already masked, zero past the data) packed LSB
+    first, 8 values per w bytes, at out_ptr + base; bytes at or past `limit` (relative
+    to base) are not written.  w may be a runtime value (ENEC's widths) or a constant
+    (Triton specialises the call on it)."""
     v = tl.reshape(vals.to(tl.int64), (SUB // 8, 8))
     j = tl.arange(0, 8)
-    word = tl.sum(v << (j * R).to(tl.int64)[None, :], axis=1)          # [SUB/8], 8R bits
+    word = tl.sum(v << (j * w).to(tl.int64)[None, :], axis=1)          # [SUB/8], 8w bits
     byte = (word[:, None] >> (j * 8).to(tl.int64)[None, :]) & 255
-    pos = tl.arange(0, SUB // 8)[:, None] * R + j[None, :]
-    tl.store(out_ptr + base + pos, byte.to(tl.uint8), mask=(j[None, :] < R) & (pos < limit))
+    pos = tl.arange(0, SUB // 8)[:, None] * w + j[None, :]
+    tl.store(out_ptr + base + pos, byte.to(tl.uint8), mask=(j[None, :] < w) & (pos < limit))
 
 
 @triton.jit

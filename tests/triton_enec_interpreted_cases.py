@@ -7,11 +7,7 @@ into a poisoned buffer, so a byte no kernel writes shows up as a difference.
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import interpreted_triton  # noqa: F401  (first: sets TRITON_INTERPRET, or skips the module)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -23,11 +19,6 @@ from qlccomm.api import _parse  # noqa: E402
 from qlccomm.format import ByteSource  # noqa: E402
 
 import kernel_cases as kc  # noqa: E402
-
-pytest.importorskip("triton")
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (run via test_kernels_triton.py)",
-                allow_module_level=True)
 
 from qlccomm.kernels import triton_enec as te  # noqa: E402
 

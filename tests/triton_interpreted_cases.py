@@ -8,11 +8,7 @@ operation, not per element.
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import interpreted_triton  # noqa: F401  (first: sets TRITON_INTERPRET, or skips the module)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -22,11 +18,6 @@ import qlccomm  # noqa: E402
 from qlccomm import kernels, qlc  # noqa: E402
 
 import kernel_cases as kc  # noqa: E402
-
-pytest.importorskip("triton")
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (run via test_kernels_triton.py)",
-                allow_module_level=True)
 
 from qlccomm.kernels import triton_qlc  # noqa: E402
 
