@@ -214,44 +214,53 @@ def _enc_symbols(xs, ssh, smask, sym_bits, dst):
             _store_le(dst, 5 * (g >> 3), word, 5)
 
 
+@njit(cache=True, inline="always")
+def _enc_code(xs, k, ssh, smask, enc, acc, nacc, pw, j):
+    """Code of element k, the j-th of its 8-code group: suffix into acc at bit nacc,
+    area into pw at bits 3j.  enc[symbol] = suffix | area << 8 | width << 12."""
+    e = np.int64(enc[np.uintp((xs[k] >> ssh) & smask)])
+    return acc | ((e & 0xFF) << nacc), nacc + ((e >> 12) & 15), pw | (((e >> 8) & 7) << (3 * j))
+
+
 @njit(cache=True)
 def _enc_coded(xs, ssh, smask, enc, pre, suf):
     """Prefixes into `pre` (3 bits per code), suffixes into `suf`; returns the suffix bits.
 
-    enc[symbol] = suffix | area << 8 | width << 12.  Suffixes gather in a 64-bit
-    accumulator (< 64 bits pending: bit 63 is never set) flushed 32 bits at a time."""
+    Suffixes gather in a 64-bit accumulator (< 64 bits pending: bit 63 is never set)
+    flushed 32 bits at a time.  Groups of 8 codes run in a loop of unchecked 8-byte
+    stores while both slices have room for them; the last groups and the short tail
+    of a last chunk store byte by byte near the slices' ends.  No store leaves the
+    chunk's own slices (neighbouring chunks may be written by other threads)."""
     m = xs.shape[0]
     acc = 0
     nacc = 0
     q = 0
-    for g in range(0, m - 7, 8):
+    g = 0
+    # fast: room for the group's 8-byte prefix store and two 8-byte suffix flushes
+    g_room = min(m & ~7, max(0, (pre.shape[0] - 8) // 3) * 8)
+    while g < g_room and q + 12 <= suf.shape[0]:
         pw = 0
         for half in range(2):
             for j in range(4 * half, 4 * half + 4):
-                e = np.int64(enc[np.uintp((xs[np.uintp(g + j)] >> ssh) & smask)])
-                acc |= (e & 0xFF) << nacc
-                nacc += (e >> 12) & 15
-                pw |= ((e >> 8) & 7) << (3 * j)
+                acc, nacc, pw = _enc_code(xs, np.uintp(g + j), ssh, smask, enc, acc, nacc, pw, j)
             if nacc >= 32:
-                _store_le(suf, q, acc, 4)
+                _u64_put(suf, q, acc)
                 q += 4
                 acc >>= 32
                 nacc -= 32
-        _store_le(pre, 3 * (g >> 3), pw, 3)
-    g = m & ~7
-    if g < m:   # the short tail of the last chunk
+        _u64_put(pre, 3 * (g >> 3), pw)
+        g += 8
+    while g < m:
         pw = 0
-        for j in range(m - g):
-            e = np.int64(enc[np.uintp((xs[g + j] >> ssh) & smask)])
-            acc |= (e & 0xFF) << nacc
-            nacc += (e >> 12) & 15
-            pw |= ((e >> 8) & 7) << (3 * j)
+        for j in range(min(8, m - g)):
+            acc, nacc, pw = _enc_code(xs, g + j, ssh, smask, enc, acc, nacc, pw, j)
             if nacc >= 32:
                 _store_le(suf, q, acc, 4)
                 q += 4
                 acc >>= 32
                 nacc -= 32
         _store_le(pre, 3 * (g >> 3), pw, 3)
+        g += 8
     _store_le(suf, q, acc, (nacc + 7) >> 3)
     return q * 8 + nacc
 
