@@ -314,13 +314,27 @@ def _load_le(src, p, nbytes):
 
 
 @njit(cache=True, inline="always")
-def _load_fast(src, p, nbytes, slack):
-    """_load_le, or with `slack` (the caller knows src's buffer holds 8 bytes from p,
-    perhaps past the slice's end) one unchecked load: bits past `nbytes` bytes are
-    the caller's to ignore either way."""
-    if slack:
-        return _u64_at(src, p)
-    return _load_le(src, p, nbytes)
+def _dec_group(pre, suf, checked, pos, bad, o, g, dtab, w4):
+    """Decode the 8 codes of group g (see _dec_coded); returns the new pos and bad.
+    `checked` (a constant at each call): bounds-tested loads, else unchecked ones."""
+    pw = _load_le(pre, 3 * (g >> 3), 3) if checked else _u64_at(pre, 3 * (g >> 3))
+    for half in range(2):
+        p12 = (pw >> (12 * half)) & 0xFFF
+        w = w4[p12]
+        word = _load_le(suf, pos >> 3, 8) if checked else _u64_at(suf, pos >> 3)
+        buf = word >> (pos & 7)                   # >= 57 valid bits; 4 codes use <= 32
+        e0 = dtab[((p12 & 7) << 8) | (buf & 0xFF)]
+        e1 = dtab[(((p12 >> 3) & 7) << 8) | ((buf >> (w & 0xFF)) & 0xFF)]
+        e2 = dtab[(((p12 >> 6) & 7) << 8) | ((buf >> ((w >> 8) & 0xFF)) & 0xFF)]
+        e3 = dtab[(((p12 >> 9) & 7) << 8) | ((buf >> ((w >> 16) & 0xFF)) & 0xFF)]
+        pos += (w >> 24) & 0xFF
+        bad |= e0 | e1 | e2 | e3
+        j = np.uintp(g + 4 * half)     # unsigned: no negative-index wraparound code
+        o[j] = e0
+        o[j + np.uintp(1)] = e1
+        o[j + np.uintp(2)] = e2
+        o[j + np.uintp(3)] = e3
+    return pos, bad
 
 
 @njit(cache=True)
@@ -332,30 +346,22 @@ def _dec_coded(slack, pre, suf, o, dtab, w4, wpack, sym_check, padded):
     or an error mark (bit 31); w4[12 prefix bits] = the offsets of 4 codes' suffixes.
     The offsets come from the prefixes alone: no serial dependency through the
     symbol lookups.  With `slack`, the stream's buffer extends 8 bytes past every
-    read of the 8-code groups and they skip the bounds test (_load_fast; a
+    read of the 8-code groups and they skip the bounds test (_dec_group; a
     corrupt chunk can then decode bytes past its suffix, but only after its codes ran
     past the suffix's end, which flags a mismatch, the error the torch path reports
     first).  Returns qlc.ERR_* flags."""
     m = o.shape[0]
     pos = 0            # suffix bits consumed
     bad = 0            # OR of the table entries: bit 31 marks an error
-    for g in range(0, m - 7, 8):
-        pw = _load_fast(pre, 3 * (g >> 3), 3, slack)
-        for half in range(2):
-            p12 = (pw >> (12 * half)) & 0xFFF
-            w = w4[p12]
-            buf = _load_fast(suf, pos >> 3, 8, slack) >> (pos & 7)    # >= 57 valid bits; 4 codes use <= 32
-            e0 = dtab[((p12 & 7) << 8) | (buf & 0xFF)]
-            e1 = dtab[(((p12 >> 3) & 7) << 8) | ((buf >> (w & 0xFF)) & 0xFF)]
-            e2 = dtab[(((p12 >> 6) & 7) << 8) | ((buf >> ((w >> 8) & 0xFF)) & 0xFF)]
-            e3 = dtab[(((p12 >> 9) & 7) << 8) | ((buf >> ((w >> 16) & 0xFF)) & 0xFF)]
-            pos += (w >> 24) & 0xFF
-            bad |= e0 | e1 | e2 | e3
-            j = np.uintp(g + 4 * half)     # unsigned: no negative-index wraparound code
-            o[j] = e0
-            o[j + np.uintp(1)] = e1
-            o[j + np.uintp(2)] = e2
-            o[j + np.uintp(3)] = e3
+    g = 0
+    g_end = m & ~7
+    if slack:          # a loop without bounds tests (nor the slices' lengths held in registers)
+        while g < g_end:
+            pos, bad = _dec_group(pre, suf, False, pos, bad, o, g, dtab, w4)
+            g += 8
+    while g < g_end:
+        pos, bad = _dec_group(pre, suf, True, pos, bad, o, g, dtab, w4)
+        g += 8
     g = m & ~7
     if g < m:
         pw = _load_le(pre, 3 * (g >> 3), 3)
