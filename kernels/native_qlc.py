@@ -102,17 +102,17 @@ def _chunk_any(xs):
 
 
 @njit(cache=True)
-def _chunk_bits(xs, ssh, smask, wsuf):
+def _chunk_bits(xs, ssh, wsuf):
     b0 = 0
     b1 = 0
     m = xs.shape[0]
     half = m >> 1
     for i in range(half):
         k = np.uintp(2 * i)
-        b0 += wsuf[np.uintp((xs[k] >> ssh) & smask)]
-        b1 += wsuf[np.uintp((xs[k + np.uintp(1)] >> ssh) & smask)]
+        b0 += wsuf[np.uintp(xs[k] >> ssh)]
+        b1 += wsuf[np.uintp(xs[k + np.uintp(1)] >> ssh)]
     if m & 1:
-        b0 += wsuf[np.uintp((xs[m - 1] >> ssh) & smask)]
+        b0 += wsuf[np.uintp(xs[m - 1] >> ssh)]
     return b0 + b1
 
 
@@ -135,8 +135,9 @@ def _chunk_hist(xs, ssh, smask, hrow):
 
 @njit(cache=True, parallel=True)
 def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
-    """Per chunk c: nz[c] = any bit set; bits[c] = sum of suffix widths (wsuf by symbol),
-    or with want_hist: hist[c] = symbol histogram (left zero for all-zero chunks)."""
+    """Per chunk c: nz[c] = any bit set; bits[c] = sum of suffix widths (wsuf by x >> ssh,
+    see _wide), or with want_hist: hist[c] = symbol histogram (left zero for all-zero
+    chunks)."""
     n = x.shape[0]
     for c in prange(bits.shape[0]):
         lo = c * chunk
@@ -147,7 +148,7 @@ def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
             if nonzero:
                 _chunk_hist(xs, ssh, smask, hist[c])
         else:
-            bits[c] = _chunk_bits(xs, ssh, smask, wsuf)
+            bits[c] = _chunk_bits(xs, ssh, wsuf)
 
 
 @njit(cache=True, parallel=True)
@@ -215,15 +216,15 @@ def _enc_symbols(xs, ssh, smask, sym_bits, dst):
 
 
 @njit(cache=True, inline="always")
-def _enc_code(xs, k, ssh, smask, enc, acc, nacc, pw, j):
+def _enc_code(xs, k, ssh, enc, acc, nacc, pw, j):
     """Code of element k, the j-th of its 8-code group: suffix into acc at bit nacc,
     area into pw at bits 3j.  enc[symbol] = suffix | area << 8 | width << 12."""
-    e = np.int64(enc[np.uintp((xs[k] >> ssh) & smask)])
+    e = np.int64(enc[np.uintp(xs[k] >> ssh)])
     return acc | ((e & 0xFF) << nacc), nacc + ((e >> 12) & 15), pw | (((e >> 8) & 7) << (3 * j))
 
 
 @njit(cache=True)
-def _enc_coded(xs, ssh, smask, enc, pre, suf):
+def _enc_coded(xs, ssh, enc, pre, suf):
     """Prefixes into `pre` (3 bits per code), suffixes into `suf`; returns the suffix bits.
 
     Suffixes gather in a 64-bit accumulator (< 64 bits pending: bit 63 is never set)
@@ -242,7 +243,7 @@ def _enc_coded(xs, ssh, smask, enc, pre, suf):
         pw = 0
         for half in range(2):
             for j in range(4 * half, 4 * half + 4):
-                acc, nacc, pw = _enc_code(xs, np.uintp(g + j), ssh, smask, enc, acc, nacc, pw, j)
+                acc, nacc, pw = _enc_code(xs, np.uintp(g + j), ssh, enc, acc, nacc, pw, j)
             if nacc >= 32:
                 _u64_put(suf, q, acc)
                 q += 4
@@ -253,7 +254,7 @@ def _enc_coded(xs, ssh, smask, enc, pre, suf):
     while g < m:
         pw = 0
         for j in range(min(8, m - g)):
-            acc, nacc, pw = _enc_code(xs, g + j, ssh, smask, enc, acc, nacc, pw, j)
+            acc, nacc, pw = _enc_code(xs, g + j, ssh, enc, acc, nacc, pw, j)
             if nacc >= 32:
                 _store_le(suf, q, acc, 4)
                 q += 4
@@ -268,8 +269,9 @@ def _enc_coded(xs, ssh, smask, enc, pre, suf):
 @njit(cache=True, parallel=True)
 def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, table, out,
                pbase, ybase, sbase, rbase, n_nz, check):
-    """Write every plane of every non-zero chunk at the offsets of `table` (common.TAB_*).
-    check[c] = the suffix bits written (the host compares them with the statistics)."""
+    """Write every plane of every non-zero chunk at the offsets of `table` (common.TAB_*);
+    enc is indexed by x >> ssh (see _wide).  check[c] = the suffix bits written (the host
+    compares them with the statistics)."""
     n = x.shape[0]
     for c in prange(table.shape[0]):
         mode = table[c, TAB_MODE]
@@ -291,7 +293,7 @@ def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, tab
         if mode == 1:
             p0 = pbase + table[c, TAB_PREFIX]
             s0 = sbase + table[c, TAB_SUFFIX]
-            check[c] = _enc_coded(xs, ssh, smask, enc, out[p0:p0 + ((3 * m + 7) >> 3)],
+            check[c] = _enc_coded(xs, ssh, enc, out[p0:p0 + ((3 * m + 7) >> 3)],
                                   out[s0:s0 + table[c, TAB_SUFLEN]])
         else:
             y0 = ybase + (table[c, TAB_SYMBOL] * sym_bits >> 3)
@@ -458,6 +460,12 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+def _wide(table: np.ndarray, pb: common.PlanBits) -> np.ndarray:
+    """A by-symbol table indexed by x >> ssh instead (the bits above the symbol ignored):
+    the kernels then skip the mask.  At most 512 entries (float32: sign and exponent)."""
+    return table[np.arange(1 << ((8 << pb.kind) - pb.ssh)) & pb.smask]
+
+
 def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
     return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
 
@@ -483,14 +491,15 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
             qlc_bits_from_hist(hist, tabs["wsuf"], bits)
         else:
             tabs = common.codebook_tables(codebook)
-            qlc_stats(x, chunk, pb.ssh, pb.smask, tabs["wsuf"], False, bits, nz, np.zeros((0, 256), np.int32))
+            qlc_stats(x, chunk, pb.ssh, pb.smask, _wide(tabs["wsuf"], pb), False, bits, nz,
+                      np.zeros((0, 256), np.int32))
         lay = common.encode_layout(n, chunk, plan, codebook, embed, bits, nz)
         out = common.empty_output(reserve + lay.total, torch.uint8)
         o = out.numpy()[reserve:]
         o[: lay.head.size] = lay.head
         check = np.zeros(nchunks, np.int64)
         b = lay.bases
-        qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, tabs["enc"],
+        qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, _wide(tabs["enc"], pb),
                    lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
     coded = lay.table[:, TAB_MODE] == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):      # the two passes must agree
