@@ -157,6 +157,87 @@ def run(mib: float = 64, rounds: int = 7, threads: int = 1, data: str = "weights
                   f"{relf(rel[name]['dec']):>10}")
 
 
+def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
+    """Where the native QLC encode and decode time goes, one thread, referenced codebook:
+    each kernel timed alone (interleaved rounds, medians), outputs into already-touched
+    buffers, against the whole section calls (fresh output)."""
+    import numpy as np
+
+    from qlccomm import qlc
+    from qlccomm.format import ByteSource, parse_header
+
+    from . import common, native_qlc as nq
+
+    torch.set_num_threads(1)
+    x = make_data(data, int(mib * (1 << 20)), torch.bfloat16)
+    cb = qlccomm.fit_codebook(x)
+    plan, pb, chunk = cb.plan_obj, common.plan_bits(cb.plan_obj), qlc.CHUNK_ELEMS
+    xa = nq._elements(x, pb)
+    n = xa.shape[0]
+    K = -(-n // chunk)
+    bits, nz, check = np.zeros(K, np.int64), np.zeros(K, np.bool_), np.zeros(K, np.int64)
+    tabs = common.codebook_tables(cb)
+    wsuf, enc = nq._wide(tabs["wsuf"], pb), nq._wide(tabs["enc"], pb)
+    no_hist = np.zeros((0, 256), np.int32)
+
+    def stats():
+        nq.qlc_stats(xa, chunk, pb.ssh, pb.smask, wsuf, False, bits, nz, no_hist)
+
+    stats()
+    lay = common.encode_layout(n, chunk, plan, cb, False, bits, nz)
+    o = np.zeros(lay.total, np.uint8)
+    b = lay.bases
+
+    def encode(raw_bits):
+        nq.qlc_encode(xa, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, raw_bits, enc, lay.table, o,
+                      b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
+
+    blob = qlccomm.compress(x, codebook=cb)
+    src = ByteSource(blob)
+    header = parse_header(src.read(0, 21 + 8 * x.dim()))
+    sec = qlc.parse_section(src, header.nbytes, header.numel, x.dtype, cb)
+    dl = common.decode_layout(sec)
+    dtab, w4 = common.decode_tables(cb, pb)
+    out = np.zeros(n, np.uint16)
+    flags = np.zeros(K, np.int32)
+    d, e = dl.bases, dl.ends
+
+    def decode(raw_bits):
+        nq.qlc_decode(blob.numpy(), out, chunk, pb.ssh, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, raw_bits, dtab, w4,
+                      tabs["wpack"], dl.table, d["prefix"], e["prefix"], d["symbol"], e["symbol"], d["suffix"],
+                      d["raw"], e["raw"], dl.n_nz, flags)
+
+    cases = {
+        "qlc_stats (suffix bits)": stats,
+        "qlc_encode": lambda: encode(pb.raw_bits),
+        "qlc_encode, no raw plane": lambda: encode(0),
+        "encode_section (fresh out)": lambda: nq.encode_section(x, plan, cb),
+        "qlc_decode": lambda: decode(pb.raw_bits),
+        "qlc_decode, no raw merge": lambda: decode(0),
+        "decode_section (fresh out)": lambda: nq.decode_section(sec, blob, header),
+        "zstd-1 compress": None,
+    }
+    try:
+        import zstandard
+        raw = x.view(torch.uint8).numpy()
+        zc = zstandard.ZstdCompressor(level=1)
+        cases["zstd-1 compress"] = lambda: zc.compress(raw)
+    except ImportError:
+        del cases["zstd-1 compress"]
+    times = {k: [] for k in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            t, _, _ = _timed(fn)
+            times[k].append(t)
+    nbytes = x.numel() * 2
+    print(f"# {mib} MiB bfloat16 {data}, 1 thread, median of {rounds} interleaved rounds")
+    for k, ts in times.items():
+        t = statistics.median(ts)
+        print(f"{k:<30}{t * 1e3:8.1f} ms{nbytes / t / 1e9:8.3f} GB/s")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=float, default=64)
@@ -168,7 +249,10 @@ def main(argv=None):
     p.add_argument("--no-adaptive", action="store_true")
     p.add_argument("--best", action="store_true", help="also print the best round (least disturbed)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (use --backends triton,torch off the CPU)")
+    p.add_argument("--parts", action="store_true", help="time the native kernels one by one instead (bf16, CPU)")
     a = p.parse_args(argv)
+    if a.parts:
+        return parts(a.mib, a.rounds, a.data)
     run(a.mib, a.rounds, a.threads, a.data, getattr(torch, a.dtype), tuple(a.backends.split(",")),
         not a.no_adaptive, a.device, a.best)
 
