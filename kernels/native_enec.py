@@ -61,7 +61,7 @@ from qlccomm.bitpack import pack_bits
 from qlccomm.errors import FormatError
 
 from . import common
-from .native_qlc import _LOCK, _UNSIGNED, _load_le, _store_le, _threads, qlc_stats
+from .native_qlc import _LOCK, _UNSIGNED, _load_le, _raw8_merge, _raw8_split, _store_le, _threads, qlc_stats
 
 _PLAN_BITS = {torch.bfloat16: common.PLAN_BITS["bf16_exp"], torch.float16: common.PLAN_BITS["fp16_exp"],
               torch.float32: common.PLAN_BITS["fp32_exp"]}
@@ -193,9 +193,7 @@ def _enc_raw(xs, rsh, rhi, rlo, R, p0, p1, p2, top):
     """The raw bits of the block's elements into byte planes p0 (, p1, p2), or p0 + 3-bit top."""
     bk = xs.shape[0]
     if R == 8:
-        for i in range(bk):
-            v = xs[i]
-            p0[i] = ((v >> rsh) & rhi) | (v & rlo)
+        _raw8_split(xs, p0, bk, rsh, rhi, rlo)
     elif R == 24:
         for i in range(bk):
             v = xs[i]
@@ -374,9 +372,7 @@ def _dec_pairs(low, lp, m, p0, g8, o, ptab, rhi, rsh, rlo):
         word = _load_le(low, lp + m * (g >> 3), m)
         for k in range(4):
             _u32_put(o, np.uintp(g + 2 * k), np.int64(ptab[np.uintp((word >> (2 * m * k)) & mask2)]))
-    for i in range(g8):
-        r = np.int64(p0[i])
-        o[i] |= ((r & rhi) << rsh) | (r & rlo)
+    _raw8_merge(o, p0, g8, rsh, rhi, rlo)
 
 
 @njit(cache=True)

@@ -92,6 +92,35 @@ def _u64_put(typingctx, arr, idx, val):
 # knows the indices are non-negative and drops numba's negative-index wraparound checks,
 # which otherwise cost more than the work itself.
 
+# one raw byte plane (bfloat16: sign and 7 mantissa bits; float16 high-byte plan: the low
+# byte), shared with native_enec.  The bfloat16 masks as constants let LLVM vectorise the
+# loops on narrow lanes (measured: the decode merge 2x faster than with runtime masks).
+@njit(cache=True, inline="always")
+def _raw8_split(xs, p0, count, rsh, rhi, rlo):
+    """p0[i] = the raw byte of element i, i < count."""
+    if rsh == 8 and rhi == 0x80 and rlo == 0x7F:
+        for i in range(count):
+            v = xs[i]
+            p0[i] = ((v >> np.uint16(8)) & np.uint16(0x80)) | (v & np.uint16(0x7F))
+    else:
+        for i in range(count):
+            v = xs[i]
+            p0[i] = ((v >> rsh) & rhi) | (v & rlo)
+
+
+@njit(cache=True, inline="always")
+def _raw8_merge(o, p0, count, rsh, rhi, rlo):
+    """o[i] |= the bits of raw byte p0[i] in place, i < count."""
+    if rsh == 8 and rhi == 0x80 and rlo == 0x7F:
+        for i in range(count):
+            r = np.uint16(p0[i])
+            o[i] |= ((r & np.uint16(0x80)) << np.uint16(8)) | (r & np.uint16(0x7F))
+    else:
+        for i in range(count):
+            r = np.int64(p0[i])
+            o[i] |= ((r & rhi) << rsh) | (r & rlo)
+
+
 # statistics
 @njit(cache=True)
 def _chunk_any(xs):
@@ -180,9 +209,7 @@ def _enc_raw_planes(xs, rsh, rhi, rlo, raw_bits, p0, p1, p2, top):
     """Raw bits of the chunk's elements: byte planes p0 (, p1, p2), or p0 + 3-bit `top`."""
     m = xs.shape[0]
     if raw_bits == 8:
-        for i in range(m):
-            v = xs[i]
-            p0[i] = ((v >> rsh) & rhi) | (v & rlo)
+        _raw8_split(xs, p0, m, rsh, rhi, rlo)
     elif raw_bits == 24:
         for i in range(m):
             v = xs[i]
@@ -402,9 +429,7 @@ def _dec_symbols(src, o, ssh, sym_bits):
 def _dec_raw_planes(o, rsh, rhi, rlo, raw_bits, p0, p1, p2, top):
     m = o.shape[0]
     if raw_bits == 8:
-        for i in range(m):
-            r = np.int64(p0[i])
-            o[i] |= ((r & rhi) << rsh) | (r & rlo)
+        _raw8_merge(o, p0, m, rsh, rhi, rlo)
     elif raw_bits == 24:
         for i in range(m):
             r = np.int64(p0[i]) | (np.int64(p1[i]) << 8) | (np.int64(p2[i]) << 16)
