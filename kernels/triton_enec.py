@@ -94,7 +94,7 @@ from qlccomm import enec
 from qlccomm.errors import FormatError
 
 from . import common
-from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _pack_store
+from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _pack_store, _store_raw
 
 # Elements per step (see triton_qlc): small on devices, whole quarter blocks under the
 # interpreter, which pays per operation.  Tests lower it to exercise carried offsets.
@@ -228,18 +228,12 @@ def _enec_write(x_ptr, tab_ptr, ctab_ptr, out_ptr, xpos_ptr, xexp_ptr, B, m, wh,
             x = tl.load(x_ptr + start + idx, mask=valid, other=0).to(tl.int32)
             e = (x >> SSH) & SMASK
             ct = tl.load(ctab_ptr + e, mask=valid, other=0)
-            raw = ((x >> RSH) & RHI) | (x & RLO)
-            r0 = raw_base + rord + idx
-            tl.store(out_ptr + r0, (raw & 255).to(tl.uint8), mask=valid)
-            if RAW_BITS == 24:
-                tl.store(out_ptr + r0 + Nr, ((raw >> 8) & 255).to(tl.uint8), mask=valid)
-                tl.store(out_ptr + r0 + Nr + Nr, ((raw >> 16) & 255).to(tl.uint8), mask=valid)
-            if RAW_BITS == 11:
-                _pack_store(out_ptr, raw_base + Nr + ((3 * rord) >> 3) + 3 * (s // 8),
-                            tl.where(valid, (raw >> 8) & 7, 0), (3 * bk + 7) // 8 - 3 * (s // 8), 3, SUB)
+            _store_raw(out_ptr, ((x >> RSH) & RHI) | (x & RLO), valid, raw_base + rord + idx, Nr,
+                       raw_base + Nr + ((3 * rord) >> 3) + 3 * (s // 8), (3 * bk + 7) // 8 - 3 * (s // 8), RAW_BITS,
+                       SUB)
             if m > 0:
                 _pack_store(out_ptr, low_base + (((gord * L + s) * m) >> 3), ct & ((1 << m) - 1),
-                         ((nv * m) >> 3) - ((s * m) >> 3), m, SUB)
+                            ((nv * m) >> 3) - ((s * m) >> 3), m, SUB)
             if xcnt > 0:
                 xf = (ct >> 8) & 1
                 r = xoff + xc + tl.cumsum(xf, axis=0) - xf

@@ -86,6 +86,19 @@ def _pack_store(out_ptr, base, vals, limit, w, SUB: tl.constexpr):
 
 
 @triton.jit
+def _store_raw(out_ptr, raw, valid, r0, plane, top_base, top_limit, RAW_BITS: tl.constexpr, SUB: tl.constexpr):
+    """The raw bits of SUB elements (where `valid`) into the raw planes: byte planes at r0
+    (per element), r0 + plane and r0 + 2 * plane (24 bits); or a byte plane and the top 3
+    bits packed at top_base, bytes at or past top_limit (relative to it) unwritten (11 bits)."""
+    tl.store(out_ptr + r0, (raw & 255).to(tl.uint8), mask=valid)
+    if RAW_BITS == 24:
+        tl.store(out_ptr + r0 + plane, ((raw >> 8) & 255).to(tl.uint8), mask=valid)
+        tl.store(out_ptr + r0 + plane + plane, ((raw >> 16) & 255).to(tl.uint8), mask=valid)
+    if RAW_BITS == 11:
+        _pack_store(out_ptr, top_base, tl.where(valid, (raw >> 8) & 7, 0), top_limit, 3, SUB)
+
+
+@triton.jit
 def _unpack(data_ptr, base, idx, end, mask, R: tl.constexpr):
     """Values number `idx` of width R <= 8 of a packed plane at data_ptr + base; bytes at
     or past `end` (absolute) read as 0."""
@@ -153,16 +166,9 @@ def _qlc_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, n, chunk, nchunks, np
                 sym = (x >> SSH) & SMASK
                 # raw planes (coded and raw chunks)
                 if RAW_BITS > 0:
-                    raw = ((x >> RSH) & RHI) | (x & RLO)
-                    r0 = rbase + roff + idx
-                    tl.store(out_ptr + r0, (raw & 255).to(tl.uint8), mask=valid)
-                    if RAW_BITS == 24:
-                        tl.store(out_ptr + r0 + n_nz, ((raw >> 8) & 255).to(tl.uint8), mask=valid)
-                        tl.store(out_ptr + r0 + n_nz + n_nz, ((raw >> 16) & 255).to(tl.uint8), mask=valid)
-                    if RAW_BITS == 11:
-                        top = tl.where(valid, (raw >> 8) & 7, 0)
-                        _pack_store(out_ptr, rbase + n_nz + ((3 * roff) >> 3) + 3 * (s // 8), top,
-                                    (3 * elems + 7) // 8 - 3 * (s // 8), 3, SUB)
+                    _store_raw(out_ptr, ((x >> RSH) & RHI) | (x & RLO), valid, rbase + roff + idx, n_nz,
+                               rbase + n_nz + ((3 * roff) >> 3) + 3 * (s // 8), (3 * elems + 7) // 8 - 3 * (s // 8),
+                               RAW_BITS, SUB)
                 if mode == 1:
                     e = tl.load(enc_ptr + sym, mask=valid, other=0)
                     e = tl.where(valid, e, 0)
