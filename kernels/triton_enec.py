@@ -18,10 +18,13 @@ metadata), so this path, the native one and the torch path cannot drift apart:
 
     encode  _enec_stats       per block: any bit set?  per program: exponent histogram
                               (tl.histogram), summed over programs by torch
-            host              block modes, sample of <= 8 blocks (index_select on the
-                              device, split on the host by enec._split), enec._search
-                              -> b, n, m, enec.code_tables -> 256-entry y / exception
-                              table, exceptions X from the histogram
+            search            sample of <= 8 blocks (index_select, enec._split) and the
+                              flagged groups of every candidate base counted on the
+                              device (enec.flagged_counts), then enec._search on the
+                              host from those counts and the histogram -> b, n, m;
+                              enec.code_tables -> 256-entry y / exception table,
+                              exceptions X from the histogram.  (On CPU tensors, under
+                              the interpreter, the host search reads the sample itself.)
             _enec_count       per coded block (group tiles): flagged groups,
                               exceptions (only when m < n or X > 0)
             host              exclusive sums -> flag / exception offsets per block,
@@ -52,11 +55,12 @@ each position once).
 
 Launches per call, constant in the number of blocks:
 
-  encode   kernels  _enec_stats, torch.sum, index_select (sample; none when only a
-                    tail is coded), _enec_count (*), _enec_write,
-                    _enec_exc_pack (**)                               3 to 6
-           copies   device->host: statistics (one int64 buffer), sample rows (+ the
-                    tail when the search is exact and the tail is coded), counts (*);
+  encode   kernels  _enec_stats, torch.sum, _enec_count (*), _enec_write,
+                    _enec_exc_pack (**)                               3 to 5
+                    + the search's torch ops on the device: index_select and the
+                    split of the <= 8 sampled blocks, about 15 for flagged_counts  ~25
+           copies   device->host: statistics (one int64 buffer), the flagged-group
+                    counts ([2^E, pairs] int64, 90 KiB for bfloat16), counts (*);
                     host->device: code table, block table (again after the counts
                     when (*)), section metadata
   decode   kernels  _enec_flag_count + torch.cumsum (***), _enec_decode,
@@ -409,21 +413,29 @@ def _stats(x: torch.Tensor, geo, pb) -> tuple[np.ndarray, np.ndarray]:
     return modes, hist
 
 
-def _sample(flat: torch.Tensor, x: torch.Tensor, geo, cod) -> tuple[np.ndarray, float, bool]:
-    """The search's sample (enec.sample_plan / sample_from_blocks): the sampled blocks'
-    elements gathered on the device, split into exponents on the host by the torch path."""
+def _search(flat: torch.Tensor, x: torch.Tensor, hist: np.ndarray, geo, cod, E: int, on_host: bool | None = None):
+    """enec._search on the sample of the blocks enec.sample_plan names.  On an accelerator
+    the sample stays there: its exponents are split and the flagged groups counted for
+    every b by torch ops on the device (enec.flagged_counts; one small copy back), because
+    the host's pass over the sample costs ~10 ms, far more than the kernels.  On CPU
+    tensors (the interpreter) the host search runs as in the torch path (`on_host` forces
+    either; tests compare them).  Same choice."""
     B = geo.B
+    if on_host is None:
+        on_host = x.device.type == "cpu"
     pick, exact = enec.sample_plan(cod)
     if pick:
         idx = torch.tensor([cod.coded_full[i] for i in pick], dtype=torch.int64, device=x.device)
-        rows = x[: geo.KA * B].view(geo.KA, B).index_select(0, idx).cpu()
-        rows_e = enec._split(rows.view(-1).view(flat.dtype))[0].view(len(pick), B)
+        rows = x[: geo.KA * B].view(geo.KA, B).index_select(0, idx)
+        rows_e = enec._split((rows.cpu() if on_host else rows).view(-1).view(flat.dtype))[0].view(len(pick), B)
     else:
-        rows_e = torch.empty(0, B, dtype=torch.uint8)
+        rows_e = torch.empty(0, B, dtype=torch.uint8, device="cpu" if on_host else x.device)
     tail = None
     if exact and cod.tail_coded:
-        tail = enec._split(x[geo.KA * B:].cpu().view(flat.dtype))[0]
-    return enec.sample_from_blocks(rows_e, tail, geo, cod, exact)
+        t = x[geo.KA * B:]
+        tail = enec._split((t.cpu() if on_host else t).view(flat.dtype))[0]
+    sample, scale, exact = enec.sample_tensor(rows_e, tail, geo, cod, exact)
+    return enec.search(hist, sample, scale, exact, geo, cod, E, on_host)
 
 
 def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
@@ -453,8 +465,7 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         buf[reserve:].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
         return buf
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
-    sample, scale, exact = _sample(flat, x, geo, cod)
-    ch = enec._search(hist[:A], sample, scale, exact, geo, cod, E)
+    ch = _search(flat, x, hist[:A], geo, cod, E)
     b, n, m = ch.b, ch.n, ch.m
     ytab, xtab, _ = enec.code_tables(b, n, E)
     X = int(hist[:A] @ xtab.astype(np.int64))

@@ -257,11 +257,40 @@ class _Choice:
     evaluated_b: int = 0
 
 
-def _search(hist: np.ndarray, sample: np.ndarray, scale: float, exact: bool, geo: _Geometry,
-            cod: _Coded, E: int) -> _Choice:
+def flagged_counts(sample: torch.Tensor, E: int, b_step: int = 256) -> np.ndarray:
+    """Flagged sampled groups for every base b and every (n, m) pair, int64 [2^E, pairs] on
+    the host, computed with torch ops on the sample's device (member-major [L, groups]
+    uint8 exponents): the part of `_search` that reads the sample, for every b at once
+    (about 15 kernels per step of `b_step` bases; [b_step, L, groups] bytes of scratch).
+    For devices where the host's pass over the sample would cost more than the kernels
+    (Triton); the counts equal those _search computes on the host (tests/test_enec.py)."""
+    T = _tables(E)
+    A = 1 << E
+    dev = sample.device
+    e = sample.to(torch.int64)                                           # [L, G]
+    pbit = torch.from_numpy(T["pbit"]).to(dev)                           # [A, A] by (b, e)
+    qval = torch.from_numpy(T["qval"]).to(dev)
+    flag = torch.from_numpy(T["flag"]).to(dev, torch.float64)            # [nkeys, pairs]
+    out = []
+    for b0 in range(0, A, b_step):
+        nb = min(A, b0 + b_step) - b0
+        pb = pbit[b0:b0 + nb][:, e].sort(dim=1).values.to(torch.int64)  # [nb, L, G]: 0 or one bit
+        # OR over the members: the sum of their distinct bits
+        pb[:, 1:] *= pb[:, 1:] != pb[:, :-1]
+        P = pb.sum(dim=1)                                                # [nb, G]
+        Q = qval[b0:b0 + nb][:, e].amin(dim=1).to(torch.int64)
+        keys = P + A * Q + (torch.arange(nb, device=dev) * T["nkeys"])[:, None]
+        H = torch.bincount(keys.reshape(-1), minlength=nb * T["nkeys"]).view(nb, -1)
+        out.append((H.to(torch.float64) @ flag).round_().to(torch.int64))  # counts < 2^53: exact
+    return torch.cat(out).cpu().numpy()
+
+
+def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bool, geo: _Geometry,
+            cod: _Coded, E: int, flagged: np.ndarray | None = None) -> _Choice:
     """Pick (b, n, m).  hist: exponent histogram of the coded real elements (int64 [2^E]).
-    sample: exponents of the sampled groups as a member-major [L, groups] uint8 array.
-    scale: coded groups / sampled groups."""
+    sample: exponents of the sampled groups as a member-major [L, groups] uint8 array, or
+    instead flagged = flagged_counts(sample) (computed on a device).  scale: coded groups /
+    sampled groups."""
     T = _tables(E)
     A = 1 << E
     L = geo.L
@@ -291,30 +320,33 @@ def _search(hist: np.ndarray, sample: np.ndarray, scale: float, exact: bool, geo
     pairs = T["pairs"]
     done = 0
     i = 0
-    # a group's key depends only on its set of exponents: evaluate each distinct set once
-    srt = np.sort(sample, axis=0)
-    dup = np.zeros(srt.shape, dtype=bool)
-    dup[1:] = srt[1:] == srt[:-1]
-    canon = np.sort(np.where(dup, srt[:1], srt), axis=0)      # the set, in one canonical form
-    rows = np.ascontiguousarray(canon.T)
-    _, first, weight = np.unique(rows.view(np.dtype((np.void, L))).ravel(), return_index=True,
-                                 return_counts=True)
-    sets = rows[first]
-    g = sets.shape[0]
-    flat = sets.T.reshape(-1).astype(np.intp)
+    if flagged is None:
+        # a group's key depends only on its set of exponents: evaluate each distinct set once
+        rows = np.sort(np.ascontiguousarray(sample.T), axis=1)             # [groups, L], sorted
+        dup = np.zeros(rows.shape, dtype=bool)
+        dup[:, 1:] = rows[:, 1:] == rows[:, :-1]
+        canon = np.sort(np.where(dup, rows[:, :1], rows), axis=1)        # the set, in one canonical form
+        _, first, weight = np.unique(canon.view(np.dtype((np.void, L))).ravel(), return_index=True,
+                                     return_counts=True)
+        sets = canon[first]
+        g = sets.shape[0]
+        flat = sets.T.reshape(-1).astype(np.intp)
     while i < A:
         if best is not None and lb_b[order[i]] > best[0]:
             break
         batch = order[i : i + min(_B_BATCH, 2 + i)]     # batches grow: the best b comes early
         i += len(batch)
         bs = np.array(batch)
-        P = np.bitwise_or.reduce(T["pbit"][bs][:, flat].reshape(len(bs), L, g), axis=1).astype(np.int64)
-        Q = T["qval"][bs][:, flat].reshape(len(bs), L, g).min(axis=1).astype(np.int64)
-        keys = P + A * Q + (np.arange(len(bs)) * T["nkeys"])[:, None]
-        H = np.bincount(keys.reshape(-1), weights=np.tile(weight, len(bs)),
-                        minlength=len(bs) * T["nkeys"]).astype(np.int64).reshape(len(bs), -1)
-        used = np.flatnonzero(H.any(0))
-        F = H[:, used] @ T["flag"][used]                        # flagged sampled groups [nb, pairs]
+        if flagged is not None:
+            F = flagged[bs]
+        else:
+            P = np.bitwise_or.reduce(T["pbit"][bs][:, flat].reshape(len(bs), L, g), axis=1).astype(np.int64)
+            Q = T["qval"][bs][:, flat].reshape(len(bs), L, g).min(axis=1).astype(np.int64)
+            keys = P + A * Q + (np.arange(len(bs)) * T["nkeys"])[:, None]
+            H = np.bincount(keys.reshape(-1), weights=np.tile(weight, len(bs)),
+                            minlength=len(bs) * T["nkeys"]).astype(np.int64).reshape(len(bs), -1)
+            used = np.flatnonzero(H.any(0))
+            F = H[:, used] @ T["flag"][used]                    # flagged sampled groups [nb, pairs]
         if not exact:                                           # (integer matmul: no BLAS)
             F = np.maximum(F * scale, f_lb[bs])
         c = base + (_nbytes_np(F * L, w) if exact else F * L * w / 8.0) + exc[bs]
@@ -346,7 +378,14 @@ def sample_from_blocks(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geom
                        cod: _Coded, exact: bool) -> tuple[np.ndarray, float, bool]:
     """The search's sample from the exponents of the blocks `sample_plan` names: rows
     [k, B] (full blocks, in that order), tail [Bt] (the coded tail when exact, else None).
-    Returns member-major [L, groups] exponents, coded groups / sampled groups, exact."""
+    Returns member-major [L, groups] exponents (host), coded groups / sampled groups, exact."""
+    sample, scale, exact = sample_tensor(rows, tail, geo, cod, exact)
+    return sample.cpu().numpy(), scale, exact
+
+
+def sample_tensor(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
+                  cod: _Coded, exact: bool) -> tuple[torch.Tensor, float, bool]:
+    """sample_from_blocks, the sample left on the rows' device (for flagged_counts)."""
     L, G = geo.L, geo.G
     cols = []
     if rows.shape[0]:
@@ -356,18 +395,29 @@ def sample_from_blocks(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geom
         idx = torch.where(idx < geo.Bt, idx, idx % geo.Gt)   # virtual members copy member 0
         cols.append(tail.index_select(0, idx).view(L, geo.Gt))
     groups = cod.Gc if exact else SAMPLE_BLOCKS * G
-    sample = torch.cat(cols, 1).cpu().numpy()
-    return sample, cod.Gc / groups, exact
+    return torch.cat(cols, 1), cod.Gc / groups, exact
 
 
-def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[np.ndarray, float, bool]:
-    """Member-major [L, groups] exponents of the groups the search looks at."""
+def search(hist: np.ndarray, sample: torch.Tensor, scale: float, exact: bool, geo: _Geometry, cod: _Coded,
+           E: int, on_host: bool | None = None) -> _Choice:
+    """_search on a sample tensor where it lives: on the host for CPU tensors (or on_host);
+    on an accelerator the flagged groups of every base are counted there (flagged_counts)
+    and only those counts come back, since the host's pass over the sample costs ~10 ms."""
+    if on_host is None:
+        on_host = sample.device.type == "cpu"
+    if on_host:
+        return _search(hist, sample.cpu().numpy(), scale, exact, geo, cod, E)
+    return _search(hist, None, scale, exact, geo, cod, E, flagged=flagged_counts(sample, E))
+
+
+def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[torch.Tensor, float, bool]:
+    """Member-major [L, groups] exponents of the groups the search looks at (on ec's device)."""
     B = geo.B
     pick, exact = sample_plan(cod)
     full = ec[: cod.KcA * B].view(cod.KcA, B)
     rows = full if exact else full.index_select(0, torch.tensor(pick, device=ec.device))
     tail = ec[cod.KcA * B :] if exact and cod.tail_coded else None
-    return sample_from_blocks(rows, tail, geo, cod, exact)
+    return sample_tensor(rows, tail, geo, cod, exact)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +635,7 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
         if force is None:
             hist = torch.bincount(ec, minlength=A).cpu().numpy().astype(np.int64)
             sample, scale, exact = _sample_groups(ec, geo, cod)
-            ch = _search(hist, sample, scale, exact, geo, cod, E)
+            ch = search(hist, sample, scale, exact, geo, cod, E)
             b, n, m = ch.b, ch.n, ch.m
             info["search"] = ch
         else:

@@ -469,3 +469,30 @@ def test_inspect_facts():
         assert k in info
     assert info["group_elems"] == 16 and info["block_elems"] == B and info["blocks"] == 3
     assert sum(info["plane_bytes"].values()) + info["metadata_bytes"] + info["header_bytes"] == info["compressed_bytes"]
+
+
+@pytest.mark.parametrize("E", [5, 8])
+@pytest.mark.parametrize("exact", [True, False])
+def test_device_flagged_counts_match_host_search(E, exact):
+    """flagged_counts (torch ops, for accelerators) equals the host computation for every b,
+    and _search picks the same (b, n, m) from it as from the sample itself."""
+    rng = np.random.default_rng(E + 10 * exact)
+    A, L, Bs = 1 << E, 16, 1024
+    geo = enec._Geometry(6 * Bs + 100, Bs, L)
+    cod = enec._Coded(geo, list(range(geo.KA)), True)
+    T = enec._tables(E)
+    for trial in range(4):
+        centre = int(rng.integers(A))
+        spread = [1, 3, 12, A][trial]
+        sample = ((centre + np.round(rng.standard_t(3, size=(L, 700)) * spread)) % A).astype(np.uint8)
+        P = np.bitwise_or.reduce(T["pbit"][:, sample], axis=1).astype(np.int64)       # [A, G]
+        Q = T["qval"][:, sample].min(axis=1).astype(np.int64)
+        ref = T["flag"][P + A * Q].sum(axis=1)                                         # [A, pairs]
+        got = enec.flagged_counts(torch.from_numpy(sample), E)
+        assert np.array_equal(got, ref)
+        assert np.array_equal(enec.flagged_counts(torch.from_numpy(sample), E, b_step=48), ref)
+        hist = np.bincount(sample.reshape(-1), minlength=A).astype(np.int64) * 9
+        scale = 1.0 if exact else 7.25
+        a = enec._search(hist, sample, scale, exact, geo, cod, E)
+        b = enec._search(hist, None, scale, exact, geo, cod, E, flagged=got)
+        assert (a.b, a.n, a.m, a.X, a.cost, a.evaluated_b) == (b.b, b.n, b.m, b.X, b.cost, b.evaluated_b)
