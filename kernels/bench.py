@@ -238,6 +238,37 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
         print(f"{k:<30}{t * 1e3:8.1f} ms{nbytes / t / 1e9:8.3f} GB/s   best{b * 1e3:8.1f} ms{nbytes / b / 1e9:8.3f} GB/s")
 
 
+def host_planning(mib: float = 256, rounds: int = 9) -> None:
+    """Host time per call that the fused paths spend outside their kernels on a bf16 tensor
+    of `mib` MiB (chunk planning from per-chunk statistics; parsing and planning a stream):
+    a floor under every backend's time per call, whatever the device."""
+    import numpy as np
+
+    from qlccomm import qlc
+    from qlccomm.format import ByteSource, parse_header
+
+    from . import common
+
+    x = make_data("weights", int(mib * (1 << 20)), torch.bfloat16)
+    cb = qlccomm.fit_codebook(x)
+    blob = qlccomm.compress(x, codebook=cb)
+    header = parse_header(ByteSource(blob).read(0, 21 + 8 * x.dim()))
+    sec = qlc.parse_section(ByteSource(blob), header.nbytes, header.numel, x.dtype, cb)
+    K = sec.layout.modes.numel()
+    bits = sec.layout.suffix_len.numpy().astype(np.int64) * 8
+    nz = np.ones(K, np.bool_)
+    cases = {
+        "encode_layout": lambda: common.encode_layout(x.numel(), qlc.CHUNK_ELEMS, cb.plan_obj, cb, False, bits, nz),
+        "parse_section": lambda: qlc.parse_section(ByteSource(blob), header.nbytes, header.numel, x.dtype, cb),
+        "decode_layout": lambda: common.decode_layout(sec),
+    }
+    print(f"# host planning, {mib} MiB bfloat16 weights ({K} chunks), median and best of {rounds}")
+    for name, fn in cases.items():
+        fn()
+        ts = [_timed(fn)[0] for _ in range(rounds)]
+        print(f"{name:<16}{statistics.median(ts) * 1e3:8.2f} ms   best{min(ts) * 1e3:8.2f} ms")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=float, default=64)
@@ -250,9 +281,12 @@ def main(argv=None):
     p.add_argument("--best", action="store_true", help="also print the best round (least disturbed)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (use --backends triton,torch off the CPU)")
     p.add_argument("--parts", action="store_true", help="time the native kernels one by one instead (bf16, CPU)")
+    p.add_argument("--host-planning", action="store_true", help="time the fused paths' host planning instead")
     a = p.parse_args(argv)
     if a.parts:
         return parts(a.mib, a.rounds, a.data)
+    if a.host_planning:
+        return host_planning(a.mib, a.rounds)
     run(a.mib, a.rounds, a.threads, a.data, getattr(torch, a.dtype), tuple(a.backends.split(",")),
         not a.no_adaptive, a.device, a.best)
 
