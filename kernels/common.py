@@ -194,56 +194,60 @@ def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
 # -- encode planning --------------------------------------------------------------------------------
 @dataclass
 class EncodeLayout:
-    """Where everything goes in an encoded section (offsets in bytes from the section start)."""
+    """Where everything goes in an encoded section (offsets in bytes from the section start).
+    head and table are numpy arrays when planned from host statistics, tensors on the
+    statistics' device otherwise."""
 
-    head: np.ndarray            # uint8: plan, codebook, chunk size and count, chunk table
-    table: np.ndarray           # int64 [K, TAB_COLS]
+    head: np.ndarray | torch.Tensor     # uint8: plan, codebook, chunk size and count, chunk table
+    table: np.ndarray | torch.Tensor    # int64 [K, TAB_COLS]
     bases: dict                 # plane name -> byte offset of the plane in the section
     sizes: dict                 # plane name -> bytes
     n_nz: int                   # elements of the non-zero chunks (the raw planes' length)
     total: int                  # section bytes
 
 
-def _layout(chunk: int, elems: np.ndarray, modes: np.ndarray, suffix_len: np.ndarray,
-            plan: Plan, start: int) -> tuple[np.ndarray, dict, dict, int]:
-    """Chunk table for the kernels, plane bases (from `start`), plane sizes, raw-plane length."""
+def _layout(chunk: int, elems, modes, suffix_len, plan: Plan, start: int,
+            totals: tuple[int, int, int] | None = None) -> tuple[object, dict, dict, int]:
+    """Chunk table for the kernels, plane bases (from `start`), plane sizes, raw-plane length.
+    numpy arrays, or torch tensors on any device (then one copy of three totals to the host,
+    unless `totals` = qlc.plane_totals are given)."""
+    xp = qlc._xp(modes)
     off = qlc.chunk_offsets(chunk, elems, modes, suffix_len)
-    table = np.empty((modes.size, TAB_COLS), np.int64)
-    for col, v in ((TAB_MODE, modes), (TAB_ELEMS, elems), (TAB_PREFIX, off["prefix"]),
-                   (TAB_SYMBOL, off["symbol"]), (TAB_SUFFIX, off["suffix"]), (TAB_SUFLEN, suffix_len),
-                   (TAB_RAW, off["raw"])):
-        table[:, col] = v
-    table[:, TAB_COLS - 1] = 0
-    sizes = qlc.plane_sizes(elems, modes, suffix_len, plan)
+    cols = {TAB_MODE: modes, TAB_ELEMS: elems, TAB_PREFIX: off["prefix"], TAB_SYMBOL: off["symbol"],
+            TAB_SUFFIX: off["suffix"], TAB_SUFLEN: suffix_len, TAB_RAW: off["raw"], TAB_COLS - 1: elems * 0}
+    table = xp.stack([cols[c] for c in range(TAB_COLS)], 1)
+    totals = totals or qlc.plane_totals(elems, modes, suffix_len)
+    sizes = qlc.plane_sizes(elems, modes, suffix_len, plan, totals)
     bases, pos = {}, start
     for name in ("prefix", "symbol", "suffix", "raw"):
         bases[name] = pos
         pos += sizes[name]
-    n_nz = int((elems * (modes != qlc.MODE_ZERO)).sum())
-    return table, bases, sizes, n_nz
+    return table, bases, sizes, totals[0] + totals[1]
 
 
 def encode_layout(n: int, chunk: int, plan: Plan, codebook: Codebook, embed: bool,
                   suffix_bits, nonzero) -> EncodeLayout:
-    """Plan an encoded section from per-chunk statistics (host arrays of K entries):
-    suffix_bits, the sum of the suffix widths of each chunk's symbols; nonzero,
-    whether any bit of the chunk is set.  Same decisions as qlc.encode_section."""
+    """Plan an encoded section from per-chunk statistics (K entries each): suffix_bits, the
+    sum of the suffix widths of each chunk's symbols (int64); nonzero, whether any bit of
+    the chunk is set (bool).  Host arrays, or tensors on a device, where the plan then stays
+    (the Triton path: only three totals come back).  Same decisions as qlc.encode_section."""
     nchunks = -(-n // chunk)
-    suffix_bits = np.asarray(suffix_bits, np.int64)
-    nonzero = np.asarray(nonzero, np.bool_)
-    elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
-    modes, suffix_len = qlc.choose_modes(elems, suffix_bits, nonzero, plan.symbol_bits)
-    head = np.concatenate([np.frombuffer(qlc.section_head(plan, codebook, embed, chunk, nchunks), np.uint8),
-                           qlc.chunk_table(modes, suffix_len)])
-    table, bases, sizes, n_nz = _layout(chunk, elems, modes, suffix_len, plan, head.size)
-    total = head.size + sum(sizes.values())
-    return EncodeLayout(head, table, bases, sizes, n_nz, total)
-
-
-def zero_chunk_elems(n: int, chunk: int, nonzero) -> int:
-    """Elements in the all-zero chunks (adaptive mode leaves them out of the histogram)."""
-    elems = qlc.chunk_elems(n, chunk, len(nonzero), "numpy")
-    return int(elems[~np.asarray(nonzero, np.bool_)].sum())
+    fixed = qlc.section_head(plan, codebook, embed, chunk, nchunks)
+    if isinstance(suffix_bits, torch.Tensor):
+        dev = suffix_bits.device
+        suffix_bits, nonzero = suffix_bits.to(torch.int64), nonzero.to(torch.bool)
+        elems = qlc.chunk_elems(n, chunk, nchunks, dev)
+        modes, suffix_len = qlc.choose_modes(elems, suffix_bits, nonzero, plan.symbol_bits)
+        head = torch.cat([torch.frombuffer(bytearray(fixed), dtype=torch.uint8).to(dev),
+                          qlc.chunk_table(modes, suffix_len)])
+    else:
+        suffix_bits = np.asarray(suffix_bits, np.int64)
+        nonzero = np.asarray(nonzero, np.bool_)
+        elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
+        modes, suffix_len = qlc.choose_modes(elems, suffix_bits, nonzero, plan.symbol_bits)
+        head = np.concatenate([np.frombuffer(fixed, np.uint8), qlc.chunk_table(modes, suffix_len)])
+    table, bases, sizes, n_nz = _layout(chunk, elems, modes, suffix_len, plan, len(head))
+    return EncodeLayout(head, table, bases, sizes, n_nz, len(head) + sum(sizes.values()))
 
 
 # -- decode planning --------------------------------------------------------------------------------
@@ -257,11 +261,16 @@ class DecodeLayout:
     chunk: int
 
 
-def decode_layout(sec) -> DecodeLayout:
-    """Per-chunk offsets of a parsed (validated) QLC section."""
+def decode_layout(sec, device: torch.device | None = None) -> DecodeLayout:
+    """Per-chunk offsets of a parsed (validated) QLC section; the table as a numpy array, or
+    computed on `device` from the chunk table's modes and lengths (a fifth of its bytes)."""
     lay = sec.layout
-    table, bases, sizes, n_nz = _layout(lay.chunk, lay.elems().numpy(), lay.modes.numpy(),
-                                        lay.suffix_len.numpy(), sec.plan, sec.planes_offset)
+    elems, modes, suffix_len = lay.elems().numpy(), lay.modes.numpy(), lay.suffix_len.numpy()
+    totals = qlc.plane_totals(elems, modes, suffix_len)
+    if device is not None:
+        elems, modes, suffix_len = (torch.from_numpy(a).to(device) for a in (elems, modes.astype(np.int64),
+                                                                           suffix_len.astype(np.int64)))
+    table, bases, sizes, n_nz = _layout(lay.chunk, elems, modes, suffix_len, sec.plan, sec.planes_offset, totals)
     for name, size in sec.plane_bytes.items():
         assert sizes[name] == size, (name, sizes[name], size)   # parse_section checked the stream
     ends = {k: bases[k] + sizes[k] for k in bases}

@@ -297,19 +297,21 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     nchunks = -(-n // chunk)
     if codebook is None:
         sym = torch.empty(n, dtype=torch.uint8, device=dev)
-        stat = _stats(x, x, n, chunk, nchunks, pb, False, sym).cpu().numpy()
-        hist = torch.bincount(sym, minlength=256).cpu().numpy().astype(np.int64)
+        stat = _stats(x, x, n, chunk, nchunks, pb, False, sym)
+        hist = torch.bincount(sym, minlength=256)
         del sym
-        hist[0] -= common.zero_chunk_elems(n, chunk, (stat & 1).astype(bool))   # all-zero chunks: left out
-        codebook = qlc.adaptive_codebook(hist, flat.dtype, plan)
+        zero = (stat & 1) == 0                                   # all-zero chunks: left out
+        hist[0] -= (qlc.chunk_elems(n, chunk, nchunks, dev) * zero).sum()
+        codebook = qlc.adaptive_codebook(hist.cpu().numpy().astype(np.int64), flat.dtype, plan)
         embed = True
     enc = common.codebook_tables(codebook, dev)["enc"]
-    stat = _stats(x, enc, n, chunk, nchunks, pb, True).cpu().numpy().astype(np.int64)
-    lay = common.encode_layout(n, chunk, plan, codebook, embed, stat >> 1, (stat & 1).astype(bool))
+    stat = _stats(x, enc, n, chunk, nchunks, pb, True)
+    # planned on the device: only the three plane totals come back (one copy)
+    lay = common.encode_layout(n, chunk, plan, codebook, embed, stat >> 1, (stat & 1) != 0)
     buf = torch.empty(reserve + lay.total, dtype=torch.uint8, device=dev)
     out = buf[reserve:]
-    out[: lay.head.size].copy_(torch.from_numpy(lay.head))
-    table = torch.from_numpy(lay.table).to(dev)
+    out[: len(lay.head)].copy_(lay.head)
+    table = lay.table
     scratch = torch.empty(max(lay.sizes["suffix"], 1), dtype=torch.uint8, device=dev)
     b = lay.bases
     g = _grid(nchunks)
@@ -327,13 +329,13 @@ def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header) -> torch.
     """qlccomm.qlc.decode_section on the stream's device (same result, same errors)."""
     dev = section.device
     pb = common.plan_bits(sec.plan)
-    lay = common.decode_layout(sec)
+    lay = common.decode_layout(sec, dev)
     data = section.contiguous()
     flat = torch.empty(lay.numel, dtype=header.dtype, device=dev)
     out = common.element_view(flat, pb)
     dec = sec.codebook.device_tables(dev)["decode"]
     wpack = common.codebook_tables(sec.codebook)["wpack"]
-    table = torch.from_numpy(lay.table).to(dev)
+    table = lay.table
     err = torch.zeros(1, dtype=torch.int32, device=dev)
     nchunks = lay.table.shape[0]
     g = _grid(nchunks)

@@ -114,14 +114,23 @@ def choose_modes(elems, suffix_bits, nonzero, symbol_bits: int):
     return modes, suffix_len
 
 
-def plane_sizes(elems, modes, suffix_len, plan: Plan) -> dict:
-    """Bytes of each plane (prefix, symbol, suffix, raw) for a chunk table (host tensors or arrays)."""
-    n_coded = int((elems * (modes == MODE_CODED)).sum())
-    n_raw = int((elems * (modes == MODE_RAW)).sum())
+def plane_totals(elems, modes, suffix_len) -> tuple[int, int, int]:
+    """Elements of the coded chunks, elements of the raw chunks, suffix bytes (one copy to
+    the host for tensors on a device)."""
+    xp = _xp(modes)
+    tot = xp.stack([(elems * (modes == MODE_CODED)).sum(), (elems * (modes == MODE_RAW)).sum(), suffix_len.sum()])
+    n_coded, n_raw, suffix = (int(v) for v in tot.tolist())
+    return n_coded, n_raw, suffix
+
+
+def plane_sizes(elems, modes, suffix_len, plan: Plan, totals: tuple[int, int, int] | None = None) -> dict:
+    """Bytes of each plane (prefix, symbol, suffix, raw) for a chunk table (tensors or arrays),
+    or from its plane_totals."""
+    n_coded, n_raw, suffix = totals or plane_totals(elems, modes, suffix_len)
     return {
         "prefix": packed_nbytes(n_coded, PREFIX_BITS),
         "symbol": packed_nbytes(n_raw, plan.symbol_bits),
-        "suffix": int(suffix_len.sum()),
+        "suffix": suffix,
         "raw": packed_nbytes(n_coded + n_raw, plan.raw_bits),
     }
 
