@@ -188,9 +188,11 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
     o = np.zeros(lay.total, np.uint8)
     b = lay.bases
 
-    def encode(raw_bits):
-        nq.qlc_encode(xa, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, raw_bits, enc, lay.table, o,
-                      b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
+    pairs = nq._pair_table(cb, pb)
+
+    def encode(raw_bits, ptab=pairs):
+        nq.qlc_encode(xa, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, raw_bits, enc, ptab,
+                      lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
 
     blob = qlccomm.compress(x, codebook=cb)
     src = ByteSource(blob)
@@ -211,6 +213,7 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
         "qlc_stats (suffix bits)": stats,
         "qlc_encode": lambda: encode(pb.raw_bits),
         "qlc_encode, no raw plane": lambda: encode(0),
+        "qlc_encode, 1 code per lookup": lambda: encode(pb.raw_bits, nq._NO_PAIRS),
         "encode_section (fresh out)": lambda: nq.encode_section(x, plan, cb),
         "qlc_decode": lambda: decode(pb.raw_bits),
         "qlc_decode, no raw merge": lambda: decode(0),

@@ -152,10 +152,16 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
         host = codebook_tables(cb)
         dev = torch.device(device)
         t = {k: (torch.from_numpy(v).to(dev) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
+    cache_table(key, t)
+    return t
+
+
+def cache_table(key: tuple, t) -> None:
+    """Keep a table derived from a codebook (key: its digest and what the table is); the
+    least recently added go once there are more than _TABLES_MAX."""
     _TABLES[key] = t
     while len(_TABLES) > _TABLES_MAX:
         _TABLES.popitem(last=False)
-    return t
 
 
 # Error marks in the native decoder's symbol table (bit 31 set = an error; valid entries,
@@ -187,7 +193,7 @@ def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
         w = [host["widths"][(p >> (3 * j)) & 7] for j in range(4)]
         w4 = w[0] | ((w[0] + w[1]) << 8) | ((w[0] + w[1] + w[2]) << 16) | ((w[0] + w[1] + w[2] + w[3]) << 24)
         t = (dtab.astype(np.int32), w4.astype(np.int32))
-        _TABLES[key] = t
+        cache_table(key, t)
     return t
 
 

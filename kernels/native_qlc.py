@@ -250,15 +250,43 @@ def _enc_code(xs, k, ssh, enc, acc, nacc, pw, j):
     return acc | ((e & 0xFF) << nacc), nacc + ((e >> 12) & 15), pw | (((e >> 8) & 7) << (3 * j))
 
 
+@njit(cache=True, inline="always")
+def _enc_group(xs, g, ssh, smask, sym_bits, enc, ptab, pairs, acc, nacc, q, pre, suf):
+    """The 8 codes of group g, with unchecked stores (the caller checked the room); returns
+    acc, nacc, q.  `pairs` (a constant at each call): two codes per lookup in ptab
+    (_pair_table: index s0 | s1 << sym_bits), else one per lookup in enc."""
+    pw = 0
+    for half in range(2):
+        if pairs:
+            for j in range(2):
+                k = np.uintp(g + 4 * half + 2 * j)
+                s = ((xs[k] >> ssh) & smask) | (((xs[k + np.uintp(1)] >> ssh) & smask) << sym_bits)
+                t = np.int64(ptab[np.uintp(s)])
+                acc |= (t & 0xFFFF) << nacc
+                nacc += (t >> 16) & 31
+                pw |= ((t >> 21) & 63) << (6 * (2 * half + j))
+        else:
+            for j in range(4 * half, 4 * half + 4):
+                acc, nacc, pw = _enc_code(xs, np.uintp(g + j), ssh, enc, acc, nacc, pw, j)
+        if nacc >= 32:
+            _u64_put(suf, q, acc)
+            q += 4
+            acc >>= 32
+            nacc -= 32
+    _u64_put(pre, 3 * (g >> 3), pw)
+    return acc, nacc, q
+
+
 @njit(cache=True)
-def _enc_coded(xs, ssh, enc, pre, suf):
+def _enc_coded(xs, ssh, smask, sym_bits, enc, ptab, pre, suf):
     """Prefixes into `pre` (3 bits per code), suffixes into `suf`; returns the suffix bits.
 
     Suffixes gather in a 64-bit accumulator (< 64 bits pending: bit 63 is never set)
     flushed 32 bits at a time.  Groups of 8 codes run in a loop of unchecked 8-byte
-    stores while both slices have room for them; the last groups and the short tail
-    of a last chunk store byte by byte near the slices' ends.  No store leaves the
-    chunk's own slices (neighbouring chunks may be written by other threads)."""
+    stores while both slices have room for them (two codes per table lookup when ptab
+    is given); the last groups and the short tail of a last chunk store byte by byte
+    near the slices' ends.  No store leaves the chunk's own slices (neighbouring chunks
+    may be written by other threads)."""
     m = xs.shape[0]
     acc = 0
     nacc = 0
@@ -266,17 +294,12 @@ def _enc_coded(xs, ssh, enc, pre, suf):
     g = 0
     # fast: room for the group's 8-byte prefix store and two 8-byte suffix flushes
     g_room = min(m & ~7, max(0, (pre.shape[0] - 8) // 3) * 8)
+    if ptab.shape[0]:
+        while g < g_room and q + 12 <= suf.shape[0]:
+            acc, nacc, q = _enc_group(xs, g, ssh, smask, sym_bits, enc, ptab, True, acc, nacc, q, pre, suf)
+            g += 8
     while g < g_room and q + 12 <= suf.shape[0]:
-        pw = 0
-        for half in range(2):
-            for j in range(4 * half, 4 * half + 4):
-                acc, nacc, pw = _enc_code(xs, np.uintp(g + j), ssh, enc, acc, nacc, pw, j)
-            if nacc >= 32:
-                _u64_put(suf, q, acc)
-                q += 4
-                acc >>= 32
-                nacc -= 32
-        _u64_put(pre, 3 * (g >> 3), pw)
+        acc, nacc, q = _enc_group(xs, g, ssh, smask, sym_bits, enc, ptab, False, acc, nacc, q, pre, suf)
         g += 8
     while g < m:
         pw = 0
@@ -293,12 +316,27 @@ def _enc_coded(xs, ssh, enc, pre, suf):
     return q * 8 + nacc
 
 
+@njit(cache=True)
+def _fill_pair_table(enc, sym_bits, out):
+    """out[s0 | s1 << sym_bits] = the codes of symbols s0 then s1 (enc by symbol):
+    suffix s0 | suffix s1 << width s0 (16 bits), both widths' sum << 16 (5 bits),
+    area s0 << 21, area s1 << 24."""
+    ns = 1 << sym_bits
+    for s1 in range(ns):
+        e1 = np.int64(enc[s1])
+        for s0 in range(ns):
+            e0 = np.int64(enc[s0])
+            w0 = (e0 >> 12) & 15
+            out[s0 | (s1 << sym_bits)] = ((e0 & 0xFF) | ((e1 & 0xFF) << w0) | ((w0 + ((e1 >> 12) & 15)) << 16)
+                                          | (((e0 >> 8) & 7) << 21) | (((e1 >> 8) & 7) << 24))
+
+
 @njit(cache=True, parallel=True)
-def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, table, out,
+def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, ptab, table, out,
                pbase, ybase, sbase, rbase, n_nz, check):
     """Write every plane of every non-zero chunk at the offsets of `table` (common.TAB_*);
-    enc is indexed by x >> ssh (see _wide).  check[c] = the suffix bits written (the host
-    compares them with the statistics)."""
+    enc is indexed by x >> ssh (see _wide), ptab by symbol pairs (_pair_table; empty: not
+    used).  check[c] = the suffix bits written (the host compares them with the statistics)."""
     n = x.shape[0]
     for c in prange(table.shape[0]):
         mode = table[c, TAB_MODE]
@@ -320,7 +358,7 @@ def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, tab
         if mode == 1:
             p0 = pbase + table[c, TAB_PREFIX]
             s0 = sbase + table[c, TAB_SUFFIX]
-            check[c] = _enc_coded(xs, ssh, enc, out[p0:p0 + ((3 * m + 7) >> 3)],
+            check[c] = _enc_coded(xs, ssh, smask, sym_bits, enc, ptab, out[p0:p0 + ((3 * m + 7) >> 3)],
                                   out[s0:s0 + table[c, TAB_SUFLEN]])
         else:
             y0 = ybase + (table[c, TAB_SYMBOL] * sym_bits >> 3)
@@ -485,6 +523,23 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+# Two codes per table lookup pay from this size on: the table (2^(2 * symbol bits) int32,
+# 256 KiB for 8-bit symbols) takes ~0.1 ms to build per codebook and is cached by digest;
+# the coding loop runs ~25% faster with it (measured on bf16 weights, one core).
+PAIRS_MIN_ELEMS = 1 << 18
+_NO_PAIRS = np.zeros(0, np.int32)
+
+
+def _pair_table(cb: Codebook, pb: common.PlanBits) -> np.ndarray:
+    key = (cb.digest, "native-pairs")
+    t = common._TABLES.get(key)
+    if t is None:
+        t = np.empty(1 << (2 * pb.sym_bits), np.int32)
+        _fill_pair_table(common.codebook_tables(cb)["enc"], pb.sym_bits, t)
+        common.cache_table(key, t)
+    return t
+
+
 def _wide(table: np.ndarray, pb: common.PlanBits) -> np.ndarray:
     """A by-symbol table indexed by x >> ssh instead (the bits above the symbol ignored):
     the kernels then skip the mask.  At most 512 entries (float32: sign and exponent)."""
@@ -524,7 +579,9 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
         o[: lay.head.size] = lay.head
         check = np.zeros(nchunks, np.int64)
         b = lay.bases
+        ptab = _pair_table(codebook, pb) if n >= PAIRS_MIN_ELEMS else _NO_PAIRS
         qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, _wide(tabs["enc"], pb),
+                   ptab,
                    lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
     coded = lay.table[:, TAB_MODE] == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):      # the two passes must agree
