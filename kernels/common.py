@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -116,6 +117,7 @@ def empty_output(numel: int, dtype: torch.dtype) -> torch.Tensor:
 
 # -- codebook tables -------------------------------------------------------------------------------
 _TABLES: "OrderedDict[tuple, dict]" = OrderedDict()
+_TABLES_LOCK = threading.Lock()         # callers may encode from several threads
 _TABLES_MAX = 64
 
 
@@ -129,9 +131,8 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
     Host (numpy) arrays without `device`, torch tensors on `device` with it.
     """
     key = (cb.digest, None if device is None else str(device))
-    t = _TABLES.get(key)
+    t = cached_table(key)
     if t is not None:
-        _TABLES.move_to_end(key)
         return t
     if device is None:
         cpu = cb.device_tables(torch.device("cpu"))
@@ -156,12 +157,22 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
     return t
 
 
+def cached_table(key: tuple):
+    """A table cache_table kept under `key`, or None."""
+    with _TABLES_LOCK:
+        t = _TABLES.get(key)
+        if t is not None:
+            _TABLES.move_to_end(key)
+        return t
+
+
 def cache_table(key: tuple, t) -> None:
     """Keep a table derived from a codebook (key: its digest and what the table is); the
-    least recently added go once there are more than _TABLES_MAX."""
-    _TABLES[key] = t
-    while len(_TABLES) > _TABLES_MAX:
-        _TABLES.popitem(last=False)
+    least recently used go once there are more than _TABLES_MAX."""
+    with _TABLES_LOCK:
+        _TABLES[key] = t
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
 
 
 # Error marks in the native decoder's symbol table (bit 31 set = an error; valid entries,
@@ -179,7 +190,7 @@ def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
           codes 1, 2, 3 in bits 0-7, 8-15, 16-23 and the 4 codes' total width in 24-31.
     """
     key = (cb.digest, "native-decode")
-    t = _TABLES.get(key)
+    t = cached_table(key)
     if t is None:
         host = codebook_tables(cb)
         area = np.repeat(np.arange(N_AREAS), ALPHABET)

@@ -532,7 +532,7 @@ _NO_PAIRS = np.zeros(0, np.int32)
 
 def _pair_table(cb: Codebook, pb: common.PlanBits) -> np.ndarray:
     key = (cb.digest, "native-pairs")
-    t = common._TABLES.get(key)
+    t = common.cached_table(key)
     if t is None:
         t = np.empty(1 << (2 * pb.sym_bits), np.int32)
         _fill_pair_table(common.codebook_tables(cb)["enc"], pb.sym_bits, t)

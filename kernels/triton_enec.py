@@ -18,13 +18,14 @@ metadata), so this path, the native one and the torch path cannot drift apart:
 
     encode  _enec_stats       per block: any bit set?  per program: exponent histogram
                               (tl.histogram), summed over programs by torch
-            search            sample of <= 8 blocks (index_select, enec._split) and the
-                              flagged groups of every candidate base counted on the
-                              device (enec.flagged_counts), then enec._search on the
-                              host from those counts and the histogram -> b, n, m;
+            search            sample of <= 8 blocks (index_select, enec._split) and, on
+                              CUDA, the flagged groups of every candidate base counted
+                              on the device (enec.flagged_counts), then enec._search on
+                              the host from those counts and the histogram -> b, n, m;
                               enec.code_tables -> 256-entry y / exception table,
-                              exceptions X from the histogram.  (On CPU tensors, under
-                              the interpreter, the host search reads the sample itself.)
+                              exceptions X from the histogram.  (Elsewhere: CPU tensors
+                              under the interpreter, NPUs, the host search reads the
+                              sample itself.)
             _enec_count       per coded block (group tiles): flagged groups,
                               exceptions (only when m < n or X > 0)
             host              exclusive sums -> flag / exception offsets per block,
@@ -233,7 +234,7 @@ def _enec_write(x_ptr, tab_ptr, ctab_ptr, out_ptr, xpos_ptr, xexp_ptr, B, m, wh,
             e = (x >> SSH) & SMASK
             ct = tl.load(ctab_ptr + e, mask=valid, other=0)
             _store_raw(out_ptr, ((x >> RSH) & RHI) | (x & RLO), valid, raw_base + rord + idx, Nr,
-                       raw_base + Nr + ((3 * rord) >> 3) + 3 * (s // 8), (3 * bk + 7) // 8 - 3 * (s // 8), RAW_BITS,
+                       raw_base + ((3 * rord) >> 3) + Nr + 3 * (s // 8), (3 * bk + 7) // 8 - 3 * (s // 8), RAW_BITS,
                        SUB)
             if m > 0:
                 _pack_store(out_ptr, low_base + (((gord * L + s) * m) >> 3), ct & ((1 << m) - 1),
@@ -355,7 +356,8 @@ def _enec_decode(data_ptr, tab_ptr, fo_ptr, fcnt_ptr, etab_ptr, out_ptr, err_ptr
                     raw |= tl.load(data_ptr + r1, mask=valid & (r1 < raw_hi), other=0).to(tl.int32) << 8
                     raw |= tl.load(data_ptr + r2, mask=valid & (r2 < raw_hi), other=0).to(tl.int32) << 16
                 if RAW_BITS == 11:
-                    raw |= _unpack_rt(data_ptr, raw_lo + Nr, rord + idx, raw_hi, valid, 3) << 8
+                    top_lo = raw_lo + tl.zeros([], dtype=tl.int64) + Nr      # int64 before the sum
+                    raw |= _unpack_rt(data_ptr, top_lo, rord + idx, raw_hi, valid, 3) << 8
                 val = (e << SSH) | ((raw & RHI) << RSH) | (raw & RLO)
                 tl.store(out_ptr + start + idx, val.to(out_ptr.dtype.element_ty), mask=valid)
     tl.atomic_or(err_ptr, flags)
@@ -414,15 +416,15 @@ def _stats(x: torch.Tensor, geo, pb) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _search(flat: torch.Tensor, x: torch.Tensor, hist: np.ndarray, geo, cod, E: int, on_host: bool | None = None):
-    """enec._search on the sample of the blocks enec.sample_plan names.  On an accelerator
-    the sample stays there: its exponents are split and the flagged groups counted for
-    every b by torch ops on the device (enec.flagged_counts; one small copy back), because
-    the host's pass over the sample costs ~10 ms, far more than the kernels.  On CPU
-    tensors (the interpreter) the host search runs as in the torch path (`on_host` forces
-    either; tests compare them).  Same choice."""
+    """enec._search on the sample of the blocks enec.sample_plan names.  On CUDA the sample
+    stays there: its exponents are split and the flagged groups counted for every b by
+    torch ops on the device (enec.flagged_counts; one small copy back), because the host's
+    pass over the sample costs ~10 ms, far more than the kernels.  Elsewhere (CPU tensors
+    under the interpreter; NPUs) the host search runs as in the torch path (`on_host`
+    forces either; tests compare them).  Same choice."""
     B = geo.B
     if on_host is None:
-        on_host = x.device.type == "cpu"
+        on_host = x.device.type != "cuda"
     pick, exact = enec.sample_plan(cod)
     if pick:
         idx = torch.tensor([cod.coded_full[i] for i in pick], dtype=torch.int64, device=x.device)

@@ -59,6 +59,9 @@ from qlccomm.split import Plan
 from . import common
 
 
+# Integer arguments below 2^31 arrive as int32 and their sums stay int32: every offset sum
+# starts from an int64 term (a table column, or tl.zeros([], tl.int64)), never from two
+# such arguments (rbase + n_nz wraps for float16 past ~1.6e9 elements).
 MAX_PROGRAMS = 65535     # triton-ascend's grid limit; programs loop over the chunks beyond it
 # Elements per step inside a chunk: bounds registers / on-chip memory on devices.  The
 # interpreter (TRITON_INTERPRET=1) pays per operation, not per element: it takes whole
@@ -167,7 +170,7 @@ def _qlc_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, n, chunk, nchunks, np
                 # raw planes (coded and raw chunks)
                 if RAW_BITS > 0:
                     _store_raw(out_ptr, ((x >> RSH) & RHI) | (x & RLO), valid, rbase + roff + idx, n_nz,
-                               rbase + n_nz + ((3 * roff) >> 3) + 3 * (s // 8), (3 * elems + 7) // 8 - 3 * (s // 8),
+                               rbase + ((3 * roff) >> 3) + n_nz + 3 * (s // 8), (3 * elems + 7) // 8 - 3 * (s // 8),
                                RAW_BITS, SUB)
                 if mode == 1:
                     e = tl.load(enc_ptr + sym, mask=valid, other=0)
@@ -262,7 +265,7 @@ def _qlc_decode(data_ptr, dec_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks, np
                         raw |= tl.load(data_ptr + r0 + n_nz, mask=valid, other=0).to(tl.int32) << 8
                         raw |= tl.load(data_ptr + r0 + n_nz + n_nz, mask=valid, other=0).to(tl.int32) << 16
                     if RAW_BITS == 11:
-                        raw |= _unpack(data_ptr, rbase + n_nz + ((3 * roff) >> 3), idx, rend, valid, 3) << 8
+                        raw |= _unpack(data_ptr, rbase + ((3 * roff) >> 3) + n_nz, idx, rend, valid, 3) << 8
             val = (sym << SSH) | ((raw & RHI) << RSH) | (raw & RLO)
             tl.store(out_ptr + base + idx, val.to(out_ptr.dtype.element_ty), mask=valid)
         if mode == 1:

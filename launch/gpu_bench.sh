@@ -18,19 +18,22 @@ mkdir -p "$out"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } \
-    | tee "$out/device.txt"
+  "$PY" -c 'import torch, triton, numpy, pytest; print("torch", torch.__version__, "triton", triton.__version__)'
+} 2>&1 | tee "$out/device.txt"
+"$PY" -c 'import torch, triton, numpy, pytest, hypothesis; assert torch.cuda.is_available()' || exit 1
+# editable install (maps kernels/ to qlccomm.kernels); no network, no build isolation
 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$out/install.txt" 2>&1 \
-    || { cat "$out/install.txt"; exit 1; }
+    || "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --break-system-packages -e . \
+        >>"$out/install.txt" 2>&1 || { cat "$out/install.txt"; exit 1; }
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider tests/test_kernels_cuda.py tests/test_kernels_dispatch.py 2>&1 \
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels_cuda.py tests/test_kernels_dispatch.py 2>&1 \
     | tee "$out/tests.txt" || rc=1
 for data in weights grads; do
-    "$PY" -m qlccomm.kernels.bench --device cuda --mib 256 --rounds 10 --backends triton,torch \
+    timeout 120 "$PY" -m qlccomm.kernels.bench --device cuda --mib 256 --rounds 10 --backends triton,torch \
         --data "$data" --best 2>&1 | tee "$out/kernels_bench_$data.txt" || rc=1
 done
 for kind in weight grad; do
-    "$PY" -m qlccomm.cli bench --device cuda --dtype bf16 --size-mib 256 --kind "$kind" --repeat 10 2>&1 \
-        | tee "$out/qlccomm_bench_$kind.txt" || rc=1
+    timeout 120 "$PY" -m qlccomm.cli bench --device cuda --dtype bf16 --size-mib 256 --kind "$kind" --repeat 10 \
+        2>&1 | tee "$out/qlccomm_bench_$kind.txt" || rc=1
 done
 exit $rc

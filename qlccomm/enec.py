@@ -257,28 +257,28 @@ class _Choice:
     evaluated_b: int = 0
 
 
-def flagged_counts(sample: torch.Tensor, E: int, b_step: int = 256) -> np.ndarray:
+def flagged_counts(sample: torch.Tensor, E: int, b_step: int = 128) -> np.ndarray:
     """Flagged sampled groups for every base b and every (n, m) pair, int64 [2^E, pairs] on
     the host, computed with torch ops on the sample's device (member-major [L, groups]
-    uint8 exponents): the part of `_search` that reads the sample, for every b at once
-    (about 15 kernels per step of `b_step` bases; [b_step, L, groups] bytes of scratch).
-    For devices where the host's pass over the sample would cost more than the kernels
-    (Triton); the counts equal those _search computes on the host (tests/test_enec.py)."""
+    uint8 exponents): the part of `_search` that reads the sample, for every b at once.
+    About 2E + 10 kernels per step of `b_step` bases, whose scratch peaks near
+    3 * b_step * L * groups bytes (50 MiB for the bfloat16 sample).  For CUDA, where the
+    host's pass over the sample would cost far more than the kernels; the counts equal
+    those _search computes on the host (tests/test_enec.py)."""
     T = _tables(E)
     A = 1 << E
     dev = sample.device
     e = sample.to(torch.int64)                                           # [L, G]
-    pbit = torch.from_numpy(T["pbit"]).to(dev)                           # [A, A] by (b, e)
+    pbit = torch.from_numpy(T["pbit"]).to(dev)                           # [A, A] by (b, e): 0 or one bit
     qval = torch.from_numpy(T["qval"]).to(dev)
     flag = torch.from_numpy(T["flag"]).to(dev, torch.float64)            # [nkeys, pairs]
     out = []
     for b0 in range(0, A, b_step):
         nb = min(A, b0 + b_step) - b0
-        pb = pbit[b0:b0 + nb][:, e].sort(dim=1).values.to(torch.int64)  # [nb, L, G]: 0 or one bit
-        # OR over the members: the sum of their distinct bits
-        pb[:, 1:] *= pb[:, 1:] != pb[:, :-1]
-        P = pb.sum(dim=1)                                                # [nb, G]
-        Q = qval[b0:b0 + nb][:, e].amin(dim=1).to(torch.int64)
+        pb = pbit[b0:b0 + nb][:, e]                                      # [nb, L, G] uint8
+        P = sum(((pb == (1 << k)).any(dim=1).to(torch.int64) << k) for k in range(E))   # OR over members
+        del pb
+        Q = qval[b0:b0 + nb][:, e].amin(dim=1).to(torch.int64)          # [nb, G]
         keys = P + A * Q + (torch.arange(nb, device=dev) * T["nkeys"])[:, None]
         H = torch.bincount(keys.reshape(-1), minlength=nb * T["nkeys"]).view(nb, -1)
         out.append((H.to(torch.float64) @ flag).round_().to(torch.int64))  # counts < 2^53: exact
@@ -400,11 +400,12 @@ def sample_tensor(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
 
 def search(hist: np.ndarray, sample: torch.Tensor, scale: float, exact: bool, geo: _Geometry, cod: _Coded,
            E: int, on_host: bool | None = None) -> _Choice:
-    """_search on a sample tensor where it lives: on the host for CPU tensors (or on_host);
-    on an accelerator the flagged groups of every base are counted there (flagged_counts)
-    and only those counts come back, since the host's pass over the sample costs ~10 ms."""
+    """_search on a sample tensor: on CUDA (or with on_host=False) the flagged groups of
+    every base are counted there (flagged_counts) and only those counts come back, since
+    the host's pass over the sample costs ~10 ms; elsewhere on the host (other devices'
+    float64 matmul and uint8 reductions are not to be relied on)."""
     if on_host is None:
-        on_host = sample.device.type == "cpu"
+        on_host = sample.device.type != "cuda"
     if on_host:
         return _search(hist, sample.cpu().numpy(), scale, exact, geo, cod, E)
     return _search(hist, None, scale, exact, geo, cod, E, flagged=flagged_counts(sample, E))

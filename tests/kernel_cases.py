@@ -108,7 +108,7 @@ def assert_same_encoding(impl, x: torch.Tensor, plan: str, codebook, embed: bool
                              f"(sizes {ref.numel()} vs {got.numel()}, first differing bytes {diff})")
     blob = with_header(x.dtype, x.numel(), ref)
     h, sec = parse(blob, x.dtype, x.numel(), codebook)
-    y = impl.decode_section(sec, blob, h)
+    y = impl.decode_section(sec, blob.to(x.device), h)
     assert y.dtype == x.dtype and y.shape == (x.numel(),)
     assert torch.equal(y.view(torch.uint8), x.view(torch.uint8)), f"{x.dtype}/{plan}: decode differs"
     return ref
