@@ -59,7 +59,8 @@ Launches per call, constant in the number of blocks:
   encode   kernels  _enec_stats, torch.sum, _enec_count (*), _enec_write,
                     _enec_exc_pack (**)                               3 to 5
                     + the search's torch ops on the device: index_select and the
-                    split of the <= 8 sampled blocks, about 15 for flagged_counts  ~25
+                    split of the <= 8 sampled blocks, two steps of ~25 small ops in
+                    flagged_counts (exponent counts, two matrix products)     ~60
            copies   device->host: statistics (one int64 buffer), the flagged-group
                     counts ([2^E, pairs] int64, 90 KiB for bfloat16), counts (*);
                     host->device: code table, block table (again after the counts

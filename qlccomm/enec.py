@@ -257,32 +257,49 @@ class _Choice:
     evaluated_b: int = 0
 
 
-def flagged_counts(sample: torch.Tensor, E: int, b_step: int = 128) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _member_indicators(E: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 [2^E, 2^E * E] and [2^E, 2^E * (E + 1)] by exponent e: whether, for base b,
+    e's bit length on the s >= 0 side is k (column b * E + k), and whether its qval is k
+    (column b * (E + 1) + k); see _tables."""
+    T = _tables(E)
+    A = 1 << E
+    pbit = T["pbit"].astype(np.int64)                                    # [b, e]
+    pk = np.where(pbit > 0, np.log2(np.maximum(pbit, 1)).astype(np.int64), -1)
+    ip = (pk.T[:, :, None] == np.arange(E)).reshape(A, A * E)
+    iq = (T["qval"].astype(np.int64).T[:, :, None] == np.arange(E + 1)).reshape(A, A * (E + 1))
+    return (torch.from_numpy(ip.astype(np.float32)).to(device), torch.from_numpy(iq.astype(np.float32)).to(device))
+
+
+def flagged_counts(sample: torch.Tensor, E: int, g_step: int = 4096) -> np.ndarray:
     """Flagged sampled groups for every base b and every (n, m) pair, int64 [2^E, pairs] on
     the host, computed with torch ops on the sample's device (member-major [L, groups]
     uint8 exponents): the part of `_search` that reads the sample, for every b at once.
-    About 2E + 10 kernels per step of `b_step` bases, whose scratch peaks near
-    3 * b_step * L * groups bytes (50 MiB for the bfloat16 sample).  For CUDA, where the
-    host's pass over the sample would cost far more than the kernels; the counts equal
-    those _search computes on the host (tests/test_enec.py)."""
+
+    A group's key for base b is (OR of its members' bits pbit[b, e], min of qval[b, e]):
+    from the group's exponent counts C [groups, 2^E], two matrix products with constant
+    indicator tables say which bit lengths and which qvals occur, for every b.  About 25
+    small ops per step of `g_step` groups; scratch ~4 * g_step * 2^E * (2E + 1) bytes
+    (70 MiB for bfloat16).  For CUDA, where the host's pass over the sample costs far more than
+    the kernels; the counts equal those _search computes on the host (tests/test_enec.py)."""
     T = _tables(E)
     A = 1 << E
     dev = sample.device
-    e = sample.to(torch.int64)                                           # [L, G]
-    pbit = torch.from_numpy(T["pbit"]).to(dev)                           # [A, A] by (b, e): 0 or one bit
-    qval = torch.from_numpy(T["qval"]).to(dev)
+    ip, iq = _member_indicators(E, str(dev))
     flag = torch.from_numpy(T["flag"]).to(dev, torch.float64)            # [nkeys, pairs]
-    out = []
-    for b0 in range(0, A, b_step):
-        nb = min(A, b0 + b_step) - b0
-        pb = pbit[b0:b0 + nb][:, e]                                      # [nb, L, G] uint8
-        P = sum(((pb == (1 << k)).any(dim=1).to(torch.int64) << k) for k in range(E))   # OR over members
-        del pb
-        Q = qval[b0:b0 + nb][:, e].amin(dim=1).to(torch.int64)          # [nb, G]
-        keys = P + A * Q + (torch.arange(nb, device=dev) * T["nkeys"])[:, None]
-        H = torch.bincount(keys.reshape(-1), minlength=nb * T["nkeys"]).view(nb, -1)
-        out.append((H.to(torch.float64) @ flag).round_().to(torch.int64))  # counts < 2^53: exact
-    return torch.cat(out).cpu().numpy()
+    bit_values = (1 << torch.arange(E, device=dev)).to(torch.float32)
+    offsets = torch.arange(A, device=dev)[None, :] * T["nkeys"]
+    e = sample.t().to(torch.int64)                                       # [G, L]
+    H = torch.zeros(A * T["nkeys"], dtype=torch.int64, device=dev)
+    for g0 in range(0, e.shape[0], g_step):
+        eg = e[g0:g0 + g_step]
+        C = torch.zeros(eg.shape[0], A, device=dev).scatter_add_(1, eg, torch.ones(eg.shape, device=dev))
+        P = (C @ ip).clamp_(max=1).view(-1, A, E) @ bit_values            # [g, A]: OR of the bits
+        Q = (C @ iq).clamp_(max=1).view(-1, A, E + 1).argmax(dim=2)         # first qval present: the min
+        keys = P.to(torch.int64) + A * Q.to(torch.int64) + offsets
+        H += torch.bincount(keys.reshape(-1), minlength=A * T["nkeys"])
+    F = H.view(A, -1).to(torch.float64) @ flag                            # counts < 2^53: exact
+    return F.round_().to(torch.int64).cpu().numpy()
 
 
 def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bool, geo: _Geometry,

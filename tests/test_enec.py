@@ -490,7 +490,7 @@ def test_device_flagged_counts_match_host_search(E, exact):
         ref = T["flag"][P + A * Q].sum(axis=1)                                         # [A, pairs]
         got = enec.flagged_counts(torch.from_numpy(sample), E)
         assert np.array_equal(got, ref)
-        assert np.array_equal(enec.flagged_counts(torch.from_numpy(sample), E, b_step=48), ref)
+        assert np.array_equal(enec.flagged_counts(torch.from_numpy(sample), E, g_step=256), ref)
         hist = np.bincount(sample.reshape(-1), minlength=A).astype(np.int64) * 9
         scale = 1.0 if exact else 7.25
         a = enec._search(hist, sample, scale, exact, geo, cod, E)
