@@ -338,17 +338,18 @@ def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
         raise FormatError(f"{nchunks} chunks cannot hold {numel} elements of chunk size {chunk}")
     table = src.read(pos, pos + 5 * nchunks)   # checked against the stream length first
     pos += 5 * nchunks
-    modes = torch.frombuffer(bytearray(table[:nchunks]), dtype=torch.uint8).to(torch.int64)
-    suffix_len = torch.frombuffer(bytearray(table[nchunks:]), dtype=torch.int32).to(torch.int64) & 0xFFFFFFFF
-    layout = ChunkLayout(chunk, numel, modes, suffix_len)
+    # checked with numpy: a few passes over K entries (the stream may hold 10^5 chunks)
+    modes = np.frombuffer(table, np.uint8, nchunks).astype(np.int64)
+    suffix_len = np.frombuffer(table, "<u4", nchunks, nchunks).astype(np.int64)
     if nchunks and int(modes.max()) > MODE_RAW:
         raise FormatError("unknown chunk mode")
-    elems = layout.elems()
+    elems = chunk_elems(numel, chunk, nchunks, "numpy")
     if bool(((modes != MODE_CODED) & (suffix_len != 0)).any()):
         raise FormatError("suffix bytes on a chunk that is not coded")
     if bool((suffix_len > elems).any()):  # at most 8 suffix bits per symbol
         raise FormatError("suffix length exceeds its chunk")
     planes = plane_sizes(elems, modes, suffix_len, plan)
+    layout = ChunkLayout(chunk, numel, torch.from_numpy(modes), torch.from_numpy(suffix_len))
     end = pos + sum(planes.values())
     if len(src) != end:
         raise FormatError(f"stream is {len(src)} bytes, its QLC metadata says {end}")
