@@ -61,7 +61,8 @@ from qlccomm.bitpack import pack_bits
 from qlccomm.errors import FormatError
 
 from . import common
-from .native_qlc import _LOCK, _UNSIGNED, _load_le, _raw8_merge, _raw8_split, _store_le, _threads, qlc_stats
+from .native_qlc import (_LOCK, _UNSIGNED, _enc_raw_planes, _load_le, _raw8_merge, _store_le, _threads,
+                         qlc_stats)
 
 _PLAN_BITS = {torch.bfloat16: common.PLAN_BITS["bf16_exp"], torch.float16: common.PLAN_BITS["fp16_exp"],
               torch.float32: common.PLAN_BITS["fp32_exp"]}
@@ -189,30 +190,6 @@ def enec_flags(x, B, tab, L, ssh, smask, ytab, m, fcnt):
 
 
 @njit(cache=True)
-def _enc_raw(xs, rsh, rhi, rlo, R, p0, p1, p2, top):
-    """The raw bits of the block's elements into byte planes p0 (, p1, p2), or p0 + 3-bit top."""
-    bk = xs.shape[0]
-    if R == 8:
-        _raw8_split(xs, p0, bk, rsh, rhi, rlo)
-    elif R == 24:
-        for i in range(bk):
-            v = xs[i]
-            r = ((v >> rsh) & rhi) | (v & rlo)
-            p0[i] = r & 0xFF
-            p1[i] = (r >> 8) & 0xFF
-            p2[i] = (r >> 16) & 0xFF
-    else:
-        for g in range(0, bk, 8):
-            word = 0
-            for j in range(min(8, bk - g)):
-                v = xs[g + j]
-                r = ((v >> rsh) & rhi) | (v & rlo)
-                p0[g + j] = r & 0xFF
-                word |= np.int64((r >> 8) & 7) << (3 * j)
-            _store_le(top, 3 * (g >> 3), word, 3)
-
-
-@njit(cache=True)
 def _enc_y(xs, ssh, smask, ytab, y):
     for i in range(xs.shape[0]):
         y[i] = ytab[np.uintp((xs[i] >> ssh) & smask)]
@@ -315,7 +292,7 @@ def enec_write(x, B, tab, fcnt, out, L, m, wh, ssh, smask, rsh, rhi, rlo, R, yta
             top = out[t0:min(t0 + ((3 * bk + 7) >> 3), raw_end)]
         else:
             top = empty
-        _enc_raw(xs, rsh, rhi, rlo, R, out[r0:r0 + bk], p1, p2, top)
+        _enc_raw_planes(xs, rsh, rhi, rlo, R, out[r0:r0 + bk], p1, p2, top)
         xoff = tab[c, T_XOFF]
         xcnt = tab[c, T_XCNT]
         lo = low_base + ((gord * L * m) >> 3)
@@ -587,12 +564,8 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         return torch.frombuffer(bytearray(reserve) + head, dtype=torch.uint8)
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
     h_all = hist[modes.astype(bool)].sum(0, dtype=np.int64)[:A]
-    pick, exact = enec.sample_plan(cod)
-    rows = [enec._split(flat[k * B:(k + 1) * B])[0] for k in (coded_full[i] for i in pick)]
-    rows_t = torch.stack(rows) if rows else torch.empty(0, B, dtype=torch.uint8)
-    tail = enec._split(flat[(K - 1) * B:])[0] if exact and cod.tail_coded else None
-    sample, scale, exact = enec.sample_from_blocks(rows_t, tail, geo, cod, exact)
-    ch = enec._search(h_all, sample, scale, exact, geo, cod, E)
+    sample, scale, exact = enec.sample_from_tensor(flat, geo, cod)
+    ch = enec.search(h_all, sample, scale, exact, geo, cod, E)
     b, n, m = ch.b, ch.n, ch.m
     ytab_e, xtab_e, _ = enec.code_tables(b, n, E)
     ytab = np.zeros(256, np.uint8)

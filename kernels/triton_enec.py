@@ -416,28 +416,16 @@ def _stats(x: torch.Tensor, geo, pb) -> tuple[np.ndarray, np.ndarray]:
     return modes, hist
 
 
-def _search(flat: torch.Tensor, x: torch.Tensor, hist: np.ndarray, geo, cod, E: int, on_host: bool | None = None):
+def _search(flat: torch.Tensor, hist: np.ndarray, geo, cod, E: int, on_host: bool | None = None):
     """enec._search on the sample of the blocks enec.sample_plan names.  On CUDA the sample
     stays there: its exponents are split and the flagged groups counted for every b by
     torch ops on the device (enec.flagged_counts; one small copy back), because the host's
     pass over the sample costs ~10 ms, far more than the kernels.  Elsewhere (CPU tensors
     under the interpreter; NPUs) the host search runs as in the torch path (`on_host`
     forces either; tests compare them).  Same choice."""
-    B = geo.B
     if on_host is None:
-        on_host = x.device.type != "cuda"
-    pick, exact = enec.sample_plan(cod)
-    if pick:
-        idx = torch.tensor([cod.coded_full[i] for i in pick], dtype=torch.int64, device=x.device)
-        rows = x[: geo.KA * B].view(geo.KA, B).index_select(0, idx)
-        rows_e = enec._split((rows.cpu() if on_host else rows).view(-1).view(flat.dtype))[0].view(len(pick), B)
-    else:
-        rows_e = torch.empty(0, B, dtype=torch.uint8, device="cpu" if on_host else x.device)
-    tail = None
-    if exact and cod.tail_coded:
-        t = x[geo.KA * B:]
-        tail = enec._split((t.cpu() if on_host else t).view(flat.dtype))[0]
-    sample, scale, exact = enec.sample_tensor(rows_e, tail, geo, cod, exact)
+        on_host = flat.device.type != "cuda"
+    sample, scale, exact = enec.sample_from_tensor(flat, geo, cod, "cpu" if on_host else None)
     return enec.search(hist, sample, scale, exact, geo, cod, E, on_host)
 
 
@@ -468,7 +456,7 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         buf[reserve:].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
         return buf
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
-    ch = _search(flat, x, hist[:A], geo, cod, E)
+    ch = _search(flat, hist[:A], geo, cod, E)
     b, n, m = ch.b, ch.n, ch.m
     ytab, xtab, _ = enec.code_tables(b, n, E)
     X = int(hist[:A] @ xtab.astype(np.int64))

@@ -391,18 +391,30 @@ def sample_plan(cod: _Coded) -> tuple[list[int], bool]:
     return [((2 * i + 1) * cod.KcA) // (2 * SAMPLE_BLOCKS) for i in range(SAMPLE_BLOCKS)], False
 
 
-def sample_from_blocks(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
-                       cod: _Coded, exact: bool) -> tuple[np.ndarray, float, bool]:
-    """The search's sample from the exponents of the blocks `sample_plan` names: rows
-    [k, B] (full blocks, in that order), tail [Bt] (the coded tail when exact, else None).
-    Returns member-major [L, groups] exponents (host), coded groups / sampled groups, exact."""
-    sample, scale, exact = sample_tensor(rows, tail, geo, cod, exact)
-    return sample.cpu().numpy(), scale, exact
+def sample_from_tensor(flat: torch.Tensor, geo: _Geometry, cod: _Coded,
+                       device: torch.device | str | None = None) -> tuple[torch.Tensor, float, bool]:
+    """The search's sample read from the tensor itself, for the fused paths (which never
+    split every element): only the blocks `sample_plan` names are split, on `device`
+    (flat's by default; those blocks alone are copied there first)."""
+    dev = flat.device if device is None else torch.device(device)
+    B = geo.B
+    pick, exact = sample_plan(cod)
+    if pick:
+        idx = torch.tensor([cod.coded_full[i] for i in pick], dtype=torch.int64, device=flat.device)
+        rows = flat[: geo.KA * B].view(geo.KA, B).index_select(0, idx).to(dev)
+        rows_e = _split(rows.reshape(-1))[0].view(len(pick), B)
+    else:
+        rows_e = torch.empty(0, B, dtype=torch.uint8, device=dev)
+    tail = _split(flat[geo.KA * B:].to(dev))[0] if exact and cod.tail_coded else None
+    return sample_tensor(rows_e, tail, geo, cod, exact)
 
 
 def sample_tensor(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
                   cod: _Coded, exact: bool) -> tuple[torch.Tensor, float, bool]:
-    """sample_from_blocks, the sample left on the rows' device (for flagged_counts)."""
+    """The search's sample from the exponents of the blocks `sample_plan` names: rows
+    [k, B] (full blocks, in that order), tail [Bt] (the coded tail when exact, else None).
+    Returns member-major [L, groups] exponents on the rows' device, coded groups / sampled
+    groups, exact."""
     L, G = geo.L, geo.G
     cols = []
     if rows.shape[0]:

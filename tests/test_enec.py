@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import qlccomm
 from qlccomm import enec
-from qlccomm.bitpack import pack_bits
 from qlccomm.format import CODEC_ENEC, Header
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]

@@ -142,21 +142,18 @@ def test_enec_device_search_matches_host_search(blocks):
     host search picks; here on CPU tensors (no kernel launched).  3 blocks: exact search;
     13: sampled."""
     import numpy as np
-    import torch
 
     from qlccomm import enec
-    from qlccomm.kernels import common, triton_enec as te
+    from qlccomm.kernels import triton_enec as te
 
     import kernel_cases as kc
 
     for dtype in kc.ENEC_DTYPES:
         t = kc.specials(kc.weights(blocks * enec.BLOCK_ELEMS + 77, dtype, seed=blocks), seed=1)
-        pb = te._PLAN_BITS[dtype]
-        x = common.element_view(t, pb)
         geo = enec._Geometry(t.numel(), enec.BLOCK_ELEMS, enec.GROUP_ELEMS)
         cod = enec._Coded(geo, list(range(geo.KA)), bool(geo.tail))
         E = enec._PLAN_OF[dtype].symbol_bits
         hist = np.bincount(enec._split(t)[0].numpy(), minlength=1 << E).astype(np.int64)
-        a = te._search(t, x, hist, geo, cod, E, on_host=True)
-        b = te._search(t, x, hist, geo, cod, E, on_host=False)
+        a = te._search(t, hist, geo, cod, E, on_host=True)
+        b = te._search(t, hist, geo, cod, E, on_host=False)
         assert (a.b, a.n, a.m, a.X, a.cost) == (b.b, b.n, b.m, b.X, b.cost)
