@@ -580,9 +580,9 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
         check = np.zeros(nchunks, np.int64)
         b = lay.bases
         ptab = _pair_table(codebook, pb) if n >= PAIRS_MIN_ELEMS else _NO_PAIRS
-        qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, _wide(tabs["enc"], pb),
-                   ptab,
-                   lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
+        qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits,
+                   _wide(tabs["enc"], pb), ptab, lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"],
+                   lay.n_nz, check)
     coded = lay.table[:, TAB_MODE] == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):      # the two passes must agree
         raise RuntimeError("the tensor changed while it was being encoded (suffix bits differ between passes)")
