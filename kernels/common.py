@@ -115,6 +115,28 @@ def empty_output(numel: int, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
+def section_buffer(nbytes: int, into: torch.Tensor | None, device) -> torch.Tensor:
+    """The uint8 buffer an encoder writes `nbytes` into: the front of the caller's `into`
+    (a 1-D uint8 tensor on `device`) when it has room, else a fresh one (empty_output on
+    the CPU).  An encoder never needs more than raw + header except for streams that
+    `compress` then stores raw, so a caller's buffer of that capacity almost always serves."""
+    if into is not None and into.numel() >= nbytes:
+        return into[:nbytes]
+    if torch.device(device).type == "cpu":
+        return empty_output(nbytes, torch.uint8)
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+def decode_target(numel: int, dtype: torch.dtype, out: torch.Tensor | None, device) -> torch.Tensor:
+    """The flat tensor a decoder fills: the caller's `out` (checked by api.decompress:
+    contiguous, `numel` elements of `dtype` on `device`) viewed flat, else a fresh one."""
+    if out is not None:
+        return out.view(-1)
+    if torch.device(device).type == "cpu":
+        return empty_output(numel, dtype)
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
 # -- codebook tables -------------------------------------------------------------------------------
 _TABLES: "OrderedDict[tuple, dict]" = OrderedDict()
 _TABLES_LOCK = threading.Lock()         # callers may encode from several threads

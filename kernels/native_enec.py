@@ -174,7 +174,7 @@ def _group_or(xs, ssh, smask, ytab, gk, L, acc):
             acc[j] |= ytab[np.uintp((row[j] >> ssh) & smask)]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def enec_flags(x, B, tab, L, ssh, smask, ytab, m, fcnt):
     """fcnt[c] = flagged groups of coded block c (some member has y >= 2^m)."""
     n = x.shape[0]
@@ -261,7 +261,7 @@ def _enc_high(acc, y, gk, L, m, wh, fdst, hdst):
     return f
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def enec_write(x, B, tab, fcnt, out, L, m, wh, ssh, smask, rsh, rhi, rlo, R, ytab, xtab, yx,
                flag_base, flag_end, low_base, low_end, high_base, high_end, raw_base, raw_end, Nr,
                xpos, xexp, check):
@@ -474,7 +474,7 @@ def _zero(o):
         o[i] = 0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def enec_decode(data, out, B, tab, zero_blocks, L, b, n, m, F, X, P, E, ssh, smask, rsh, rhi, rlo, R, etab, ptab,
                 flag_lo, flag_hi, low_lo, low_hi, high_lo, high_hi, xp_lo, xp_hi, xe_lo, xe_hi, raw_lo, raw_hi,
                 Nr, fcnt, err):
@@ -534,13 +534,13 @@ def _elements(flat: torch.Tensor) -> np.ndarray:
     return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
 
 
-def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
-    """qlccomm.enec.encode_section for CPU tensors (same bytes, same `reserve`)."""
+def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.enec.encode_section for CPU tensors (same bytes, same `reserve` and `into`)."""
     if flat.dtype not in _PLAN_BITS:
         raise ValueError(f"ENEC codes {enec.SUPPORTED_DTYPES}, not {flat.dtype}")
     B, L = enec.BLOCK_ELEMS, enec.GROUP_ELEMS
     if B % 8 or L % 8 or (B // L) % 8:                  # byte-aligned block parts (the writer's)
-        return enec.encode_section(flat, reserve)
+        return enec.encode_section(flat, reserve, into)
     pb = _PLAN_BITS[flat.dtype]
     plan = enec._PLAN_OF[flat.dtype]
     E, R = plan.symbol_bits, plan.raw_bits
@@ -561,7 +561,9 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
     b = n = m = F = X = 0
     if cod.Kc == 0:
         head = enec.section_head(plan, 0, 0, 0, geo, 0, 0, modes)
-        return torch.frombuffer(bytearray(reserve) + head, dtype=torch.uint8)
+        buf = common.section_buffer(reserve + len(head), into, "cpu")
+        buf[reserve:] = torch.frombuffer(bytearray(head), dtype=torch.uint8)
+        return buf
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
     h_all = hist[modes.astype(bool)].sum(0, dtype=np.int64)[:A]
     sample, scale, exact = enec.sample_from_tensor(flat, geo, cod)
@@ -592,7 +594,7 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         sizes = enec._plane_sizes(geo, cod, E, R, n, m, F, X)
         head = enec.section_head(plan, b, n, m, geo, F, X, modes, exc_block)
         bases, ends = enec.plane_bases(sizes, len(head))
-        buf = common.empty_output(reserve + ends["raw"], torch.uint8)
+        buf = common.section_buffer(reserve + ends["raw"], into, "cpu")
         out = buf[reserve:]
         o = out.numpy()
         o[: len(head)] = np.frombuffer(head, np.uint8)
@@ -611,12 +613,12 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
     return buf
 
 
-def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.Tensor:
-    """qlccomm.enec.decode_section for CPU streams (same result, same errors)."""
+def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.enec.decode_section for CPU streams (same result, same errors, same `out`)."""
     geo, cod = sec.geo, sec.cod
     N = geo.numel
     if cod.Kc == 0:
-        return torch.zeros(N, dtype=sec.dtype)
+        return torch.zeros(N, dtype=sec.dtype) if out is None else out.view(-1).zero_()
     pb = _PLAN_BITS[sec.dtype]
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     exc_block = sec.exc_counts.numpy() if sec.X else None
@@ -631,7 +633,7 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.T
         i = np.arange(1 << (2 * sec.m))
         ptab = (etab[i & ((1 << sec.m) - 1)] | (etab[i >> sec.m] << 16)).astype(np.uint32).view(np.int32)
     d = data.contiguous().numpy()
-    flat = common.empty_output(N, sec.dtype)
+    flat = common.decode_target(N, sec.dtype, out, "cpu")
     out = common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
     Kc = tab.shape[0]
     fcnt = np.zeros(Kc, np.int64)

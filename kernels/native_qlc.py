@@ -29,6 +29,10 @@ is a set of shifts and masks passed as integers (kernels/common.PlanBits).  The
 cost: numba cannot be told to skip its negative-index checks, so the hot loops
 index with unsigned integers, and unaligned word loads/stores need a small LLVM
 intrinsic (_u64_at, _u64_put).
+
+The parallel kernels are compiled with `nogil=True`: while one runs, other Python
+threads (a communication thread, the training loop) keep going; calls into numba's
+workqueue pool from several threads are serialised by `_LOCK`.
 """
 from __future__ import annotations
 
@@ -162,7 +166,7 @@ def _chunk_hist(xs, ssh, smask, hrow):
         hrow[s] = h[0, s] + h[1, s] + h[2, s] + h[3, s]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
     """Per chunk c: nz[c] = any bit set; bits[c] = sum of suffix widths (wsuf by x >> ssh,
     see _wide), or with want_hist: hist[c] = symbol histogram (left zero for all-zero
@@ -180,7 +184,7 @@ def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
             bits[c] = _chunk_bits(xs, ssh, wsuf)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def qlc_bits_from_hist(hist, wsuf, bits):
     for c in prange(hist.shape[0]):
         b = 0
@@ -331,7 +335,7 @@ def _fill_pair_table(enc, sym_bits, out):
                                           | (((e0 >> 8) & 7) << 21) | (((e1 >> 8) & 7) << 24))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, ptab, table, out,
                pbase, ybase, sbase, rbase, n_nz, check):
     """Write every plane of every non-zero chunk at the offsets of `table` (common.TAB_*);
@@ -480,7 +484,7 @@ def _dec_raw_planes(o, rsh, rhi, rlo, raw_bits, p0, p1, p2, top):
                 o[g + j] |= ((r & rhi) << rsh) | (r & rlo)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w4, wpack, table,
                pbase, pend, ybase, yend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out; flags[c] = the chunk's qlc.ERR_* flags."""
@@ -551,8 +555,8 @@ def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
-                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0) -> torch.Tensor:
-    """qlccomm.qlc.encode_section for CPU tensors (same bytes, same `reserve`)."""
+                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlc.encode_section for CPU tensors (same bytes, same `reserve` and `into`)."""
     flat = flat.detach().contiguous()
     pb = common.plan_bits(plan)
     x = _elements(flat, pb)
@@ -574,7 +578,7 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
             qlc_stats(x, chunk, pb.ssh, pb.smask, _wide(tabs["wsuf"], pb), False, bits, nz,
                       np.zeros((0, 256), np.int32))
         lay = common.encode_layout(n, chunk, plan, codebook, embed, bits, nz)
-        out = common.empty_output(reserve + lay.total, torch.uint8)
+        out = common.section_buffer(reserve + lay.total, into, "cpu")
         o = out.numpy()[reserve:]
         o[: lay.head.size] = lay.head
         check = np.zeros(nchunks, np.int64)
@@ -589,13 +593,13 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     return out
 
 
-def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header) -> torch.Tensor:
-    """qlccomm.qlc.decode_section for CPU streams (same result, same errors)."""
+def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlc.decode_section for CPU streams (same result, same errors, same `out`)."""
     pb = common.plan_bits(sec.plan)
     lay = common.decode_layout(sec)
     dtab, w4 = common.decode_tables(sec.codebook, pb)
     data = section.contiguous().numpy()
-    flat = common.empty_output(lay.numel, header.dtype)
+    flat = common.decode_target(lay.numel, header.dtype, out, "cpu")
     out = common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
     flags = np.zeros(lay.table.shape[0], np.int32)
     b, e = lay.bases, lay.ends

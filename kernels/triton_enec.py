@@ -429,14 +429,14 @@ def _search(flat: torch.Tensor, hist: np.ndarray, geo, cod, E: int, on_host: boo
     return enec.search(hist, sample, scale, exact, geo, cod, E, on_host)
 
 
-def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
-    """qlccomm.enec.encode_section on the tensor's device (same bytes, same `reserve`; the
-    kernels write bytes, so the section may start at any address)."""
+def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.enec.encode_section on the tensor's device (same bytes, same `reserve` and
+    `into`; the kernels write bytes, so the section may start at any address)."""
     if flat.dtype not in _PLAN_BITS:
         raise ValueError(f"ENEC codes {enec.SUPPORTED_DTYPES}, not {flat.dtype}")
     B, L = enec.BLOCK_ELEMS, enec.GROUP_ELEMS
     if B % 8 or L % 8 or (B // L) % 8 or L & (L - 1):     # byte-aligned block parts (the writer's)
-        return enec.encode_section(flat, reserve)
+        return enec.encode_section(flat, reserve, into)
     flat = flat.detach().contiguous().view(-1)
     dev = flat.device
     pb = _PLAN_BITS[flat.dtype]
@@ -452,7 +452,7 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
     cod = enec._Coded(geo, coded_full, bool(geo.tail and modes[-1]))
     if cod.Kc == 0:
         head = enec.section_head(plan, 0, 0, 0, geo, 0, 0, modes)
-        buf = torch.empty(reserve + len(head), dtype=torch.uint8, device=dev)
+        buf = common.section_buffer(reserve + len(head), into, dev)
         buf[reserve:].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
         return buf
     # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
@@ -493,7 +493,8 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
     sizes = enec._plane_sizes(geo, cod, E, R, n, m, F, X)
     head = enec.section_head(plan, b, n, m, geo, F, X, modes, exc_block)
     bases, ends = enec.plane_bases(sizes, len(head))
-    buf = _empty(reserve + ends["raw"], dtype=torch.uint8, device=dev)
+    size = reserve + ends["raw"]
+    buf = into[:size] if into is not None and into.numel() >= size else _empty(size, dtype=torch.uint8, device=dev)
     out = buf[reserve:]
     out[: len(head)].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
     xpos = torch.empty(max(X, 1), dtype=torch.int32, device=dev)
@@ -511,13 +512,13 @@ def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
     return buf
 
 
-def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.Tensor:
-    """qlccomm.enec.decode_section on the stream's device (same result, same errors)."""
+def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.enec.decode_section on the stream's device (same result, same errors, same `out`)."""
     geo, cod = sec.geo, sec.cod
     dev = data.device
     N = geo.numel
     if cod.Kc == 0:
-        return torch.zeros(N, dtype=sec.dtype, device=dev)
+        return torch.zeros(N, dtype=sec.dtype, device=dev) if out is None else out.view(-1).zero_()
     pb = _PLAN_BITS[sec.dtype]
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     tab = enec.block_table(geo, cod, sec.exc_counts.numpy() if sec.X else None)
@@ -531,7 +532,7 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header) -> torch.T
     etab = torch.from_numpy(enec.code_tables(sec.b, sec.n, E)[2].astype(np.int32)).to(dev)
     bases, ends = enec.plane_bases(sec.plane_bytes, sec.planes_offset)
     data = data.contiguous()
-    flat = torch.empty(N, dtype=sec.dtype, device=dev)
+    flat = common.decode_target(N, sec.dtype, out, dev)
     out = common.element_view(flat, pb)
     err = torch.zeros(1, dtype=torch.int32, device=dev)
     L = geo.L

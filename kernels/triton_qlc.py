@@ -289,8 +289,8 @@ def _stats(x, enc, n, chunk, nchunks, pb, with_len, sym_out=None):
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
-                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0) -> torch.Tensor:
-    """qlccomm.qlc.encode_section on the tensor's device (same bytes, same `reserve`; the
+                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlc.encode_section on the tensor's device (same bytes, same `reserve` and `into`; the
     kernels write bytes, so the section may start at any address)."""
     flat = flat.detach().contiguous()
     dev = flat.device
@@ -311,7 +311,7 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     stat = _stats(x, enc, n, chunk, nchunks, pb, True)
     # planned on the device: only the three plane totals come back (one copy)
     lay = common.encode_layout(n, chunk, plan, codebook, embed, stat >> 1, (stat & 1) != 0)
-    buf = torch.empty(reserve + lay.total, dtype=torch.uint8, device=dev)
+    buf = common.section_buffer(reserve + lay.total, into, dev)
     out = buf[reserve:]
     out[: len(lay.head)].copy_(lay.head)
     table = lay.table
@@ -328,13 +328,13 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     return buf
 
 
-def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header) -> torch.Tensor:
-    """qlccomm.qlc.decode_section on the stream's device (same result, same errors)."""
+def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlc.decode_section on the stream's device (same result, same errors, same `out`)."""
     dev = section.device
     pb = common.plan_bits(sec.plan)
     lay = common.decode_layout(sec, dev)
     data = section.contiguous()
-    flat = torch.empty(lay.numel, dtype=header.dtype, device=dev)
+    flat = common.decode_target(lay.numel, header.dtype, out, dev)
     out = common.element_view(flat, pb)
     dec = sec.codebook.device_tables(dev)["decode"]
     wpack = common.codebook_tables(sec.codebook)["wpack"]

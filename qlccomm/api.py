@@ -61,7 +61,13 @@ def pick_codec(dtype: torch.dtype, codec: str) -> str:
     return codec
 
 
-def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, checksum: bool = False) -> torch.Tensor:
+def max_compressed_bytes(t: torch.Tensor) -> int:
+    """The most bytes `compress(t)` can return: the raw tensor plus the stream header."""
+    return Header(CODEC_RAW, t.dtype, tuple(t.shape), False).nbytes + t.numel() * t.element_size()
+
+
+def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, checksum: bool = False, *,
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """Compress a tensor losslessly into a 1-D uint8 tensor on `t.device`.
 
     codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "raw", or "auto"
@@ -69,12 +75,17 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     codebook: None/"adaptive" fits the tensor's own histogram and embeds the code;
         a Codebook, a codebook file path, or "default" references it by digest.
     checksum: store a CRC32 of the stream; decompress then detects every bit flip.
+    out: a 1-D contiguous uint8 tensor on t.device of at least `max_compressed_bytes(t)`
+        bytes; the stream is written to its front and the result is that view (no
+        allocation: reuse one buffer across calls).
     The result is never larger than the raw tensor plus the header.
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"compress takes a tensor, not {type(t).__name__}")
     if t.dtype not in DTYPE_CODES:
         raise TypeError(f"qlccomm cannot store dtype {t.dtype}")
+    if out is not None:
+        _check_buffer(out, max_compressed_bytes(t), t.device)
     flat = t.detach().contiguous().reshape(-1)
     name = pick_codec(t.dtype, codec)
     header = Header(CODEC_IDS[name], t.dtype, tuple(t.shape), checksum)
@@ -86,14 +97,18 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
         if adaptive and len(candidate_plans(t.dtype)) > 1:
             cb = fit_codebook(flat)  # measures every plan (float16) and keeps the better
         plan = cb.plan_obj if cb is not None else candidate_plans(t.dtype)[0]
-        blob = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive, reserve=hlen)
+        blob = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive, reserve=hlen,
+                                                               into=out)
     elif flat.numel() and name == "enec":
-        blob = _codec_impl("enec", flat.device).encode_section(flat, reserve=hlen)
+        blob = _codec_impl("enec", flat.device).encode_section(flat, reserve=hlen, into=out)
     if blob is None or blob.numel() - hlen >= header.raw_bytes:  # never expand: store raw
         header = Header(CODEC_RAW, t.dtype, tuple(t.shape), checksum)
-        blob = torch.empty(hlen + header.raw_bytes, dtype=torch.uint8, device=t.device)
+        size = hlen + header.raw_bytes
+        blob = out[:size] if out is not None else torch.empty(size, dtype=torch.uint8, device=t.device)
         blob[hlen:] = flat.view(torch.uint8)
     blob[:hlen] = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(t.device)
+    if out is not None and blob.data_ptr() != out.data_ptr():   # an encoder that needed more room
+        blob = out[:blob.numel()].copy_(blob)
     if checksum:
         crc = stream_crc(blob.cpu().numpy().tobytes())
         blob[CRC_OFFSET : CRC_OFFSET + 4] = torch.tensor(list(struct.pack("<I", crc)), dtype=torch.uint8)
@@ -127,8 +142,29 @@ def _parse(src: ByteSource, codebook: Codebook | None = None):
     raise FormatError(f"unknown codec {header.codec}")
 
 
+def _check_buffer(buf: torch.Tensor, nbytes: int, device: torch.device) -> None:
+    """A caller's output buffer for a stream: 1-D contiguous uint8 on `device`, >= nbytes."""
+    if not isinstance(buf, torch.Tensor) or buf.dtype != torch.uint8 or buf.dim() != 1 or not buf.is_contiguous():
+        raise TypeError("compress(out=) takes a 1-D contiguous uint8 tensor")
+    if buf.device != device:
+        raise ValueError(f"compress(out=) is on {buf.device}, the tensor on {device}")
+    if buf.numel() < nbytes:
+        raise ValueError(f"compress(out=) holds {buf.numel()} bytes; the stream may need {nbytes}")
+
+
+def _check_out(out: torch.Tensor, header: Header, device: torch.device) -> None:
+    """decompress(out=): a contiguous tensor on `device` of the stream's dtype and element count."""
+    if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+        raise TypeError("decompress(out=) takes a contiguous tensor")
+    if out.device != device:
+        raise ValueError(f"decompress(out=) is on {out.device}, the stream decodes on {device}")
+    if out.dtype != header.dtype or out.numel() != header.numel:
+        raise FormatError(f"the stream holds {header.numel} elements of {header.dtype}; "
+                          f"out= has {out.numel()} of {out.dtype}")
+
+
 def decompress(blob, device: torch.device | str | None = None, codebook: Codebook | None = None,
-               max_output_bytes: int | None = None) -> torch.Tensor:
+               max_output_bytes: int | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a stream from :func:`compress`; bit-exact, same dtype and shape.
 
     blob: a uint8 tensor (the result lands on its device, or on `device`) or
@@ -136,6 +172,9 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     codebook: needed only for streams that reference a codebook this process has
         not created or loaded.
     max_output_bytes: refuse streams that declare a larger tensor (FormatError).
+    out: a contiguous tensor of the stream's dtype and element count on the decoding
+        device to decode into (FormatError if the stream holds anything else); the
+        result is then `out` itself, whatever its shape.
     Raises FormatError for corrupt, truncated or foreign streams.
     """
     src = ByteSource(blob, device)
@@ -143,11 +182,19 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     if max_output_bytes is not None and header.raw_bytes > max_output_bytes:
         raise FormatError(f"stream declares {header.raw_bytes} bytes, over max_output_bytes={max_output_bytes}")
     data = src.tensor
+    if out is not None:
+        _check_out(out, header, data.device)
     if header.codec == CODEC_RAW:
-        flat = data[header.nbytes :].clone().view(header.dtype) if header.numel else \
+        raw = data[header.nbytes :]
+        if out is not None:
+            out.view(-1).view(torch.uint8).copy_(raw)
+            return out
+        flat = raw.clone().view(header.dtype) if header.numel else \
             torch.empty(0, dtype=header.dtype, device=data.device)
     else:
-        flat = _codec_impl(CODEC_NAMES[header.codec], data.device).decode_section(sec, data, header)
+        flat = _codec_impl(CODEC_NAMES[header.codec], data.device).decode_section(sec, data, header, out=out)
+        if out is not None:
+            return out
     return flat.reshape(header.shape)
 
 

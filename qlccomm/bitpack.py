@@ -19,6 +19,15 @@ def packed_nbytes(n: int, width: int) -> int:
     return (width // 8) * n + (n * (width % 8) + 7) // 8
 
 
+def concat_into(parts: list[torch.Tensor], into: torch.Tensor | None) -> torch.Tensor:
+    """torch.cat of 1-D uint8 `parts`, written into the front of `into` when it has room
+    (the result is then a view of `into`), else into a fresh tensor."""
+    total = sum(p.numel() for p in parts)
+    if into is not None and into.numel() >= total:
+        return torch.cat(parts, out=into[:total])
+    return torch.cat(parts)
+
+
 def value_dtype(width: int) -> torch.dtype:
     """The narrowest integer dtype that holds `width` non-negative bits."""
     return torch.uint8 if width <= 8 else torch.int16 if width <= 15 else torch.int32 if width <= 31 else torch.int64

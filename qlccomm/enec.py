@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .bitpack import pack_bits, packed_nbytes, unpack_bits, unpack_planes
+from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits, unpack_planes
 from .errors import FormatError
 from .format import ByteSource, Header
 from .split import PLANS, Plan
@@ -630,7 +630,8 @@ def _exceptions(u: torch.Tensor, n: int, E: int) -> torch.Tensor:
 
 
 def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
-            force: tuple[int, int, int] | None = None, reserve: int = 0) -> tuple[torch.Tensor, dict]:
+            force: tuple[int, int, int] | None = None, reserve: int = 0,
+            into: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The ENEC section of `flat` (after `reserve` bytes, see encode_section) and facts about
     it; `force` = (b, n, m) skips the search."""
     dev = flat.device
@@ -716,17 +717,18 @@ def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
         planes += [r if i < R // 8 else pack_bits(r, R % 8) for i, r in enumerate(rawc)]
     head = bytearray(section_head(plan, b, n, m, geo, F, X, modes.numpy(), exc_block))
     info.update(b=b, n=n, m=m, F=F, X=X)
-    return torch.cat([torch.empty(reserve, dtype=torch.uint8, device=dev),
-                      torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes), info
+    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev),
+                        torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes, into), info
 
 
-def encode_section(flat: torch.Tensor, reserve: int = 0) -> torch.Tensor:
+def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """The ENEC section of a 1-D contiguous tensor (>= 1 element, a supported dtype).
     `reserve` bytes, left uninitialised, precede the section in the result: room for
-    the caller's stream header without a copy."""
+    the caller's stream header without a copy.  `into`: a 1-D uint8 buffer to write the
+    result into when it has room (the result is then its front)."""
     if flat.dtype not in _PLAN_OF:
         raise ValueError(f"ENEC codes {SUPPORTED_DTYPES}, not {flat.dtype}")
-    return _encode(flat, reserve=reserve)[0]
+    return _encode(flat, reserve=reserve, into=into)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -871,8 +873,15 @@ def code_tables(b: int, n: int, E: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return u.numpy().copy(), exc.numpy().copy(), etab.numpy().copy()
 
 
-def decode_section(sec: ENECSection, data: torch.Tensor, header: Header) -> torch.Tensor:
-    """Decode a parsed section; `data` is the whole stream on the target device."""
+def decode_section(sec: ENECSection, data: torch.Tensor, header: Header,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode a parsed section; `data` is the whole stream on the target device.  Returns
+    the flat tensor (`out` viewed flat when given: contiguous, the stream's dtype and count)."""
+    flat = _decode_planes(sec, data)
+    return flat if out is None else out.view(-1).copy_(flat)
+
+
+def _decode_planes(sec: ENECSection, data: torch.Tensor) -> torch.Tensor:
     dev = data.device
     geo, cod = sec.geo, sec.cod
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .bitpack import pack_bits, packed_nbytes, unpack_bits
+from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
 from .codebook import EMBEDDED_BYTES, PREFIX_BITS, Codebook, codebook_from_histogram, lookup
 from .errors import FormatError
 from .format import ByteSource, Header
@@ -196,14 +196,15 @@ def _select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
-                   chunk: int = CHUNK_ELEMS, reserve: int = 0) -> torch.Tensor:
+                   chunk: int = CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """Encode a 1-D contiguous tensor; returns the QLC section (uint8, on flat's device).
 
     `codebook=None` fits one to the tensor's own histogram (all-zero chunks left
     out); a fitted codebook, or any with `embed=True`, is embedded in the stream,
     others are referenced by digest.  The tensor must hold at least one element.
     `reserve` bytes, left uninitialised, precede the section in the result: room
-    for the caller's stream header without a copy.
+    for the caller's stream header without a copy.  `into`: a 1-D uint8 buffer on
+    flat's device to write the result into when it has room (the result is then its front).
     """
     dev = flat.device
     n = flat.numel()
@@ -252,8 +253,8 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     head = bytearray(section_head(plan, codebook, embed, chunk, nchunks))
     meta = chunk_table(modes, suffix_len)
     head_t = torch.frombuffer(head, dtype=torch.uint8).to(dev)
-    return torch.cat([torch.empty(reserve, dtype=torch.uint8, device=dev), head_t, meta, prefix_plane,
-                      symbol_plane, suffix_plane, raw_plane])
+    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev), head_t, meta, prefix_plane,
+                        symbol_plane, suffix_plane, raw_plane], into)
 
 
 def _merge_pairs(value: torch.Tensor, width: torch.Tensor, dtype: torch.dtype):
@@ -368,9 +369,16 @@ def describe(sec: QLCSection) -> dict:
     }
 
 
-def decode_section(sec: QLCSection, section: torch.Tensor, header: Header) -> torch.Tensor:
+def decode_section(sec: QLCSection, section: torch.Tensor, header: Header,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode the planes of a parsed section; `section` is the whole stream as a uint8
-    tensor on the target device (plane offsets are absolute).  Returns the flat tensor."""
+    tensor on the target device (plane offsets are absolute).  Returns the flat tensor
+    (`out` viewed flat when given: contiguous, the stream's dtype and element count)."""
+    flat = _decode_planes(sec, section, header)
+    return flat if out is None else out.view(-1).copy_(flat)
+
+
+def _decode_planes(sec: QLCSection, section: torch.Tensor, header: Header) -> torch.Tensor:
     dtype = header.dtype
     dev = section.device
     lay = sec.layout
