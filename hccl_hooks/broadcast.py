@@ -26,13 +26,14 @@ def _buckets(tensors, bucket_bytes):
 
 @torch.no_grad()
 def broadcast_parameters(module, src=0, group=None, codec="enec", *, codebook=None, min_compress_bytes=None,
-                         bucket_bytes=BUCKET_BYTES):
+                         bucket_bytes=BUCKET_BYTES, **options):
     """Broadcast `module`'s parameters and buffers from global rank `src`, losslessly compressed.
 
     Tensors are flattened per dtype into buckets of about `bucket_bytes` and sent
     with `qlccomm.broadcast` (ENEC for bfloat16/float16/float32 by default, QLC or
     uncoded for other dtypes).  Use it on a plain module, before wrapping it in DDP or
-    FSDP.  Returns a WireStats with the summed byte counts of this rank.
+    FSDP.  `options` go to every `qlccomm.broadcast` (compress=, link_gbps=, ...).
+    Returns a WireStats with the summed byte counts of this rank.
 
     Example::
         >>> model = build_model()
@@ -49,7 +50,7 @@ def broadcast_parameters(module, src=0, group=None, codec="enec", *, codebook=No
         flat = torch.cat([t.reshape(-1) for t in bucket]) if len(bucket) > 1 else bucket[0].reshape(-1).clone()
         ws = WireStats()
         qlccomm.broadcast(flat, src, group=group, codec=codec, codebook=codebook,
-                          min_compress_bytes=min_compress_bytes, stats=ws)
+                          min_compress_bytes=min_compress_bytes, stats=ws, **options)
         offset = 0
         for t in bucket:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))

@@ -48,9 +48,10 @@ def _alloc(size, dtype, device):
     return torch.empty(tuple(int(s) for s in size), dtype=dtype, device=device)
 
 
-def compress_fsdp_all_gather(module, codec="enec", *, codebook=None, min_compress_bytes=None):
+def compress_fsdp_all_gather(module, codec="enec", *, codebook=None, min_compress_bytes=None, **options):
     """Install a lossless compressed all-gather on every fully_shard module in `module`.
 
+    `options` go to every `qlccomm.all_gather_into_tensor` (compress=, link_gbps=, ...).
     Returns a QLCStats that records each all-gather (bytes before/after coding).
 
     Example::
@@ -70,7 +71,8 @@ def compress_fsdp_all_gather(module, codec="enec", *, codebook=None, min_compres
         def __call__(self, output_tensor, input_tensor, group, async_op=False):
             ws = WireStats()
             qlccomm.all_gather_into_tensor(output_tensor, input_tensor, group=group, codec=codec,
-                                           codebook=codebook, min_compress_bytes=min_compress_bytes, stats=ws)
+                                           codebook=codebook, min_compress_bytes=min_compress_bytes, stats=ws,
+                                           **options)
             stats.record(0, ws)
             return None  # FSDP waits only on dist.Work handles; the data is already in place
 
@@ -80,10 +82,12 @@ def compress_fsdp_all_gather(module, codec="enec", *, codebook=None, min_compres
     return stats
 
 
-def compress_fsdp_reduce_scatter(module, codec="qlc", *, codebook=None, min_compress_bytes=None):
+def compress_fsdp_reduce_scatter(module, codec="qlc", *, codebook=None, min_compress_bytes=None, **options):
     """Install a lossless compressed gradient reduce-scatter on every fully_shard module.
 
-    Sums in rank order in float32.  ReduceOp.PREMUL_SUM (a gradient divide factor)
+    Coded gradients are summed in rank order in float32 (so are uncoded ones with
+    deterministic=True; `options` go to every `qlccomm.reduce_scatter_tensor`).
+    ReduceOp.PREMUL_SUM (a gradient divide factor)
     is not supported: leave the factor unset or call
     `module.set_force_sum_reduction_for_comms(True)`.  Returns a QLCStats.
     """
@@ -100,7 +104,8 @@ def compress_fsdp_reduce_scatter(module, codec="qlc", *, codebook=None, min_comp
         def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
             ws = WireStats()
             qlccomm.reduce_scatter_tensor(output_tensor, input_tensor, op=op, group=group, codec=codec,
-                                          codebook=codebook, min_compress_bytes=min_compress_bytes, stats=ws)
+                                          codebook=codebook, min_compress_bytes=min_compress_bytes, stats=ws,
+                                          **options)
             stats.record(0, ws)
             return None
 

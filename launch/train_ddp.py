@@ -38,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--refit-every", type=int, default=0, help="refit the codebook every N hook calls (0: never)")
     p.add_argument("--min-compress-bytes", type=int, default=4096)
     p.add_argument("--bucket-cap-mb", type=float, default=0.05, help="small, so the tiny model has several buckets")
+    p.add_argument("--compress", default="on", choices=["on", "auto", "off"],
+                   help="on: code every bucket of at least --min-compress-bytes (the tiny model's buckets are "
+                        "far too small for coding to pay on loopback, so the cost model would step aside: "
+                        "on shows what coding saves); auto: qlccomm's cost model decides per bucket")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compare", dest="compare", action="store_false",
                    help="skip the uncompressed reference run")
@@ -89,13 +93,16 @@ def train_and_compare(args, info):
         qlccomm.compress(torch.zeros(4, dtype=torch.bfloat16), codec="enec")
     except ImportError:
         codec = "qlc"
-    ws = broadcast_parameters(model0, src=0, codec=codec, min_compress_bytes=args.min_compress_bytes)
+    compress = {"on": True, "auto": None, "off": False}[args.compress]
+    ws = broadcast_parameters(model0, src=0, codec=codec, min_compress_bytes=args.min_compress_bytes,
+                              compress=compress)
     log0(info.rank, f"start-up broadcast ({codec}): {ws.sent_bytes} B on the wire vs {ws.plain_bytes} B plain")
     start_same = len(set(agree(param_digest(model0)))) == 1
 
     t0 = time.perf_counter()
+    # deterministic: every route reduces in rank order, so the run can be compared bit for bit
     state = QLCState(codebook=args.codebook, min_compress_bytes=args.min_compress_bytes,
-                     refit_every=args.refit_every)
+                     refit_every=args.refit_every, compress=compress, deterministic=True)
     model, losses = run(model0, qlc_allreduce_hook, state, args, info)
     elapsed = time.perf_counter() - t0
     t = state.stats.total
@@ -104,7 +111,7 @@ def train_and_compare(args, info):
     log0(info.rank, f"bytes on the wire per rank: {t['sent_bytes']} B compressed vs {t['plain_bytes']} B "
                     f"uncompressed, saved {state.stats.saved_bytes} B "
                     f"({100 * state.stats.saved_bytes / max(t['plain_bytes'], 1):.1f}%); "
-                    f"handshakes {t['meta_bytes']} B")
+                    f"call headers {t['meta_bytes']} B")
     digest = param_digest(model)
     same = len(set(agree(digest))) == 1
     log0(info.rank, f"final parameters match across ranks: {same} (sha256 {digest})")

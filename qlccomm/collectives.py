@@ -1,4 +1,4 @@
-"""Compressed collectives over torch.distributed: lossless, deterministic, any backend and device.
+"""Compressed collectives over torch.distributed: lossless, pipelined, and only where coding pays.
 
     qlccomm.all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc", codebook=None)
     qlccomm.all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto")
@@ -6,126 +6,137 @@
     qlccomm.broadcast(t, src, group=None, async_op=False, codec="enec")
     qlccomm.all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None, group=None, codec="qlc")
 
-Every call starts with a fixed-size handshake (qlccomm/wire.py) so that ranks agree
-on dtype, size, op, codec, codebook and payload sizes before any payload moves;
-a disagreement, or a rank whose encoder failed, raises the same error on every
-rank and leaves the process group usable.
+Keyword-only on every call: codebook=, min_compress_bytes=, stats= (a WireStats),
+compress= (None: the cost model decides; True / False force it; env
+QLCCOMM_COMPRESS=auto|on|off), deterministic= (env QLCCOMM_DETERMINISTIC=1),
+link_gbps= (env QLCCOMM_LINK_GBPS: the link speed the model assumes instead of
+learning it), slice_bytes= (env QLCCOMM_SLICE_BYTES).
 
-all_reduce is a reduce-scatter then an all-gather:
-  1. each rank splits the flat tensor into `world` shards (sizes differ by at most
-     one element), encodes the shards owned by the other ranks and sends them with
-     `all_to_all_single` (uneven split sizes taken from the handshake);
-  2. the owner of each shard reduces the `world` contributions in rank order, in
-     float32 (float64 for float64, int64 for integer dtypes), and casts back;
-  3. the reduced shards are encoded, padded to the largest payload and
-     all-gathered.
-Every rank therefore ends with identical bits, equal to
-`reference_all_reduce([x_0, ..., x_{W-1}], op)` computed from the uncompressed
-inputs.  Messages below `min_compress_bytes` and dtypes with no coded plan take
-the same route uncompressed, so the result never depends on the threshold.
+Every call begins with a fixed-size call header sent to every peer (wire.py): ranks
+check each other's dtype, size, op, codec, codebook and routing arguments, and
+agree on the route from each other's cost-model estimates, without a blocking
+round trip before coding starts.  Then one of three routes:
 
-async_op=True returns a `CollectiveWork` (`wait()`, `get_future()`, value: the
-output tensor).  The handshakes and the first data phase run before the call
-returns (their sizes are needed on the host); the last data collective and its
-decoding run asynchronously.
+  coded      the pipelined schedules (schedules.py) move coded slices point to point;
+  pipelined  the same schedules with raw slices (deterministic=True when coding does
+             not pay, or dtypes with no coded plan);
+  dist       the torch.distributed collective itself (the fastest uncoded path).
+
+Results: every rank always ends with identical bits.  The coded and pipelined
+routes reduce each slice in rank order in float32 (reduction.py), equal to
+`reference_all_reduce` computed from the uncompressed inputs; the dist route sums
+in the backend's order.  `deterministic=True` never takes the dist route for
+reductions, so its results never depend on the route, the link or the threshold.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from .api import compress, decompress, pick_codec
+from . import costmodel, schedules
+from .api import pick_codec
 from .codebook import Codebook, default_codebook
-from .errors import FormatError
+from .costmodel import CostModel
 from .format import DTYPE_CODES
-from .wire import (ADAPTIVE_TAG, F_CODEC, F_DTYPE, F_FORMAT, F_KIND, F_PATH, F_TAG, FRAME_BYTES, N_FIXED, NO_TAG,
-                   PATH_CODED, PATH_PLAIN, Handshake, WireStats, all_gather_fixed, check_frame, digest_tag,
-                   exchange, frame, meta_bytes)
+from .reduction import OP_AVG, Accumulator, accumulate_dtype, opcode, reference_all_reduce
+from .transport import Coding, Exchange, Link, all_gather_fixed, reduce_scatter_fixed
+from .wire import (ADAPTIVE_TAG, CHECKED, F_NUMEL, NO_TAG, N_FIXED, CallHeader, WireStats, agreed_route,
+                   check_rows, digest_tag, row_length)
+from .worker import CollectiveWork, GroupWorker, run
 
 __all__ = ["all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "all_to_all_single",
-           "reference_all_reduce", "CollectiveWork", "WireStats", "DEFAULT_MIN_COMPRESS_BYTES"]
+           "reference_all_reduce", "CollectiveWork", "WireStats", "DEFAULT_MIN_COMPRESS_BYTES",
+           "DEFAULT_SLICE_BYTES"]
 
 DEFAULT_MIN_COMPRESS_BYTES = 16 * 1024
-"""Messages smaller than this (bytes of the tensor a rank contributes) are not coded."""
-
-OP_SUM, OP_AVG, OP_MIN, OP_MAX = 1, 2, 3, 4
-_OP_NAMES = {OP_SUM: "SUM", OP_AVG: "AVG", OP_MIN: "MIN", OP_MAX: "MAX"}
-
-
-# -- reduction ----------------------------------------------------------------------------------
-def _opcode(op) -> int:
-    for code, ref in ((OP_SUM, dist.ReduceOp.SUM), (OP_AVG, dist.ReduceOp.AVG),
-                      (OP_MIN, dist.ReduceOp.MIN), (OP_MAX, dist.ReduceOp.MAX)):
-        try:
-            if op == ref:
-                return code
-        except TypeError:
-            pass
-    raise ValueError(f"qlccomm reduces with ReduceOp SUM, AVG, MIN or MAX, not {op}")
+"""Messages smaller than this (bytes of the tensor a rank contributes) are never coded."""
+DEFAULT_SLICE_BYTES = 1 << 20
+"""Raw bytes per pipelined slice."""
+MIN_SLICE_ELEMS = 1024
+MAX_CHUNK_BYTES = 64 << 20
+"""Raw bytes a call moves through the pipeline at once; longer calls run chunk after chunk
+(the persistent buffers of a group stay below ~3x this)."""
+ENV_COMPRESS, ENV_DETERMINISTIC, ENV_SLICE = "QLCCOMM_COMPRESS", "QLCCOMM_DETERMINISTIC", "QLCCOMM_SLICE_BYTES"
+_CODECS = ("auto", "qlc", "enec", "raw")
 
 
-def _accumulate_dtype(dtype: torch.dtype, opcode: int) -> torch.dtype:
-    if dtype == torch.bool or dtype.is_complex:
-        raise TypeError(f"qlccomm does not reduce {dtype}")
-    if dtype.is_floating_point:
-        return torch.float64 if dtype == torch.float64 else torch.float32
-    if opcode == OP_AVG:
-        raise TypeError(f"ReduceOp.AVG needs a floating dtype, not {dtype}")
-    return torch.int64
+# -- per-group state ------------------------------------------------------------------------------
+@dataclass
+class _GroupState:
+    link: Link
+    model: CostModel
+    worker: GroupWorker
 
 
-def _reduce(parts: list[torch.Tensor], opcode: int, dtype: torch.dtype) -> torch.Tensor:
-    """Reduce equal-length 1-D tensors in list order; the one definition of the result."""
-    acc_dtype = _accumulate_dtype(dtype, opcode)
-    acc = parts[0].to(acc_dtype, copy=True)
-    for p in parts[1:]:
-        x = p.to(acc_dtype)
-        if opcode in (OP_SUM, OP_AVG):
-            acc.add_(x)
-        elif opcode == OP_MIN:
-            acc = torch.minimum(acc, x)
-        else:
-            acc = torch.maximum(acc, x)
-    if opcode == OP_AVG:
-        acc.div_(len(parts))
-    return acc.to(dtype)
+_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
 
 
-def reference_all_reduce(tensors, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """What `all_reduce` returns on every rank when rank i holds `tensors[i]`.
+def _group_state(group) -> tuple[_GroupState | None, int, int]:
+    """(state, rank, world) of `group`; state None when this process is not a member."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("qlccomm collectives need torch.distributed.init_process_group first")
+    pg = group if group is not None else dist.group.WORLD
+    rank = dist.get_rank(pg)
+    if rank < 0:
+        return None, -1, 0
+    world = dist.get_world_size(pg)
+    with _STATES_LOCK:
+        st = _STATES.get(pg)
+        if st is None:
+            st = _GroupState(Link(group, rank, world), CostModel(), GroupWorker(f"qlccomm-{id(pg):x}"))
+            _STATES[pg] = st
+    return st, rank, world
 
-    The contributions are reduced in list (rank) order in float32 (float64 for
-    float64, int64 for integer dtypes) and cast back: the same arithmetic as the
-    compressed collective, without any communication.
-    """
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("reference_all_reduce needs at least one tensor")
-    shape, dtype = tensors[0].shape, tensors[0].dtype
-    for x in tensors:
-        if x.shape != shape or x.dtype != dtype:
-            raise ValueError("reference_all_reduce needs tensors of one shape and dtype")
-    return _reduce([x.reshape(-1) for x in tensors], _opcode(op), dtype).reshape(shape)
 
-
-# -- coding of payloads ---------------------------------------------------------------------------
+# -- options and coding ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Coding:
-    codec: str                   # "qlc", "enec" or "raw" (not coded)
-    codebook: Codebook | None    # None: adaptive (embedded) or no codebook
-    tag: bytes
+class _Options:
+    mode: str                  # "auto", "on", "off"
+    min_bytes: int
+    deterministic: bool
+    slice_bytes: int
+    link_Bps: float | None     # forced link speed (bytes/s), None: learned
 
     @property
-    def coded(self) -> bool:
-        return self.codec != "raw"
+    def link_mbps(self) -> int:
+        return round(self.link_Bps * 8e-6) if self.link_Bps else 0
 
 
-_RAW = _Coding("raw", None, NO_TAG)
-_CODECS = ("auto", "qlc", "enec", "raw")
+def _env_bool(name: str) -> bool:
+    v = os.environ.get(name, "").strip().lower()
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    if v in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={v!r}: use 1 or 0")
+
+
+def _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes) -> _Options:
+    if compress is None:
+        mode = os.environ.get(ENV_COMPRESS, "auto").strip().lower() or "auto"
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"{ENV_COMPRESS}={mode!r}: choose auto, on or off")
+    elif isinstance(compress, bool):
+        mode = "on" if compress else "off"
+    else:
+        raise TypeError(f"compress= takes None (the cost model decides), True or False, not {compress!r}")
+    min_bytes = DEFAULT_MIN_COMPRESS_BYTES if min_compress_bytes is None else int(min_compress_bytes)
+    if min_bytes < 0:
+        raise ValueError(f"min_compress_bytes must be >= 0, not {min_bytes}")
+    det = _env_bool(ENV_DETERMINISTIC) if deterministic is None else bool(deterministic)
+    if slice_bytes is None:
+        slice_bytes = int(os.environ.get(ENV_SLICE, DEFAULT_SLICE_BYTES))
+    if int(slice_bytes) < 1024:
+        raise ValueError(f"slice_bytes must be >= 1024, not {slice_bytes}")
+    return _Options(mode, min_bytes, det, int(slice_bytes), costmodel.forced_link_Bps(link_gbps))
 
 
 def _resolve_codebook(codebook, dtype: torch.dtype) -> Codebook | None:
@@ -145,448 +156,460 @@ def _resolve_codebook(codebook, dtype: torch.dtype) -> Codebook | None:
                     f"not {type(codebook).__name__}")
 
 
-def _resolve_coding(dtype: torch.dtype, codec: str, codebook) -> _Coding:
-    """The coding every rank must agree on for `dtype` (raises before any communication)."""
+def _resolve_coding(dtype: torch.dtype, codec: str, codebook) -> tuple[Coding, bytes]:
+    """The coding every rank must agree on for `dtype`, and its codebook tag."""
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(_CODECS)}")
+    raw = Coding("raw"), NO_TAG
     if dtype not in DTYPE_CODES or codec == "raw":
-        return _RAW
+        return raw
     if codec == "enec":
         try:
             name = pick_codec(dtype, "enec")        # ImportError while ENEC is not installed
-        except ValueError:                          # a dtype ENEC does not code: QLC or plain
+        except ValueError:                          # a dtype ENEC does not code: QLC or raw
             name = pick_codec(dtype, "auto")
     else:
         name = pick_codec(dtype, codec)
     if name == "raw":
-        return _RAW
+        return raw
     if name == "enec":
-        return _Coding("enec", None, NO_TAG)
+        return Coding("enec"), NO_TAG
     cb = _resolve_codebook(codebook, dtype)
-    return _Coding("qlc", cb, ADAPTIVE_TAG if cb is None else digest_tag(cb.digest))
+    return Coding("qlc", cb), ADAPTIVE_TAG if cb is None else digest_tag(cb.digest)
 
 
-def _encode(x: torch.Tensor, coding: _Coding) -> torch.Tensor:
-    """Frame + stream of a 1-D tensor; empty tensors travel as 0 bytes."""
-    if x.numel() == 0:
-        return torch.empty(0, dtype=torch.uint8, device=x.device)
-    blob = compress(x, codec=coding.codec, codebook=coding.codebook)
-    head = torch.frombuffer(bytearray(frame(coding.codec, x.dtype, coding.tag)), dtype=torch.uint8)
-    return torch.cat([head.to(blob.device), blob])
-
-
-def _decode(buf: torch.Tensor, coding: _Coding, dtype: torch.dtype, numel: int, source: int) -> torch.Tensor:
-    """Inverse of `_encode`, checking the frame and that the stream holds `numel` elements of `dtype`."""
-    if numel == 0:
-        if buf.numel():
-            raise FormatError(f"rank {source} sent {buf.numel()} bytes for an empty shard")
-        return torch.empty(0, dtype=dtype, device=buf.device)
-    check_frame(buf[:FRAME_BYTES].cpu().numpy().tobytes(), coding.codec, dtype, coding.tag, source)
-    out = decompress(buf[FRAME_BYTES:], codebook=coding.codebook)
-    if out.dtype != dtype or out.numel() != numel:
-        raise FormatError(f"rank {source} sent {out.numel()} elements of {out.dtype}; "
-                          f"expected {numel} of {dtype}")
-    return out.reshape(-1)
-
-
-def _bytes(x: torch.Tensor) -> torch.Tensor:
-    """A 1-D uint8 view of a contiguous tensor (every backend moves uint8)."""
-    return x.reshape(-1).view(torch.uint8)
-
-
-def _from_bytes(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """View uint8 bytes as `dtype` (copied first when they do not start on an element boundary)."""
-    if buf.storage_offset() % torch.empty(0, dtype=dtype).element_size():
-        buf = buf.clone()
-    return buf.view(dtype)
-
-
-def _shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
-    """Shard i of n elements: sizes differ by at most one, the larger ones first."""
-    base, extra = divmod(n, world)
-    bounds, start = [], 0
-    for i in range(world):
-        size = base + (1 if i < extra else 0)
-        bounds.append((start, start + size))
-        start += size
-    return bounds
-
-
-# -- process groups and handles ---------------------------------------------------------------------
-def _group_info(group) -> tuple[int, int] | None:
-    """(rank, world) in `group`, or None when this process is not a member."""
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("qlccomm collectives need torch.distributed.init_process_group first")
-    rank = dist.get_rank(group)
-    if rank < 0:
-        return None
-    return rank, dist.get_world_size(group)
-
-
-def _worth_coding(nbytes: int, min_compress_bytes) -> bool:
-    """Code messages of at least `min_compress_bytes` (default DEFAULT_MIN_COMPRESS_BYTES); never empty ones."""
-    threshold = DEFAULT_MIN_COMPRESS_BYTES if min_compress_bytes is None else int(min_compress_bytes)
-    return nbytes > 0 and nbytes >= threshold
-
-
-def _choose_coding(hs: Handshake, dtype: torch.dtype, codec: str, codebook, nbytes: int,
-                   min_compress_bytes) -> _Coding:
-    """The coding of a message of `nbytes` (codec and codebook validated whatever the
-    size; small messages go uncoded), recorded in the handshake for the peers to check."""
-    coding = _resolve_coding(dtype, codec, codebook)
-    if not _worth_coding(nbytes, min_compress_bytes):
-        coding = _RAW
-    hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coding.coded else PATH_PLAIN
-    return coding
-
-
-def _encode_shards(flat: torch.Tensor, bounds, rank: int, coding: _Coding) -> list[torch.Tensor]:
-    """Payloads of the shards [s, e) that the other ranks own; an empty one for our own."""
-    return [_encode(flat[s:e], coding) if j != rank else torch.empty(0, dtype=torch.uint8, device=flat.device)
-            for j, (s, e) in enumerate(bounds)]
-
-
-class CollectiveWork:
-    """The handle of an `async_op=True` call: `wait()`, `get_future()`, `is_completed()`.
-
-    The future's value is the output tensor (the collective's in-place argument).
-    """
-
-    def __init__(self, work, finish, value: torch.Tensor):
-        if work is None:
-            finish()
-            fut = torch.futures.Future()
-            fut.set_result(value)
-        else:
-            def _then(f):
-                f.value()  # re-raises a communication error
-                finish()
-                return value
-            fut = work.get_future().then(_then)
-        self._future = fut
-
-    def wait(self, timeout=None) -> bool:
-        self._future.wait()
+def _dist_reduces(dtype: torch.dtype, backend: str) -> bool:
+    """Whether the backend's own reductions take `dtype` (gloo: no float8; HCCL: no uint8/float64)."""
+    if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.int8, torch.int32, torch.int64):
         return True
-
-    def get_future(self) -> torch.futures.Future:
-        return self._future
-
-    def is_completed(self) -> bool:
-        return self._future.done()
+    return dtype in (torch.uint8, torch.float64) and backend != "hccl"
 
 
-def _complete(work, finish, async_op: bool, value: torch.Tensor):
-    if async_op:
-        return CollectiveWork(work, finish, value)
-    if work is not None:
-        work.wait()
-    finish()
-    return None
+def _slice_elems(opts: _Options, n: int, world: int, isz: int) -> int:
+    """Elements per slice of an n-element message cut among `world` owners: at most the
+    option's bytes, with the slice count a multiple of `world` (every owner gets as many
+    slices of nearly equal size), and never below MIN_SLICE_ELEMS."""
+    s_max = max(MIN_SLICE_ELEMS, opts.slice_bytes // isz)
+    rounds = max(1, -(-n // (world * s_max)))
+    return max(MIN_SLICE_ELEMS, -(-n // (world * rounds)))
 
 
-def _done(async_op: bool, value: torch.Tensor):
-    return CollectiveWork(None, lambda: None, value) if async_op else None
+# -- one call ---------------------------------------------------------------------------------------
+@dataclass
+class _Call:
+    """One collective call on this rank: validated arguments, header, route, statistics."""
+
+    kind: str
+    state: _GroupState
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+    numel: int                          # elements of the main tensor (this rank's input for all_to_all)
+    opts: _Options
+    stats: WireStats
+    header: CallHeader
+    coding: Coding = field(default_factory=lambda: Coding("raw"))
+    reduces: bool = False               # a reduction: `deterministic` keeps it off the dist route
+    checks: tuple = CHECKED
+    check_more: object = None           # (rows) -> None: collective-specific checks of the rows
+    flat: torch.Tensor | None = None    # the input, 1-D (samples for the cost model)
+
+    @property
+    def nbytes(self) -> int:
+        """The main tensor's bytes: the cost model's M."""
+        return self.numel * torch.empty(0, dtype=self.dtype).element_size()
+
+    def codable(self, rows: list[list[int]] | None = None) -> bool:
+        """Whether coding may run: a coded codec, more than one rank, and the largest rank's
+        message not empty and not below min_compress_bytes (in every mode: compress=True
+        skips the cost model, not the threshold).  With the rows, the same on every rank."""
+        if not self.coding.coded or self.world == 1 or self.opts.mode == "off":
+            return False
+        numel = max(r[F_NUMEL] for r in rows) if rows is not None else self.numel
+        nbytes = numel * torch.empty(0, dtype=self.dtype).element_size()
+        return nbytes > 0 and nbytes >= self.opts.min_bytes
+
+    def estimate(self) -> costmodel.Estimate | None:
+        """Fill the header's cost-model fields (only in auto mode, for codable calls)."""
+        if self.opts.mode != "auto" or not self.codable():
+            return None
+        model, dev, coding = self.state.model, self.device, self.coding
+        stream = model.stream((self.kind, self.dtype, self.numel))
+        sample = None
+
+        def get_sample():
+            nonlocal sample
+            if sample is None:
+                sample = costmodel.sample_of(self.flat)
+            return sample
+        speed = costmodel.codec_speed(coding.codec, coding.codebook, self.dtype, dev, get_sample)
+        ratio = stream.ratio
+        if ratio is None:
+            from .api import compress
+            x = get_sample()
+            ratio = x.numel() * x.element_size() / compress(x, codec=coding.codec, codebook=coding.codebook).numel()
+        isz = torch.empty(0, dtype=self.dtype).element_size()
+        s = _slice_elems(self.opts, self.numel, self.world, isz) * isz
+        est = model.estimate(self.kind, self.nbytes, self.world, speed, ratio, s, dev.type, self.opts.link_Bps,
+                             stream)
+        self.header.t_plain_us = int(est.t_plain * 1e6)
+        self.header.t_coded_us = int(est.t_coded * 1e6)
+        self.header.probe = est.probe
+        return est
 
 
-def _stats(stats: WireStats | None, collective: str) -> WireStats:
-    st = stats if stats is not None else WireStats()
-    st.collective, st.compressed = collective, False
-    st.raw_bytes = st.coded_bytes = st.sent_bytes = st.plain_bytes = st.meta_bytes = 0
-    return st
+def _header(kind: str, dtype, numel: int, opts: _Options | None, **kw) -> CallHeader:
+    h = CallHeader(kind, dtype=dtype, numel=numel, **kw)
+    if opts is not None:
+        h.mode, h.min_bytes, h.deterministic = opts.mode, opts.min_bytes, opts.deterministic
+        h.slice_elems, h.link_mbps = opts.slice_bytes, opts.link_mbps
+    return h
+
+
+def _execute(call: _Call, plain, pipelined) -> None:
+    """Exchange headers, agree on the route, run it, learn from it (worker thread or caller)."""
+    link, model, st = call.state.link, call.state.model, call.stats
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        est = None
+        if call.header.error is None:
+            try:
+                est = call.estimate()
+            except Exception as e:        # noqa: BLE001 - a failing sample is a failing rank
+                call.header.error = e
+        call.header.seq = link.seq
+        link.seq += 1
+        rows = link.wait_headers(link.post_headers(call.header.row(call.world), call.device))
+        st.meta_bytes = (call.world - 1) * row_length(call.world) * 8
+        check_rows(call.header, rows, call.checks)
+        if call.check_more is not None:
+            call.check_more(rows)
+        coded = call.codable(rows) and agreed_route(rows)
+        t_route = time.perf_counter()
+        if coded:
+            st.route, st.compressed = "coded", True
+            ex_stats = pipelined(call.coding)
+        elif call.reduces and (call.opts.deterministic or not _dist_reduces(call.dtype, link.backend)):
+            st.route = "pipelined"
+            ex_stats = pipelined(Coding("raw"))
+        else:
+            st.route = "dist"
+            ex_stats = None
+            plain()
+    done = time.perf_counter()
+    st.seconds = done - t0
+    seconds = done - t_route                    # the route alone: what the model predicts
+    plain_bytes = int(costmodel.wire_factor(call.kind, call.world) * call.nbytes)
+    st.plain_bytes = plain_bytes
+    if ex_stats is None:
+        st.raw_bytes = st.coded_bytes = st.sent_bytes = plain_bytes
+        model.observe_plain(call.kind, call.nbytes, call.world, seconds)
+    else:
+        st.raw_bytes, st.coded_bytes, encoded, encode_s, decoded, decode_s = ex_stats
+        st.sent_bytes = st.coded_bytes
+        st.model.update(encode_ms=round(encode_s * 1e3, 3), decode_ms=round(decode_s * 1e3, 3))
+        if coded:
+            stream = model.stream((call.kind, call.dtype, call.numel))
+            ratio = st.raw_bytes / st.coded_bytes if st.coded_bytes else 1.0
+            model.observe_coded(call.kind, call.nbytes, call.world, seconds, est.t_coded if est else 0.0, stream,
+                                ratio, st.sent_bytes, encode_s + decode_s)
+            model.observe_codec(call.coding.codec, call.dtype, call.device.type, encoded, encode_s, decoded,
+                                decode_s)
+    if est is not None:
+        model.called(model.stream((call.kind, call.dtype, call.numel)))
+        st.model.update(est.inputs, probe=est.probe)
+
+
+class _Totals:
+    """Byte and time counters summed over the chunks of one call (for WireStats and the model)."""
+
+    def __init__(self):
+        self.raw = self.coded = self.encoded = self.decoded = 0
+        self.encode_s = self.decode_s = 0.0
+
+    def add(self, ex: Exchange) -> None:
+        self.raw += ex.raw_bytes
+        self.coded += ex.coded_bytes
+        self.encoded += ex.encoded_bytes
+        self.decoded += ex.decoded_bytes
+        self.encode_s += ex.encode_s
+        self.decode_s += ex.decode_s
+
+    def values(self) -> tuple:
+        return self.raw, self.coded, self.encoded, self.encode_s, self.decoded, self.decode_s
+
+
+def _chunks(n: int, unit: int, isz: int) -> list[tuple[int, int]]:
+    """[a, b) pieces of n elements, each at most MAX_CHUNK_BYTES and a multiple of `unit`."""
+    step = max(unit, (MAX_CHUNK_BYTES // isz) // unit * unit)
+    return [(a, min(n, a + step)) for a in range(0, n, step)] or [(0, 0)]
+
+
+def _stats(stats: WireStats | None, kind: str) -> WireStats:
+    return (stats if stats is not None else WireStats()).reset(kind)
+
+
+def _contiguous_target(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A contiguous tensor to work in for the in-place `t`, and whether it must be copied back."""
+    return (t, False) if t.is_contiguous() else (t.contiguous(), True)
+
+
+def _launch(call: _Call, plain, pipelined, finish, value: torch.Tensor, async_op: bool, device: torch.device):
+    def fn():
+        _execute(call, plain, pipelined)
+        finish()
+    return run(call.state.worker, fn, value, async_op, device)
+
+
+def _local(fn, value: torch.Tensor, async_op: bool):
+    """A group of one: no communication."""
+    with torch.no_grad():
+        fn()
+    if not async_op:
+        return None
+    fut = torch.futures.Future()
+    fut.set_result(value)
+    return CollectiveWork(fut)
 
 
 # -- all_reduce -------------------------------------------------------------------------------------
 def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc", codebook=None, *,
-               min_compress_bytes=None, stats=None):
+               min_compress_bytes=None, stats=None, compress=None, deterministic=None, link_gbps=None,
+               slice_bytes=None):
     """Lossless compressed all-reduce of `t`, in place; bit-identical on every rank.
 
-    op: SUM, AVG, MIN or MAX.  codec: "qlc" (default), "enec", "auto" or "raw"
-    (no coding).  codebook: None/"adaptive" (each payload embeds a fitted code),
-    "default", a Codebook, a {dtype: Codebook} dict or a codebook file; every rank
-    must pass the same one (checked).  min_compress_bytes: smaller tensors go
-    uncoded (same arithmetic).  stats: a `WireStats` to fill with this call's bytes.
+    op: SUM, AVG, MIN or MAX.  codec: "qlc" (default), "enec", "auto" or "raw".
+    codebook: None/"adaptive" (each slice embeds a fitted code), "default", a
+    Codebook, a {dtype: Codebook} dict or a codebook file; every rank must pass the
+    same one (checked).  The coded route's result is `reference_all_reduce` of the
+    inputs; so is the uncoded one with deterministic=True (otherwise it is
+    `dist.all_reduce`'s).  See the module docstring for the other keywords.
     """
-    info = _group_info(group)
-    if info is None:
+    state, rank, world = _group_state(group)
+    if state is None:
         return None
-    rank, world = info
     st = _stats(stats, "all_reduce")
-    n, dtype, isz = t.numel(), t.dtype, t.element_size()
-    st.raw_bytes = st.coded_bytes = n * isz
-    flat = t.reshape(-1)
-    bounds = _shard_bounds(n, world)
-    hs = Handshake("all_reduce", dtype=dtype, numel=n, extra=[0] * world)
-    payloads = None
+    dtype, n = t.dtype, t.numel()
+    isz = t.element_size()
+    header = CallHeader("all_reduce", dtype=dtype, numel=n)
+    call = None
     try:
-        hs.op = opcode = _opcode(op)
-        _accumulate_dtype(dtype, opcode)
-        coding = _choose_coding(hs, dtype, codec, codebook, n * isz, min_compress_bytes)
-        if world > 1 and coding.coded:
-            payloads = _encode_shards(flat, bounds, rank, coding)
-            hs.extra = [p.numel() for p in payloads]
+        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
+        header = _header("all_reduce", dtype, n, opts)
+        header.op = code = opcode(op)
+        accumulate_dtype(dtype, code)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        header.codec = coding.codec
     except Exception as e:
         if world == 1:
             raise
-        hs.error = e
+        header.error, opts, coding, code = e, _options(None, None, None, None, None), Coding("raw"), 0
     if world == 1:
-        t.copy_(_reduce([flat], opcode, dtype).view(t.shape))
-        st.sent_bytes = st.plain_bytes = 0
-        return _done(async_op, t)
+        st.route = "local"
+        return _local(lambda: t.copy_(reference_all_reduce([t.detach()], op)), t, async_op)
+    work, copy_back = _contiguous_target(t)
+    flat = work.view(-1)
+    call = _Call("all_reduce", state, rank, world, t.device, dtype, n, opts, st, header, coding, reduces=True,
+                 flat=flat)
 
-    rows = exchange(hs, group, t.device, rank, world)
-    st.meta_bytes = meta_bytes(world)
-    own_s, own_e = bounds[rank]
-    big = bounds[0][1] - bounds[0][0]  # the largest shard
-    st.plain_bytes = (n - (own_e - own_s)) * isz + (world - 1) * big * isz
+    def plain():
+        if code == OP_AVG:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+            flat.div_(world)
+        else:
+            dist.all_reduce(flat, op=op, group=group)
 
-    # phase 1: reduce-scatter
-    recv, recv_sizes, send_sizes, _ = _scatter_shards(flat, bounds, payloads, rows, rank, world, group, False)
-    st.sent_bytes = sum(send_sizes) - send_sizes[rank]
-    err, p2 = None, None
-    try:
-        reduced = _reduce_shards(recv.split(recv_sizes), flat[own_s:own_e], coding, dtype, opcode, rank)
-        if coding.coded:
-            p2 = _encode(reduced, coding)
-    except Exception as e:
-        err = e
-
-    # phase 2: all-gather of the reduced shards
-    if coding.coded:
-        rows2 = exchange(Handshake("all_reduce", phase=2, extra=[0 if p2 is None else p2.numel()], error=err),
-                         group, t.device, rank, world, checks=())
-        st.meta_bytes += meta_bytes(world)
-        sizes2 = [r[N_FIXED] for r in rows2]
-        st.coded_bytes = sum(send_sizes) + sizes2[rank]
-        st.compressed = True
-    else:
-        if err is not None:
-            raise err  # plain path: cannot fail on one rank only
-        p2 = _bytes(reduced)
-        sizes2 = [(e - s) * isz for s, e in bounds]
-    block = max(sizes2)
-    st.sent_bytes += (world - 1) * block
-    gathered = torch.empty(world * block, dtype=torch.uint8, device=t.device)
-    work = None
-    if block:
-        mine = p2 if p2.numel() == block else torch.cat([p2, p2.new_zeros(block - p2.numel())])
-        work = all_gather_fixed(gathered, mine, group, async_op=async_op)
+    def pipelined(coding: Coding):
+        s = _slice_elems(opts, n, world, isz)
+        acc = Accumulator(code, dtype, s, flat.device)
+        totals = _Totals()
+        for a, b in _chunks(n, world * s, isz):
+            piece = flat[a:b]
+            ex = _exchange(call, coding, s, b - a)
+            schedules.all_reduce(ex, piece, acc, s)
+            totals.add(ex)
+        return totals.values()
 
     def finish():
-        out = torch.empty(n, dtype=dtype, device=t.device)
-        for i, (s, e) in enumerate(bounds):
-            if i == rank:
-                out[s:e] = reduced
-            elif coding.coded:
-                out[s:e] = _decode(gathered[i * block : i * block + sizes2[i]], coding, dtype, e - s, i)
-            else:
-                out[s:e] = _from_bytes(gathered[i * block : i * block + sizes2[i]], dtype)
-        t.copy_(out.view(t.shape))
+        if copy_back:
+            t.copy_(work)
 
-    return _complete(work, finish, async_op, t)
+    return _launch(call, plain, pipelined, finish, t, async_op, t.device)
 
 
-def _scatter_shards(flat: torch.Tensor, bounds, payloads, rows, rank: int, world: int, group, async_op: bool):
-    """The exchange of a reduce-scatter: rank j gets shard j (elements bounds[j]) of every
-    rank's `flat`, coded (payloads[j], sizes from the handshake rows) or as plain bytes.
-    Returns (recv, recv_sizes, send_sizes, work); sizes in bytes, recv in rank order."""
-    if payloads is not None:
-        send, send_sizes = torch.cat(payloads), [p.numel() for p in payloads]
-        recv_sizes = [rows[i][N_FIXED + rank] for i in range(world)]
-    else:
-        isz = flat.element_size()
-        send = _bytes(flat.contiguous())
-        send_sizes = [(e - s) * isz for s, e in bounds]
-        recv_sizes = [send_sizes[rank]] * world
-    recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=flat.device)
-    work = None
-    if sum(recv_sizes) or sum(send_sizes):          # both zero on every rank, or on none
-        work = dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes,
-                                      group=group, async_op=async_op)
-    return recv, recv_sizes, send_sizes, work
+def _exchange(call: _Call, coding: Coding, s: int, n: int, **kw) -> Exchange:
+    """An Exchange sized for the schedule of `call`'s collective on `n` elements in slices of `s`."""
+    n_send, n_recv = schedules.exchange_sizes(call.kind, call.world, call.rank, n, s, **kw)
+    return Exchange(call.state.link, call.header.seq, call.dtype, coding, s, n_send, n_recv, call.device)
 
 
-def _reduce_shards(chunks, own: torch.Tensor, coding: _Coding, dtype: torch.dtype, opcode: int,
-                   rank: int) -> torch.Tensor:
-    """Reduce the received shards (own in place of chunks[rank]) in rank order."""
-    n = own.numel()
-    parts = [own if i == rank else _decode(c, coding, dtype, n, i) if coding.coded else _from_bytes(c, dtype)
-             for i, c in enumerate(chunks)]
-    return _reduce(parts, opcode, dtype)
-
-
-# -- reduce_scatter_tensor -----------------------------------------------------------------------------
+# -- reduce_scatter_tensor --------------------------------------------------------------------------
 def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc", *,
-                          codebook=None, min_compress_bytes=None, stats=None):
-    """Lossless compressed reduce-scatter: `out` (n elements) gets shard `rank` of `inp` (world*n
-    elements) reduced over the ranks in rank order, as `all_reduce` would compute it."""
-    info = _group_info(group)
-    if info is None:
+                          codebook=None, min_compress_bytes=None, stats=None, compress=None, deterministic=None,
+                          link_gbps=None, slice_bytes=None):
+    """Lossless compressed reduce-scatter: `out` (m elements) gets shard `rank` of `inp` (world*m
+    elements) reduced over the ranks; coded (or deterministic=True), in rank order in
+    float32 exactly as `all_reduce` computes it."""
+    state, rank, world = _group_state(group)
+    if state is None:
         return None
-    rank, world = info
     st = _stats(stats, "reduce_scatter_tensor")
-    dtype, isz = inp.dtype, inp.element_size()
-    n = out.numel()
-    st.raw_bytes = st.coded_bytes = (inp.numel() - n) * isz if world > 1 else 0
-    hs = Handshake("reduce_scatter_tensor", dtype=dtype, numel=inp.numel(), extra=[0] * world)
-    payloads = None
+    dtype, isz, m = inp.dtype, inp.element_size(), out.numel()
+    header = CallHeader("reduce_scatter_tensor", dtype=dtype, numel=inp.numel())
     try:
-        if out.dtype != dtype or inp.numel() != world * n:
-            raise ValueError(f"reduce_scatter_tensor needs inp of world*out.numel() = {world * n} elements "
+        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
+        header = _header("reduce_scatter_tensor", dtype, inp.numel(), opts)
+        if out.dtype != dtype or inp.numel() != world * m:
+            raise ValueError(f"reduce_scatter_tensor needs inp of world*out.numel() = {world * m} elements "
                              f"of out's dtype; got {inp.numel()} of {dtype} for out {out.dtype}")
-        hs.op = opcode = _opcode(op)
-        _accumulate_dtype(dtype, opcode)
-        flat = inp.reshape(-1)
-        coding = _choose_coding(hs, dtype, codec, codebook, n * isz * world, min_compress_bytes)
-        if world > 1 and coding.coded:
-            payloads = _encode_shards(flat, [(j * n, (j + 1) * n) for j in range(world)], rank, coding)
-            hs.extra = [p.numel() for p in payloads]
+        header.op = code = opcode(op)
+        accumulate_dtype(dtype, code)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        header.codec = coding.codec
     except Exception as e:
         if world == 1:
             raise
-        hs.error = e
+        header.error, opts, coding, code = e, _options(None, None, None, None, None), Coding("raw"), 0
     if world == 1:
-        out.copy_(_reduce([flat], opcode, dtype).view(out.shape))
-        return _done(async_op, out)
+        st.route = "local"
+        return _local(lambda: out.copy_(reference_all_reduce([inp.detach().reshape(out.shape)], op)), out,
+                      async_op)
+    work, copy_back = _contiguous_target(out)
+    flat_in = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
+    call = _Call("reduce_scatter_tensor", state, rank, world, inp.device, dtype, inp.numel(), opts, st, header,
+                 coding, reduces=True, flat=flat_in)
 
-    rows = exchange(hs, group, inp.device, rank, world)
-    st.meta_bytes = meta_bytes(world)
-    st.plain_bytes = (world - 1) * n * isz
-    own = flat[rank * n:(rank + 1) * n].clone()          # inp may change before an async finish
-    recv, recv_sizes, send_sizes, work = _scatter_shards(flat, [(j * n, (j + 1) * n) for j in range(world)],
-                                                         payloads, rows, rank, world, group, async_op)
-    st.sent_bytes = sum(send_sizes) - send_sizes[rank]
-    if coding.coded:
-        st.coded_bytes, st.compressed = sum(send_sizes), True
+    def plain():
+        reduce_scatter_fixed(work.view(-1), flat_in, dist.ReduceOp.SUM if code == OP_AVG else op, group)
+        if code == OP_AVG:
+            work.div_(world)
+
+    def pipelined(coding: Coding):
+        s = _slice_elems(opts, m, 1, isz)
+        acc = Accumulator(code, dtype, s, inp.device)
+        totals = _Totals()
+        out_flat = work.view(-1)
+        for a, b in _chunks(m, s, isz):
+            ex = _exchange(call, coding, s, b - a)
+            schedules.reduce_scatter(ex, [flat_in[j * m + a:j * m + b] for j in range(world)], out_flat[a:b],
+                                     acc, s)
+            totals.add(ex)
+        return totals.values()
 
     def finish():
-        out.copy_(_reduce_shards(recv.split(recv_sizes), own, coding, dtype, opcode, rank).view(out.shape))
+        if copy_back:
+            out.copy_(work)
 
-    return _complete(work, finish, async_op, out)
+    return _launch(call, plain, pipelined, finish, out, async_op, inp.device)
 
 
-# -- all_gather_into_tensor ------------------------------------------------------------------------------
+# -- all_gather_into_tensor -------------------------------------------------------------------------
 def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *, codebook=None,
-                           min_compress_bytes=None, stats=None):
-    """Lossless compressed all-gather: `out` (world * inp.numel() elements, rank order) gets every
-    rank's `inp`.  Payloads are padded to the largest (equal sizes on the wire)."""
-    info = _group_info(group)
-    if info is None:
+                           min_compress_bytes=None, stats=None, compress=None, deterministic=None, link_gbps=None,
+                           slice_bytes=None):
+    """Lossless compressed all-gather: `out` (world * inp.numel() elements, contiguous, rank
+    order) gets every rank's `inp`, which may be a view of this rank's block of `out`."""
+    state, rank, world = _group_state(group)
+    if state is None:
         return None
-    rank, world = info
     st = _stats(stats, "all_gather_into_tensor")
     dtype, isz, n = inp.dtype, inp.element_size(), inp.numel()
-    st.raw_bytes = st.coded_bytes = n * isz
-    hs = Handshake("all_gather_into_tensor", dtype=dtype, numel=n, extra=[0])
-    payload = None
+    header = CallHeader("all_gather_into_tensor", dtype=dtype, numel=n)
     try:
+        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
+        header = _header("all_gather_into_tensor", dtype, n, opts)
         if out.dtype != dtype or out.numel() != world * n:
             raise ValueError(f"all_gather_into_tensor needs out of world*inp.numel() = {world * n} elements of "
                              f"inp's dtype; got {out.numel()} of {out.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_gather_into_tensor needs a contiguous out")
-        coding = _choose_coding(hs, dtype, codec, codebook, n * isz, min_compress_bytes)
-        if world > 1 and coding.coded:
-            payload = _encode(inp.reshape(-1), coding)
-            hs.extra = [payload.numel()]
+        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        header.codec = coding.codec
     except Exception as e:
         if world == 1:
             raise
-        hs.error = e
+        header.error, opts, coding = e, _options(None, None, None, None, None), Coding("raw")
     if world == 1:
-        out.view(-1).copy_(inp.reshape(-1))
-        return _done(async_op, out)
-
-    rows = exchange(hs, group, inp.device, rank, world)
-    st.meta_bytes = meta_bytes(world)
-    st.plain_bytes = (world - 1) * n * isz
+        st.route = "local"
+        return _local(lambda: out.view(-1).copy_(inp.reshape(-1)), out, async_op)
+    flat_in = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
     out_flat = out.view(-1)
-    if not coding.coded:
-        st.sent_bytes = st.plain_bytes
-        if n == 0:
-            return _done(async_op, out)
-        work = all_gather_fixed(_bytes(out_flat), _bytes(inp.contiguous()), group, async_op=async_op)
-        return _complete(work, lambda: None, async_op, out)
-    sizes = [r[N_FIXED] for r in rows]
-    block = max(sizes)
-    st.coded_bytes, st.compressed = sizes[rank], True
-    st.sent_bytes = (world - 1) * block
-    gathered = torch.empty(world * block, dtype=torch.uint8, device=inp.device)
-    own = inp.reshape(-1).clone()
-    work = None
-    if block:
-        mine = payload if payload.numel() == block else torch.cat([payload, payload.new_zeros(block - payload.numel())])
-        work = all_gather_fixed(gathered, mine, group, async_op=async_op)
+    call = _Call("all_gather_into_tensor", state, rank, world, inp.device, dtype, n, opts, st, header, coding,
+                 flat=flat_in)
 
-    def finish():
-        for i in range(world):
-            dst = out_flat[i * n:(i + 1) * n]
-            if i == rank:
-                dst.copy_(own)
-            else:
-                dst.copy_(_decode(gathered[i * block:i * block + sizes[i]], coding, dtype, n, i))
+    def plain():
+        if n:     # as bytes: every backend gathers uint8, not every one float8
+            all_gather_fixed(out_flat.view(torch.uint8), flat_in.view(torch.uint8), group)
 
-    return _complete(work, finish, async_op, out)
+    def pipelined(coding: Coding):
+        s = _slice_elems(opts, n, 1, isz)
+        totals = _Totals()
+        for a, b in _chunks(n, s, isz):
+            ex = _exchange(call, coding, s, b - a)
+            schedules.all_gather(ex, flat_in[a:b], [out_flat[j * n + a:j * n + b] for j in range(world)], s)
+            totals.add(ex)
+        return totals.values()
+
+    return _launch(call, plain, pipelined, lambda: None, out, async_op, inp.device)
 
 
-# -- broadcast ---------------------------------------------------------------------------------------------
+# -- broadcast ----------------------------------------------------------------------------------------
 def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None, min_compress_bytes=None,
-              stats=None):
+              stats=None, compress=None, deterministic=None, link_gbps=None, slice_bytes=None):
     """Lossless compressed broadcast of `t` from global rank `src`, in place.
 
     codec "enec" (default) codes bfloat16/float16/float32 with ENEC; other dtypes
     fall back to QLC ("auto") or go uncoded.  Raises ImportError on every rank
     while ENEC is not installed.
     """
-    info = _group_info(group)
-    if info is None:
+    state, rank, world = _group_state(group)
+    if state is None:
         return None
-    rank, world = info
     st = _stats(stats, "broadcast")
     dtype, isz, n = t.dtype, t.element_size(), t.numel()
-    st.raw_bytes = st.coded_bytes = n * isz
-    src_g = src if group is None else dist.get_group_rank(group, src)
-    hs = Handshake("broadcast", dtype=dtype, numel=n, arg=src_g, extra=[0])
-    payload = None
+    header = CallHeader("broadcast", dtype=dtype, numel=n)
+    src_g = -1
     try:
+        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
+        src_g = src if group is None else dist.get_group_rank(group, src)
+        header = _header("broadcast", dtype, n, opts, arg=src_g)
         if not 0 <= src_g < world:
             raise ValueError(f"broadcast src {src} is not in the group")
-        coding = _choose_coding(hs, dtype, codec, codebook, n * isz, min_compress_bytes)
-        if world > 1 and coding.coded and rank == src_g:
-            payload = _encode(t.reshape(-1), coding)
-            hs.extra = [payload.numel()]
+        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        header.codec = coding.codec
     except Exception as e:
         if world == 1:
             raise
-        hs.error = e
+        header.error, opts, coding = e, _options(None, None, None, None, None), Coding("raw")
     if world == 1:
-        return _done(async_op, t)
+        st.route = "local"
+        return _local(lambda: None, t, async_op)
+    work, copy_back = _contiguous_target(t)
+    flat = work.view(-1)
+    call = _Call("broadcast", state, rank, world, t.device, dtype, n, opts, st, header, coding, flat=flat)
 
-    rows = exchange(hs, group, t.device, rank, world)
-    st.meta_bytes = meta_bytes(world)
-    st.plain_bytes = n * isz
-    if not coding.coded:
-        st.sent_bytes = st.plain_bytes
-        if n == 0:
-            return _done(async_op, t)
-        buf = t if t.is_contiguous() else t.contiguous()
-        work = dist.broadcast(_bytes(buf), src=src, group=group, async_op=async_op)
-        finish = (lambda: None) if buf is t else (lambda: t.copy_(buf))
-        return _complete(work, finish, async_op, t)
-    size = rows[src_g][N_FIXED]
-    st.sent_bytes, st.compressed = size, True
-    st.coded_bytes = size
-    buf = payload if rank == src_g else torch.empty(size, dtype=torch.uint8, device=t.device)
-    work = dist.broadcast(buf, src=src, group=group, async_op=async_op) if size else None
+    def plain():
+        if n:
+            dist.broadcast(flat.view(torch.uint8), src=src, group=group)
+
+    def pipelined(coding: Coding):
+        s = _slice_elems(opts, n, 1, isz)
+        totals = _Totals()
+        for a, b in _chunks(n, s, isz):
+            ex = _exchange(call, coding, s, b - a, src=src_g)
+            schedules.broadcast(ex, flat[a:b], src_g, s)
+            totals.add(ex)
+        return totals.values()
 
     def finish():
-        if rank != src_g:
-            t.copy_(_decode(buf, coding, dtype, n, src_g).view(t.shape))
+        if copy_back and rank != src_g:
+            t.copy_(work)
 
-    return _complete(work, finish, async_op, t)
+    return _launch(call, plain, pipelined, finish, t, async_op, t.device)
 
 
-# -- all_to_all_single ---------------------------------------------------------------------------------------
+# -- all_to_all_single ----------------------------------------------------------------------------------
 def _splits(sizes, rows: int, world: int, what: str) -> list[int]:
     if sizes is None:
         if rows % world:
@@ -599,97 +622,83 @@ def _splits(sizes, rows: int, world: int, what: str) -> list[int]:
     return sizes
 
 
+def _bounds(counts: list[int]) -> list[tuple[int, int]]:
+    out, s = [], 0
+    for c in counts:
+        out.append((s, s + c))
+        s += c
+    return out
+
+
 def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None, group=None, codec="qlc", *,
-                      async_op=False, codebook=None, min_compress_bytes=None, stats=None):
+                      async_op=False, codebook=None, min_compress_bytes=None, stats=None, compress=None,
+                      deterministic=None, link_gbps=None, slice_bytes=None):
     """Lossless compressed all-to-all along dim 0, with torch's split-size semantics.
 
-    Each rank codes its chunks if its input reaches `min_compress_bytes` (each
-    sender's choice travels in the handshake, so ranks may differ); the chunk sent
-    to itself is copied locally.
-    """
-    info = _group_info(group)
-    if info is None:
+    The chunk a rank sends itself is copied locally; every rank checks that every
+    pair of ranks agrees on the elements between them (ValueError on every rank)."""
+    state, rank, world = _group_state(group)
+    if state is None:
         return None
-    rank, world = info
     st = _stats(stats, "all_to_all_single")
     dtype, isz = inp.dtype, inp.element_size()
-    hs = Handshake("all_to_all_single", dtype=dtype, numel=0, extra=[0] * (3 * world))
-    payloads = None
+    header = CallHeader("all_to_all_single", dtype=dtype, numel=0)
+    send_counts = recv_counts = [0] * world
     try:
+        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
+        header = _header("all_to_all_single", dtype, 0, opts)
         if out.dtype != dtype:
             raise ValueError(f"all_to_all_single: out is {out.dtype}, inp is {dtype}")
         if not out.is_contiguous():
             raise ValueError("all_to_all_single needs a contiguous out")
-        in_rows = inp.shape[0] if inp.dim() else 1
-        out_rows = out.shape[0] if out.dim() else 1
         in_row = math.prod(inp.shape[1:]) if inp.dim() else 1
         out_row = math.prod(out.shape[1:]) if out.dim() else 1
-        in_split = _splits(input_split_sizes, in_rows, world, "input")
-        out_split = _splits(output_split_sizes, out_rows, world, "output")
-        flat = inp.reshape(-1)
-        in_bounds, s = [], 0
-        for k in in_split:
-            in_bounds.append((s, s + k * in_row))
-            s += k * in_row
-        out_bounds, s = [], 0
-        for k in out_split:
-            out_bounds.append((s, s + k * out_row))
-            s += k * out_row
-        coding = _resolve_coding(dtype, codec, codebook)
-        coded = coding.coded and _worth_coding(inp.numel() * isz, min_compress_bytes)
-        hs.codec, hs.tag, hs.path = coding.codec, coding.tag, PATH_CODED if coded else PATH_PLAIN
-        if coded:
-            payloads = [_encode(flat[a:b], coding) if j != rank else flat.new_empty(0, dtype=torch.uint8)
-                        for j, (a, b) in enumerate(in_bounds)]
-        else:
-            payloads = [_bytes(flat[a:b]) if j != rank else flat.new_empty(0, dtype=torch.uint8)
-                        for j, (a, b) in enumerate(in_bounds)]
-        hs.extra = ([p.numel() for p in payloads] + [b - a for a, b in in_bounds]
-                    + [b - a for a, b in out_bounds])
+        in_split = _splits(input_split_sizes, inp.shape[0] if inp.dim() else 1, world, "input")
+        out_split = _splits(output_split_sizes, out.shape[0] if out.dim() else 1, world, "output")
+        send_counts = [k * in_row for k in in_split]
+        recv_counts = [k * out_row for k in out_split]
+        header.extra = send_counts + recv_counts
+        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        header.codec = coding.codec
     except Exception as e:
         if world == 1:
             raise
-        hs.error = e
+        header.error, opts, coding = e, _options(None, None, None, None, None), Coding("raw")
     if world == 1:
         if out.numel() != inp.numel():
             raise ValueError(f"all_to_all_single: out holds {out.numel()} elements, inp {inp.numel()}")
-        out.view(-1).copy_(flat)
-        return _done(async_op, out)
-
-    rows = exchange(hs, group, inp.device, rank, world,
-                    checks=(F_FORMAT, F_KIND, F_DTYPE, F_CODEC, F_TAG))
-    st.meta_bytes = meta_bytes(world)
-    sent_elems = [[r[N_FIXED + world + j] for j in range(world)] for r in rows]
-    want_elems = [[r[N_FIXED + 2 * world + j] for j in range(world)] for r in rows]
-    bad = [(i, j) for i in range(world) for j in range(world) if sent_elems[i][j] != want_elems[j][i]]
-    if bad:
-        i, j = bad[0]
-        raise ValueError(f"qlccomm.all_to_all_single: split sizes disagree: rank {i} sends {sent_elems[i][j]} "
-                         f"elements to rank {j}, which expects {want_elems[j][i]}")
-    paths = [r[F_PATH] for r in rows]
-    send_sizes = [p.numel() for p in payloads]
-    recv_sizes = [rows[i][N_FIXED + rank] for i in range(world)]
-    st.sent_bytes = sum(send_sizes)
-    st.plain_bytes = st.raw_bytes = sum(b - a for j, (a, b) in enumerate(in_bounds) if j != rank) * isz
-    st.compressed = hs.path == PATH_CODED
-    st.coded_bytes = st.sent_bytes
+        st.route = "local"
+        return _local(lambda: out.view(-1).copy_(inp.reshape(-1)), out, async_op)
+    flat_in = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
     out_flat = out.view(-1)
-    a, b = out_bounds[rank]
-    out_flat[a:b] = flat[in_bounds[rank][0]:in_bounds[rank][1]]
-    recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=inp.device)
-    work = None
-    if any(sum(r[N_FIXED:N_FIXED + world]) for r in rows):
-        work = dist.all_to_all_single(recv, torch.cat(payloads), output_split_sizes=recv_sizes,
-                                      input_split_sizes=send_sizes, group=group, async_op=async_op)
+    header.numel = flat_in.numel()           # differs between ranks: not checked
+    call = _Call("all_to_all_single", state, rank, world, inp.device, dtype, flat_in.numel(), opts, st, header,
+                 coding, checks=tuple(f for f in CHECKED if f != F_NUMEL), flat=flat_in)
+    s = max(MIN_SLICE_ELEMS, opts.slice_bytes // isz)     # the same on every rank: both ends cut a chunk alike
+    rounds = [0]
 
-    def finish():
-        chunks = recv.split(recv_sizes)
-        for i, (a, b) in enumerate(out_bounds):
-            if i == rank or a == b:
-                continue
-            if paths[i] == PATH_CODED:
-                out_flat[a:b] = _decode(chunks[i], coding, dtype, b - a, i)
-            else:
-                out_flat[a:b] = _from_bytes(chunks[i], dtype)
+    def check_pairs(rows):
+        sends = [r[N_FIXED:N_FIXED + world] for r in rows]
+        wants = [r[N_FIXED + world:N_FIXED + 2 * world] for r in rows]
+        for i in range(world):
+            for j in range(world):
+                if sends[i][j] != wants[j][i]:
+                    raise ValueError(f"qlccomm.all_to_all_single: split sizes disagree: rank {i} sends "
+                                     f"{sends[i][j]} elements to rank {j}, which expects {wants[j][i]}")
+        rounds[0] = max(schedules.nslices(c, s) for row in sends for c in row)
 
-    return _complete(work, finish, async_op, out)
+    call.check_more = check_pairs
+
+    def plain():
+        dist.all_to_all_single(out_flat.view(torch.uint8), flat_in.view(torch.uint8),
+                               output_split_sizes=[c * isz for c in recv_counts],
+                               input_split_sizes=[c * isz for c in send_counts], group=group)
+
+    def pipelined(coding: Coding):
+        ex = _exchange(call, coding, s, 0, send_counts=send_counts, recv_counts=recv_counts)
+        schedules.all_to_all(ex, flat_in, out_flat, _bounds(send_counts), _bounds(recv_counts), rounds[0], s)
+        totals = _Totals()
+        totals.add(ex)
+        return totals.values()
+
+    return _launch(call, plain, pipelined, lambda: None, out, async_op, inp.device)

@@ -1,21 +1,21 @@
 """On-the-wire framing of the compressed collectives (docs/distributed.md, "Wire protocol").
 
-Two pieces keep ranks in agreement without ever risking a mismatched collective:
+Two pieces keep ranks in agreement without a blocking round trip per call:
 
-* The **handshake**: before any payload moves, every rank contributes one row of
-  fixed-size int64 metadata to an ``all_gather`` (equal sizes on every rank, so
-  it is safe on gloo, NCCL and HCCL).  A row carries the wire and stream format
-  versions, which collective is running, dtype, element count, reduce op, codec,
-  codebook tag, whether this rank failed locally, and the payload sizes this rank
-  will send.  Every rank checks every row, so a disagreement (another codebook,
-  another format version, a rank whose encoder raised) raises the same error on
-  every rank and the group stays usable.
-* The **frame**: a 16-byte header in front of each coded payload, repeating the
-  versions, codec, dtype and codebook tag; the receiver checks it before decoding.
-
-Payload sizes travel in the handshake, so uneven payloads go through
-``all_to_all_single`` with split sizes, or are padded to the largest for
-``all_gather_into_tensor`` (which needs equal sizes; a mismatch aborts gloo).
+* The **call header**: every call starts by sending one fixed-size row of int64
+  to every peer (point-to-point, posted before this rank starts coding) and
+  receiving theirs.  The row is the same length for every collective, so ranks
+  that disagree even on *which* collective they are in exchange equal sizes.  It
+  carries the versions, the call's sequence number in its group, the collective,
+  dtype, element count, op, codec, codebook tag, the user's routing arguments,
+  this rank's cost-model estimate, a failure flag and per-collective values.
+  Every rank holds every row, checks them all and computes the same route and
+  the same error from them.
+* The **slice frame**: 32 bytes in front of every slice payload (a qlccomm stream,
+  raw bytes, or an error message) repeating the call's sequence number, the
+  slice's stream and index, codec, dtype, element count and payload length; the
+  receiver checks it before decoding.  Receives are posted with a fixed capacity
+  (raw slice + headers), so a frame's length never has to be agreed in advance.
 """
 from __future__ import annotations
 
@@ -23,34 +23,32 @@ import struct
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 
 from .errors import CodebookError, FormatError
 from .format import DTYPE_CODES, DTYPES_BY_CODE, FORMAT_VERSION, dtype_name
 
-WIRE_VERSION = 1
-HANDSHAKE_MAGIC = 0x514C4357  # "QLCW"
-FRAME_MAGIC = b"QW"
-FRAME_BYTES = 16
+WIRE_VERSION = 2
+HEADER_MAGIC = 0x514C4357  # "QLCW"
 ADAPTIVE_TAG = b"ADAPTIVE"     # codebook tag of streams that embed their own code
 NO_TAG = bytes(8)              # raw payloads and ENEC (no codebook)
 
-# collective ids in the handshake
+# collective ids in the header
 KINDS = {"all_reduce": 1, "all_gather_into_tensor": 2, "reduce_scatter_tensor": 3, "broadcast": 4,
          "all_to_all_single": 5}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 CODEC_WIRE_IDS = {"raw": 0, "qlc": 1, "enec": 2}
 CODEC_WIRE_NAMES = {v: k for k, v in CODEC_WIRE_IDS.items()}
+MODES = {"auto": 0, "on": 1, "off": 2}          # the user's `compress` argument
+MODE_NAMES = {v: k for k, v in MODES.items()}
 
-# handshake row layout: fixed fields, then per-collective extra values
-(F_MAGIC, F_WIRE, F_PHASE, F_STATUS, F_ERROR, F_FORMAT, F_KIND, F_DTYPE, F_NUMEL, F_OP, F_CODEC,
- F_TAG, F_PATH, F_ARG) = range(14)
-N_FIXED = 14
-MAX_EXTRA = 3  # per-collective values per rank of the group (all_to_all_single: 3 x world)
-PATH_PLAIN, PATH_CODED = 0, 1
+# call header row: fixed fields, then per-collective values (2 per rank of the group)
+(F_MAGIC, F_WIRE, F_SEQ, F_STATUS, F_ERROR, F_FORMAT, F_KIND, F_DTYPE, F_NUMEL, F_OP, F_CODEC, F_TAG,
+ F_ARG, F_MODE, F_MIN_BYTES, F_DETERMINISTIC, F_SLICE, F_LINK, F_T_PLAIN, F_T_CODED, F_PROBE) = range(21)
+N_FIXED = 21
+PER_RANK = 2      # all_to_all_single: elements this rank sends to and expects from each rank
 
-# error classes carried by a failing rank's row, so that its peers raise the same kind
-_ERROR_CLASSES = [CodebookError, FormatError, ImportError, TypeError, ValueError]
+# error classes carried by a failing rank's row or error frame, so that its peers raise the same kind
+_ERROR_CLASSES = [CodebookError, FormatError, ImportError, TypeError, ValueError, MemoryError]
 
 
 def error_code(exc: BaseException) -> int:
@@ -82,111 +80,107 @@ def digest_tag(digest: str) -> bytes:
     return bytes.fromhex(digest)
 
 
-# -- frames -------------------------------------------------------------------------------------
-def frame(codec: str, dtype: torch.dtype, tag: bytes) -> bytes:
-    """The 16-byte frame header: magic, wire version, format version, codec, dtype, flags, 0, tag."""
-    return FRAME_MAGIC + struct.pack("<BBBBBB", WIRE_VERSION, FORMAT_VERSION, CODEC_WIRE_IDS[codec],
-                                     DTYPE_CODES[dtype], 0, 0) + tag
-
-
-def check_frame(head: bytes, codec: str, dtype: torch.dtype, tag: bytes, source: int) -> None:
-    """Raise FormatError / CodebookError unless `head` is the frame this receiver expects."""
-    if len(head) < FRAME_BYTES or head[:2] != FRAME_MAGIC:
-        raise FormatError(f"payload from rank {source} has no qlccomm frame")
-    wire, fmt, cid, dcode, flags, _ = struct.unpack_from("<BBBBBB", head, 2)
-    if wire != WIRE_VERSION or fmt != FORMAT_VERSION:
-        raise FormatError(f"payload from rank {source} has wire/format version {wire}/{fmt}; "
-                          f"this rank speaks {WIRE_VERSION}/{FORMAT_VERSION}")
-    if cid != CODEC_WIRE_IDS[codec] or DTYPES_BY_CODE.get(dcode) != dtype or flags:
-        raise FormatError(f"payload from rank {source} is codec {CODEC_WIRE_NAMES.get(cid, cid)} dtype "
-                          f"{DTYPES_BY_CODE.get(dcode, dcode)}; expected {codec} {dtype}")
-    got = bytes(head[8:16])
-    if got != tag:
-        raise CodebookError(f"payload from rank {source} was coded with codebook "
-                            f"{tag_to_str(tag_to_int(got))}; this rank expects {tag_to_str(tag_to_int(tag))}")
-
-
-# -- handshake ----------------------------------------------------------------------------------
-def all_gather_fixed(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool = False):
-    """Equal-size all-gather (`all_gather_single` where torch has it, else `all_gather_into_tensor`)."""
-    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    return fn(out, inp, group=group, async_op=async_op)
+# -- call header ---------------------------------------------------------------------------------
+def row_length(world: int) -> int:
+    """int64 values per header row: the same for every collective, so that ranks that
+    disagree on which collective they are in still exchange equal sizes (and find out)."""
+    return N_FIXED + PER_RANK * world
 
 
 @dataclass
-class Handshake:
-    """One rank's row: what it is about to do, or the exception it met while preparing."""
+class CallHeader:
+    """One rank's row: what it is about to do, or the exception it met while preparing.
+
+    Routing fields: `mode` (the user's compress argument), `min_bytes`,
+    `deterministic`, `slice_elems` and `link_mbps` (a forced link speed in Mbit/s,
+    0: learned) must agree on every rank; `t_plain_us`/`t_coded_us` are this rank's
+    cost-model estimates (microseconds) and `probe` its request to take the other
+    route this once (to refresh a stale estimate), combined by `agreed_route`.
+    """
 
     kind: str
-    phase: int = 1
+    seq: int = 0
     dtype: torch.dtype | None = None
     numel: int = 0
     op: int = 0
     codec: str = "raw"
     tag: bytes = NO_TAG
-    path: int = PATH_PLAIN
     arg: int = 0                          # a collective-specific value all ranks must share (e.g. src)
+    mode: str = "auto"
+    min_bytes: int = 0
+    deterministic: bool = False
+    slice_elems: int = 0
+    link_mbps: int = 0
+    t_plain_us: int = 0
+    t_coded_us: int = 0
+    probe: bool = False
     extra: list[int] = field(default_factory=list)
     error: BaseException | None = None
 
     def row(self, world: int) -> list[int]:
         failed = self.error is not None
         r = [0] * row_length(world)
-        r[F_MAGIC], r[F_WIRE], r[F_PHASE] = HANDSHAKE_MAGIC, WIRE_VERSION, self.phase
+        r[F_MAGIC], r[F_WIRE], r[F_SEQ] = HEADER_MAGIC, WIRE_VERSION, self.seq
         r[F_STATUS] = 1 if failed else 0
         r[F_ERROR] = error_code(self.error) if failed else 0
         r[F_FORMAT], r[F_KIND] = FORMAT_VERSION, KINDS[self.kind]
         if not failed:
             r[F_DTYPE] = DTYPE_CODES.get(self.dtype, 0) if self.dtype is not None else 0
             r[F_NUMEL], r[F_OP] = self.numel, self.op
-            r[F_CODEC], r[F_TAG], r[F_PATH] = CODEC_WIRE_IDS[self.codec], tag_to_int(self.tag), self.path
-            r[F_ARG] = self.arg
-            if len(self.extra) > MAX_EXTRA * world:
-                raise AssertionError(f"{len(self.extra)} extra handshake values, at most {MAX_EXTRA * world}")
+            r[F_CODEC], r[F_TAG] = CODEC_WIRE_IDS[self.codec], tag_to_int(self.tag)
+            r[F_ARG], r[F_MODE], r[F_MIN_BYTES] = self.arg, MODES[self.mode], self.min_bytes
+            r[F_DETERMINISTIC], r[F_SLICE], r[F_LINK] = int(self.deterministic), self.slice_elems, self.link_mbps
+            r[F_T_PLAIN], r[F_T_CODED], r[F_PROBE] = self.t_plain_us, self.t_coded_us, int(self.probe)
+            if len(self.extra) > PER_RANK * world:
+                raise ValueError(f"{len(self.extra)} per-collective header values, at most {PER_RANK * world}")
             r[N_FIXED:N_FIXED + len(self.extra)] = self.extra
         return r
 
 
-def row_length(world: int) -> int:
-    """int64 values per handshake row: the same for every collective and phase, so that ranks
-    that disagree on which collective they are in still exchange equal sizes (and find out)."""
-    return N_FIXED + MAX_EXTRA * world
+# the fields every rank must agree on, with what the user passed them as
+_LABELS = {F_FORMAT: "stream format version", F_DTYPE: "dtype", F_NUMEL: "element count", F_OP: "reduce op",
+           F_ARG: "src", F_CODEC: "codec", F_TAG: "codebook", F_MODE: "compress= (QLCCOMM_COMPRESS)",
+           F_MIN_BYTES: "min_compress_bytes", F_DETERMINISTIC: "deterministic=",
+           F_SLICE: "slice size (slice_bytes= / QLCCOMM_SLICE_BYTES)",
+           F_LINK: "link_gbps= (QLCCOMM_LINK_GBPS), in Mbit/s"}
+CHECKED = (F_FORMAT, F_DTYPE, F_NUMEL, F_OP, F_ARG, F_CODEC, F_TAG, F_MODE, F_MIN_BYTES, F_DETERMINISTIC,
+           F_SLICE, F_LINK)
 
 
-def exchange(hs: Handshake, group, device: torch.device, rank: int, world: int,
-             checks: tuple[int, ...] = (F_FORMAT, F_KIND, F_DTYPE, F_NUMEL, F_OP, F_ARG, F_CODEC,
-                                        F_TAG, F_PATH)) -> list[list[int]]:
-    """All-gather the handshake rows; raise the same error on every rank on any disagreement.
+def check_rows(mine: CallHeader, rows: list[list[int]], checks: tuple[int, ...] = CHECKED) -> None:
+    """Raise the same error on every rank unless the rows (indexed by rank) agree.
 
-    Returns the rows (host ints), indexed by rank.  `checks` are the fixed fields that
-    must be equal on every rank.
+    Order of the checks: protocol, then sequence and collective, then a rank that
+    failed while preparing (it re-raises its own exception), then `checks`.
     """
-    mine = torch.tensor(hs.row(world), dtype=torch.int64, device=device)
-    rows_t = torch.empty(world * mine.numel(), dtype=torch.int64, device=device)
-    all_gather_fixed(rows_t, mine, group)
-    rows = rows_t.view(world, -1).tolist()
-    name = f"qlccomm.{hs.kind}"
+    name = f"qlccomm.{mine.kind}"
     for i, r in enumerate(rows):
-        if r[F_MAGIC] != HANDSHAKE_MAGIC or r[F_WIRE] != WIRE_VERSION:
+        if r[F_MAGIC] != HEADER_MAGIC or r[F_WIRE] != WIRE_VERSION:
             raise FormatError(f"{name}: rank {i} speaks another qlccomm wire protocol "
                               f"(magic {r[F_MAGIC]:#x}, version {r[F_WIRE]}; this rank {WIRE_VERSION})")
-        if r[F_KIND] != KINDS[hs.kind] or r[F_PHASE] != hs.phase:
-            raise RuntimeError(f"{name}: rank {i} is in {KIND_NAMES.get(r[F_KIND], r[F_KIND])} phase "
-                               f"{r[F_PHASE]}; ranks must call the same collectives in the same order")
+    for i, r in enumerate(rows):
+        if r[F_KIND] != KINDS[mine.kind] or r[F_SEQ] != mine.seq:
+            raise RuntimeError(f"{name}: rank {i} is in {KIND_NAMES.get(r[F_KIND], r[F_KIND])} (call {r[F_SEQ]} "
+                               f"in this group), this rank in {mine.kind} (call {mine.seq}); ranks must call "
+                               f"the same collectives in the same order")
     failed = [i for i, r in enumerate(rows) if r[F_STATUS]]
     if failed:
-        if hs.error is not None:
-            raise hs.error
+        if mine.error is not None:
+            raise mine.error
         cls = error_class(rows[failed[0]][F_ERROR])
-        raise cls(f"{name}: rank(s) {failed} failed while preparing their payloads "
-                  f"({cls.__name__}; see that rank's error); no data was exchanged")
-    _check_agreement(name, rows, checks)
-    return rows
-
-
-def meta_bytes(world: int) -> int:
-    """Bytes one rank sends in one handshake (ring all-gather of rows)."""
-    return row_length(world) * 8 * (world - 1)
+        raise cls(f"{name}: rank(s) {failed} failed before sending ({cls.__name__}; see that rank's error); "
+                  f"no data was exchanged")
+    for f in checks:
+        values = [r[f] for r in rows]
+        if len(set(values)) == 1:
+            continue
+        per_rank = ", ".join(f"rank {i}: {_describe(f, v)}" for i, v in enumerate(values))
+        msg = f"{name}: ranks disagree on the {_LABELS[f]} ({per_rank})"
+        if f == F_TAG:
+            raise CodebookError(msg + "; every rank must code with the same codebook")
+        if f == F_FORMAT:
+            raise FormatError(msg)
+        raise ValueError(msg)
 
 
 def _describe(field_id: int, value: int) -> str:
@@ -196,43 +190,103 @@ def _describe(field_id: int, value: int) -> str:
         return dtype_name(DTYPES_BY_CODE[value]) if value in DTYPES_BY_CODE else str(value)
     if field_id == F_CODEC:
         return CODEC_WIRE_NAMES.get(value, str(value))
-    if field_id == F_PATH:
-        return {PATH_PLAIN: "plain", PATH_CODED: "coded"}.get(value, str(value))
+    if field_id == F_MODE:
+        return MODE_NAMES.get(value, str(value))
+    if field_id == F_DETERMINISTIC:
+        return str(bool(value))
     return str(value)
 
 
-def _check_agreement(name: str, rows: list[list[int]], checks: tuple[int, ...]) -> None:
-    labels = {F_FORMAT: "stream format version", F_DTYPE: "dtype", F_NUMEL: "element count",
-              F_OP: "reduce op", F_ARG: "src/argument", F_CODEC: "codec", F_TAG: "codebook",
-              F_PATH: "path (coded vs plain: min_compress_bytes differs?)"}
-    for f in checks:
-        values = [r[f] for r in rows]
-        if len(set(values)) == 1:
-            continue
-        per_rank = ", ".join(f"rank {i}: {_describe(f, v)}" for i, v in enumerate(values))
-        msg = f"{name}: ranks disagree on the {labels[f]} ({per_rank})"
-        if f == F_TAG:
-            raise CodebookError(msg + "; every rank must code with the same codebook")
-        if f == F_FORMAT:
-            raise FormatError(msg)
-        raise ValueError(msg)
+def agreed_route(rows: list[list[int]], margin: float = 0.05) -> bool:
+    """Whether the call codes: identical on every rank, from every rank's row.
+
+    `compress` on/off decides alone; otherwise the call codes when the slowest
+    rank's estimate of the coded time is below (1 - margin) times the slowest
+    rank's estimate of the plain time, and the other way round when any rank asks
+    for a probe.  A rank with no estimate (0) votes plain.
+    """
+    mode = rows[0][F_MODE]
+    if mode != MODES["auto"]:
+        return mode == MODES["on"]
+    coded = [r[F_T_CODED] for r in rows]
+    plain = [r[F_T_PLAIN] for r in rows]
+    code = min(coded) > 0 and min(plain) > 0 and max(coded) < (1.0 - margin) * max(plain)
+    return code != any(r[F_PROBE] for r in rows)
+
+
+# -- slice frames ---------------------------------------------------------------------------------
+FRAME_MAGIC = b"QS"
+FRAME_BYTES = 32
+_FRAME = struct.Struct("<2sBBBBBBIIQQ")   # magic, version, codec, dtype, stream, error, 0, seq, index, length, numel
+assert _FRAME.size == FRAME_BYTES
+RAW_CODEC = 0xFF                          # frame codec of an uncoded payload (raw bytes, no stream header)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The 32-byte header of one slice on the wire.
+
+    codec: CODEC_WIRE_IDS of the payload's stream, or RAW_CODEC for raw bytes.
+    error: 0, or the error class code of an error frame (payload: a UTF-8 message).
+    seq: the call's sequence number in its group (low 32 bits); index: the slice's
+    index in its stream; length: payload bytes after the frame; numel: elements.
+    """
+
+    codec: int
+    dtype_code: int
+    stream: int
+    seq: int
+    index: int
+    length: int
+    numel: int
+    error: int = 0
+
+    def encode(self) -> bytes:
+        return _FRAME.pack(FRAME_MAGIC, WIRE_VERSION, self.codec, self.dtype_code, self.stream, self.error, 0,
+                           self.seq & 0xFFFFFFFF, self.index, self.length, self.numel)
+
+    @staticmethod
+    def decode(head: bytes, source: int) -> "Frame":
+        if len(head) < FRAME_BYTES:
+            raise FormatError(f"slice from rank {source} is {len(head)} bytes, shorter than its frame")
+        magic, ver, codec, dcode, stream, err, _, seq, index, length, numel = _FRAME.unpack_from(head)
+        if magic != FRAME_MAGIC or ver != WIRE_VERSION:
+            raise FormatError(f"slice from rank {source} has no qlccomm frame (magic {magic!r}, version {ver})")
+        return Frame(codec, dcode, stream, seq, index, length, numel, err)
+
+    def check(self, expected: "Frame", source: int, capacity: int) -> None:
+        """Raise FormatError unless this frame is the slice the receiver posted for."""
+        if self.length > capacity - FRAME_BYTES:
+            raise FormatError(f"slice from rank {source} declares {self.length} payload bytes; "
+                              f"the slot holds {capacity - FRAME_BYTES}")
+        if self.error:
+            return
+        got = (self.seq, self.stream, self.index, self.numel, self.dtype_code)
+        want = (expected.seq & 0xFFFFFFFF, expected.stream, expected.index, expected.numel, expected.dtype_code)
+        if got != want or self.codec not in (expected.codec, RAW_CODEC):
+            raise FormatError(f"slice from rank {source} is (call {self.seq}, stream {self.stream}, slice "
+                              f"{self.index}, {self.numel} elements of dtype code {self.dtype_code}, codec "
+                              f"{self.codec}); expected ({want[0]}, {want[1]}, {want[2]}, {want[3]}, {want[4]}, "
+                              f"{expected.codec})")
 
 
 # -- statistics -----------------------------------------------------------------------------------
 @dataclass
 class WireStats:
-    """Bytes of one collective call, as seen by this rank.
+    """Bytes, route and timing of one collective call, as seen by this rank.
 
-    raw_bytes      uncoded bytes of the data this rank sends: all of it for all_reduce (its
-                   other ranks' shards, then its reduced shard), the shards of the other ranks
-                   for reduce_scatter and all_to_all, its input for all_gather, the tensor
-                   for broadcast.
-    coded_bytes    the same data after coding (frames included); equal to raw_bytes when the
-                   call took the uncoded route.
-    sent_bytes     payload bytes this rank puts on the wire, in the per-rank convention of a ring
-                   (an all-gather of blocks of B bytes costs (W-1)*B per rank), padding included.
+    raw_bytes      uncoded bytes of the data this rank sends (the slices it codes).
+    coded_bytes    the same data after coding (frames and stream headers included);
+                   equal to raw_bytes when the call was not coded.
+    sent_bytes     payload bytes this rank puts on the wire, headers and frames included
+                   (for the "dist" route: what a ring sends per rank, in the same convention).
     plain_bytes    sent_bytes of the same collective without compression.
-    meta_bytes     handshake bytes (fixed-size metadata rows).
+    meta_bytes     call-header bytes.
+    route          "coded" (pipelined, coded slices), "pipelined" (the same without coding:
+                   deterministic=True), "dist" (the torch.distributed collective itself) or
+                   "local" (a group of one).
+    seconds        wall time of the call on this rank (s).
+    model          the cost model's inputs and estimates for this call (see costmodel.py).
     """
 
     collective: str = ""
@@ -242,6 +296,9 @@ class WireStats:
     sent_bytes: int = 0
     plain_bytes: int = 0
     meta_bytes: int = 0
+    route: str = ""
+    seconds: float = 0.0
+    model: dict = field(default_factory=dict)
 
     @property
     def saved_bytes(self) -> int:
@@ -251,8 +308,13 @@ class WireStats:
     def ratio(self) -> float:
         return self.plain_bytes / self.sent_bytes if self.sent_bytes else 1.0
 
+    def reset(self, collective: str) -> "WireStats":
+        self.collective, self.compressed, self.route, self.seconds, self.model = collective, False, "", 0.0, {}
+        self.raw_bytes = self.coded_bytes = self.sent_bytes = self.plain_bytes = self.meta_bytes = 0
+        return self
+
     def as_dict(self) -> dict:
-        return {"collective": self.collective, "compressed": self.compressed, "raw_bytes": self.raw_bytes,
-                "coded_bytes": self.coded_bytes, "sent_bytes": self.sent_bytes,
-                "plain_bytes": self.plain_bytes, "meta_bytes": self.meta_bytes,
-                "saved_bytes": self.saved_bytes}
+        return {"collective": self.collective, "compressed": self.compressed, "route": self.route,
+                "raw_bytes": self.raw_bytes, "coded_bytes": self.coded_bytes, "sent_bytes": self.sent_bytes,
+                "plain_bytes": self.plain_bytes, "meta_bytes": self.meta_bytes, "saved_bytes": self.saved_bytes,
+                "seconds": self.seconds, "model": dict(self.model)}

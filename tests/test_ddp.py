@@ -60,9 +60,11 @@ def test_ddp_bfloat16_with_codebook_refit(mpi_group):
 def test_ddp_default_codebook_and_uncoded_threshold(mpi_group):
     res = run_demo(*mpi_group, "--steps", "6", "--codebook", "default", "--no-compare")
     assert res["same_across_ranks"] and res["stats"]["compressed_calls"] > 0
-    # every bucket below the threshold: the uncoded route, still identical to the ordered baseline
+    # every bucket below the threshold: the uncoded (pipelined, deterministic) route, still identical to
+    # the ordered baseline; it sends the raw bytes plus a 32-byte frame per slice
     res = run_demo(*mpi_group, "--steps", "6", "--min-compress-bytes", str(1 << 30))
-    assert res["identical"] and res["stats"]["compressed_calls"] == 0 and res["saved_bytes"] == 0
+    assert res["identical"] and res["stats"]["compressed_calls"] == 0
+    assert -0.01 * res["stats"]["plain_bytes"] < res["saved_bytes"] <= 0
 
 
 # -- without a process group ------------------------------------------------------------------------------

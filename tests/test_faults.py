@@ -38,7 +38,7 @@ def check_all_ranks_agree(rank, world):
 
     def healthy():
         t = xs[rank].clone()
-        qlccomm.all_reduce(t, min_compress_bytes=0)
+        qlccomm.all_reduce(t, compress=True, min_compress_bytes=0, slice_bytes=4096)
         assert torch.equal(t.view(torch.int16), C.reference_all_reduce(xs).view(torch.int16))
 
     # 1. every rank fitted its own codebook (different data -> different digests)
@@ -92,6 +92,39 @@ def check_all_ranks_agree(rank, world):
     expect_error(ValueError, "split sizes disagree", lambda: qlccomm.all_to_all_single(
         torch.empty(world, 3), torch.ones(sum(bad), 3), [1] * world, bad))
     healthy()
+    # 8. routing arguments that differ are named as the user passed them
+    messages["min_bytes"] = expect_error(ValueError, "min_compress_bytes", lambda: qlccomm.all_reduce(
+        xs[rank].clone(), min_compress_bytes=0 if rank == 0 else None))
+    expect_error(ValueError, "compress=", lambda: qlccomm.all_reduce(
+        xs[rank].clone(), compress=True if rank == 0 else None))
+    expect_error(ValueError, "deterministic=", lambda: qlccomm.all_reduce(
+        xs[rank].clone(), deterministic=rank == 0))
+    # 9. a rank whose encoder fails in the middle of the data: error frames keep every rank in step,
+    # every rank raises the same class (the failing rank its own exception), the group stays usable
+    import qlccomm.transport as T
+    real = T.compress
+    calls = [0]
+
+    def flaky(x, **kw):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise ValueError("simulated encoder failure")
+        return real(x, **kw)
+
+    def corrupt(x, **kw):
+        blob = real(x, **kw)
+        blob[0] ^= 0xFF           # the stream's magic: a payload the receiver cannot take
+        return blob
+
+    for fault, cls in ((flaky, ValueError), (corrupt, qlccomm.FormatError)):
+        if rank == 1:
+            T.compress = fault
+        try:
+            messages[f"mid_{cls.__name__}"] = expect_error(cls, None, lambda: qlccomm.all_reduce(
+                xs[rank].clone(), compress=True, min_compress_bytes=0, slice_bytes=4096, codebook="default"))
+        finally:
+            T.compress = real
+        healthy()
     dist.barrier()
     return messages
 
@@ -100,7 +133,10 @@ def test_disagreements_raise_on_every_rank():
     results = check_ok(run_ranks("test_faults:check_all_ranks_agree", 3, timeout=90, pg_timeout=PG_TIMEOUT))
     for r in results:
         assert "rank 0:" in r["codebook"] and "rank 2:" in r["codebook"]
+        assert "rank 0: 0, rank 1: 16384" in r["min_bytes"]
     assert "rank 2: 2" in results[0]["format"]
+    assert "simulated encoder failure" in results[1]["mid_ValueError"]
+    assert "rank 1" in results[0]["mid_ValueError"] and "rank 1" in results[2]["mid_FormatError"]
 
 
 @pytest.mark.mpi(min_size=2)
@@ -115,20 +151,27 @@ def die_mid_collective(rank, world, where):
         def die(*args, **kwargs):
             os._exit(17)
 
-        if where == "payload":      # after the handshake, instead of sending the coded shards
-            dist.all_to_all_single = die
-        elif where == "gather":     # after the reduce-scatter, instead of the all-gather
-            C.all_gather_fixed = die
+        import qlccomm.transport as T
+        send = T.Exchange.send
+
+        def die_in(self, key, dsts, stream, index, x):
+            if where == "payload" or stream == 2:
+                os._exit(17)
+            return send(self, key, dsts, stream, index, x)
+
+        # "payload": after the call headers, instead of its first slice; "gather": instead of
+        # its first reduced slice (after the other ranks' contributions arrived)
+        T.Exchange.send = die_in
     t = grads(rank, 20000)
     start = time.monotonic()
     try:
-        qlccomm.all_reduce(t, min_compress_bytes=0)
+        qlccomm.all_reduce(t, compress=True, min_compress_bytes=0, slice_bytes=4096)
     except Exception as e:  # what a survivor sees
         return {"error": f"{type(e).__name__}: {e}", "seconds": time.monotonic() - start}
     return {"error": None, "seconds": time.monotonic() - start}
 
 
-@pytest.mark.parametrize("where", ["payload"])  # "gather" (phase 2) works too; one keeps the suite short
+@pytest.mark.parametrize("where", ["payload", "gather"])
 def test_rank_exit_mid_collective_surfaces_on_the_others(where):
     start = time.monotonic()
     out = run_ranks("test_faults:die_mid_collective", 3, where, timeout=60, pg_timeout=PG_TIMEOUT)
