@@ -61,7 +61,7 @@ from qlccomm.bitpack import pack_bits
 from qlccomm.errors import FormatError
 
 from . import common
-from .native_qlc import (_LOCK, _UNSIGNED, _enc_raw_planes, _load_le, _raw8_merge, _store_le, _threads,
+from .native_qlc import (_LOCK, _UNSIGNED, ParallelKernel, _enc_raw_planes, _load_le, _raw8_merge, _store_le, _threads,
                          qlc_stats)
 
 _PLAN_BITS = {torch.bfloat16: common.PLAN_BITS["bf16_exp"], torch.float16: common.PLAN_BITS["fp16_exp"],
@@ -174,7 +174,7 @@ def _group_or(xs, ssh, smask, ytab, gk, L, acc):
             acc[j] |= ytab[np.uintp((row[j] >> ssh) & smask)]
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def enec_flags(x, B, tab, L, ssh, smask, ytab, m, fcnt):
     """fcnt[c] = flagged groups of coded block c (some member has y >= 2^m)."""
     n = x.shape[0]
@@ -261,7 +261,7 @@ def _enc_high(acc, y, gk, L, m, wh, fdst, hdst):
     return f
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def enec_write(x, B, tab, fcnt, out, L, m, wh, ssh, smask, rsh, rhi, rlo, R, ytab, xtab, yx,
                flag_base, flag_end, low_base, low_end, high_base, high_end, raw_base, raw_end, Nr,
                xpos, xexp, check):
@@ -474,7 +474,7 @@ def _zero(o):
         o[i] = 0
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def enec_decode(data, out, B, tab, zero_blocks, L, b, n, m, F, X, P, E, ssh, smask, rsh, rhi, rlo, R, etab, ptab,
                 flag_lo, flag_hi, low_lo, low_hi, high_lo, high_hi, xp_lo, xp_hi, xe_lo, xe_hi, raw_lo, raw_hi,
                 Nr, fcnt, err):

@@ -32,13 +32,15 @@ intrinsic (_u64_at, _u64_put).
 
 The parallel kernels are compiled with `nogil=True`: while one runs, other Python
 threads (a communication thread, the training loop) keep going; calls into numba's
-workqueue pool from several threads are serialised by `_LOCK`.
+workqueue pool from several threads are serialised by `_LOCK`.  Each is also compiled
+serially (ParallelKernel) for one-thread calls.
 """
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import types as types_mod
 
 import numba
 import numpy as np
@@ -68,6 +70,25 @@ _LOCK = threading.Lock()
 
 if sys.byteorder != "little":   # the unaligned word loads/stores below assume little-endian
     raise ImportError("the native QLC kernels need a little-endian CPU")
+
+
+class ParallelKernel:
+    """A `prange` kernel compiled twice: for numba's thread pool, and serial (prange runs as
+    range) for calls on one thread, which skip the pool's launch (~0.2 ms a call measured
+    here: more than the whole work of a 1 MiB slice's statistics pass).  Calls pick by
+    numba's current thread count, which the callers set under _LOCK."""
+
+    def __init__(self, fn):
+        self.parallel = njit(cache=True, parallel=True, nogil=True)(fn)
+        # a copy under its own name: numba's on-disk cache keys kernels by name and bytecode
+        copy = types_mod.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                      fn.__closure__)
+        copy.__qualname__ = fn.__qualname__ + "_serial"
+        self.serial = njit(cache=True, nogil=True)(copy)
+        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
+
+    def __call__(self, *args):
+        return (self.parallel if numba.get_num_threads() > 1 else self.serial)(*args)
 
 
 @intrinsic
@@ -166,7 +187,7 @@ def _chunk_hist(xs, ssh, smask, hrow):
         hrow[s] = h[0, s] + h[1, s] + h[2, s] + h[3, s]
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
     """Per chunk c: nz[c] = any bit set; bits[c] = sum of suffix widths (wsuf by x >> ssh,
     see _wide), or with want_hist: hist[c] = symbol histogram (left zero for all-zero
@@ -184,7 +205,7 @@ def qlc_stats(x, chunk, ssh, smask, wsuf, want_hist, bits, nz, hist):
             bits[c] = _chunk_bits(xs, ssh, wsuf)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def qlc_bits_from_hist(hist, wsuf, bits):
     for c in prange(hist.shape[0]):
         b = 0
@@ -335,7 +356,7 @@ def _fill_pair_table(enc, sym_bits, out):
                                           | (((e0 >> 8) & 7) << 21) | (((e1 >> 8) & 7) << 24))
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def qlc_encode(x, chunk, ssh, smask, rsh, rhi, rlo, sym_bits, raw_bits, enc, ptab, table, out,
                pbase, ybase, sbase, rbase, n_nz, check):
     """Write every plane of every non-zero chunk at the offsets of `table` (common.TAB_*);
@@ -484,7 +505,7 @@ def _dec_raw_planes(o, rsh, rhi, rlo, raw_bits, p0, p1, p2, top):
                 o[g + j] |= ((r & rhi) << rsh) | (r & rlo)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@ParallelKernel
 def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w4, wpack, table,
                pbase, pend, ybase, yend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out; flags[c] = the chunk's qlc.ERR_* flags."""

@@ -95,7 +95,7 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
         cb = _resolve_codebook(codebook, t.dtype)
         adaptive = cb is None
         if adaptive and len(candidate_plans(t.dtype)) > 1:
-            cb = fit_codebook(flat)  # measures every plan (float16) and keeps the better
+            cb = fit_codebook(flat, transient=True)  # measures every plan (float16) and keeps the better
         plan = cb.plan_obj if cb is not None else candidate_plans(t.dtype)[0]
         blob = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive, reserve=hlen,
                                                                into=out)

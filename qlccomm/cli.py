@@ -132,8 +132,12 @@ def cmd_warmup(args) -> int:
     from . import kernels
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(0)
-    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2,
-                  torch.int8, torch.uint8):
+    threads = torch.get_num_threads()
+    cases = [(t, dtype) for t in sorted({1, max(2, threads)})      # serial and thread-pool kernels
+             for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2,
+                           torch.int8, torch.uint8)]
+    for t, dtype in cases:
+        torch.set_num_threads(t)
         body = synthetic("grad", dtype, 20_000, seed=1)
         size = body.element_size()
         noise = torch.randint(0, 256, (4096 * size,), generator=g, dtype=torch.int32).to(torch.uint8).view(dtype)
@@ -146,6 +150,7 @@ def cmd_warmup(args) -> int:
             out = api.decompress(api.compress(x, codec=codec, codebook=codebook))
             if not torch.equal(out.view(torch.uint8), x.view(torch.uint8)):
                 raise SystemExit(f"{codec} round trip of {dtype} is not bit-exact")
+    torch.set_num_threads(threads)
     print(f"cpu kernels: qlc {kernels.backend_for('cpu')}; ready in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -108,13 +108,19 @@ def code_cost_bits(sorted_counts, widths) -> int:
 
 @dataclass(frozen=True)
 class Codebook:
-    """A QLC code: plan (which bits form the symbol), dtype, 8 area widths, rank -> symbol table."""
+    """A QLC code: plan (which bits form the symbol), dtype, 8 area widths, rank -> symbol table.
+
+    Codebooks are registered by digest (so streams that reference one decode) unless
+    `transient`: the codes fitted to one tensor and embedded in its stream, and the
+    ones read back from such streams, which would otherwise pile up over a long job.
+    """
 
     dtype: torch.dtype
     plan: str
     widths: tuple[int, ...]
     symbols: tuple[int, ...]  # symbols[rank] = symbol
     _tables: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+    transient: bool = field(default=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -127,7 +133,8 @@ class Codebook:
             raise FormatError("rank -> symbol table is not a permutation of 0..255")
         if PLANS[self.plan] not in candidate_plans(self.dtype):
             raise FormatError(f"plan {self.plan} does not code {self.dtype}")
-        _REGISTRY.setdefault(self.digest, self)
+        if not self.transient:
+            _REGISTRY.setdefault(self.digest, self)
 
     # -- derived tables -------------------------------------------------------------
     @property
@@ -195,7 +202,7 @@ class Codebook:
     def from_bytes(cls, data: bytes, dtype: torch.dtype, plan: str) -> "Codebook":
         if len(data) != EMBEDDED_BYTES:
             raise FormatError("embedded codebook truncated")
-        return cls(dtype, plan, tuple(data[:N_AREAS]), tuple(data[N_AREAS:]))
+        return cls(dtype, plan, tuple(data[:N_AREAS]), tuple(data[N_AREAS:]), transient=True)
 
     @property
     def digest(self) -> str:
@@ -274,12 +281,12 @@ def symbol_histogram(t: torch.Tensor, plan: Plan) -> np.ndarray:
     return torch.bincount(sym, minlength=ALPHABET).cpu().numpy().astype(np.int64)
 
 
-def codebook_from_histogram(hist, dtype: torch.dtype, plan: Plan) -> Codebook:
+def codebook_from_histogram(hist, dtype: torch.dtype, plan: Plan, transient: bool = False) -> Codebook:
     """The optimal codebook for a symbol histogram (deterministic in the histogram)."""
     hist = np.asarray(hist, dtype=np.int64)
     order = np.lexsort((np.arange(ALPHABET), -hist))  # count descending, then symbol ascending
     widths = optimal_widths(hist[order])
-    return Codebook(dtype, plan.name, widths, tuple(int(s) for s in order))
+    return Codebook(dtype, plan.name, widths, tuple(int(s) for s in order), transient=transient)
 
 
 def total_bits(hist, cb: Codebook) -> int:
@@ -288,11 +295,13 @@ def total_bits(hist, cb: Codebook) -> int:
     return int((hist * cb.code_lengths()).sum()) + int(hist.sum()) * cb.plan_obj.raw_bits
 
 
-def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> Codebook:
+def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dtype | None = None, *,
+                 transient: bool = False) -> Codebook:
     """Fit the optimal codebook to sample tensors of one dtype.
 
     For float16 both plans (high byte, 5-bit exponent) are measured and the one
-    with fewer total bits (coded + raw) is kept.
+    with fewer total bits (coded + raw) is kept.  `transient`: do not register it for
+    digest look-ups (a code that will only travel embedded in a stream).
     """
     tensors = [samples] if isinstance(samples, torch.Tensor) else list(samples)
     if dtype is None:
@@ -309,11 +318,12 @@ def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dt
             if t.dtype != dtype:
                 raise ValueError(f"samples mix dtypes {t.dtype} and {dtype}")
             hist += symbol_histogram(t, plan)
-        cb = codebook_from_histogram(hist, dtype, plan)
+        cb = codebook_from_histogram(hist, dtype, plan, transient=True)
         bits = total_bits(hist, cb)
         if best is None or bits < best[0]:
             best = (bits, cb)
-    return best[1]
+    cb = best[1]
+    return cb if transient else Codebook(cb.dtype, cb.plan, cb.widths, cb.symbols)
 
 
 def default_codebook(dtype: torch.dtype) -> Codebook:

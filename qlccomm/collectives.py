@@ -287,6 +287,7 @@ def _execute(call: _Call, plain, pipelined) -> None:
             call.check_more(rows)
         coded = call.codable(rows) and agreed_route(rows)
         t_route = time.perf_counter()
+        grown = link.grown
         if coded:
             st.route, st.compressed = "coded", True
             ex_stats = pipelined(call.coding)
@@ -309,7 +310,7 @@ def _execute(call: _Call, plain, pipelined) -> None:
         st.raw_bytes, st.coded_bytes, encoded, encode_s, decoded, decode_s = ex_stats
         st.sent_bytes = st.coded_bytes
         st.model.update(encode_ms=round(encode_s * 1e3, 3), decode_ms=round(decode_s * 1e3, 3))
-        if coded:
+        if coded and link.grown == grown:       # a call that allocated buffers is not typical: not learned
             stream = model.stream((call.kind, call.dtype, call.numel))
             ratio = st.raw_bytes / st.coded_bytes if st.coded_bytes else 1.0
             model.observe_coded(call.kind, call.nbytes, call.world, seconds, est.t_coded if est else 0.0, stream,

@@ -8,8 +8,8 @@ For a call of M bytes on W ranks the model predicts (seconds)
 where `wire` is the bytes per rank a ring moves per byte of the tensor (all_reduce
 2(W-1)/W, ...), `link` the bytes/s one rank moves, `ratio` the coding ratio of
 this stream, `cpu` the codec and reduction work per rank (bytes coded and decoded
-times the measured seconds per byte) and `fill` the pipeline's start and end (one
-slice coded, sent over both hops and decoded).  Every input is measured:
+times the measured seconds per byte) and `fill` the pipeline's start and end (the
+first slice coded, the last one sent and decoded).  Every input is measured:
 
 * link: from the plain route's own timings (the torch.distributed collective, wall
   time against its ring bytes; the first two eligible calls of a group take it, and
@@ -82,17 +82,21 @@ _SPEEDS_LOCK = threading.Lock()
 REDUCE_S_PER_BYTE = {"cpu": 0.5e-9}            # float32 accumulation, refined by measurement
 
 
-def calibrate(codec: str, codebook, sample: torch.Tensor) -> tuple[CodecSpeed, float]:
-    """Time one encode and decode of `sample` (after a warm-up); returns the speed and ratio."""
+def calibrate(codec: str, codebook, sample: torch.Tensor, repeat: int = 3) -> tuple[CodecSpeed, float]:
+    """Time encode and decode of `sample` after a warm-up, best of `repeat` (the process may
+    share its cores with training at this moment); returns the speed and the ratio."""
     from .api import compress, decompress
     decompress(compress(sample, codec=codec, codebook=codebook), codebook=codebook)     # warm-up
-    t0 = time.perf_counter()
-    blob = compress(sample, codec=codec, codebook=codebook)
-    t1 = time.perf_counter()
-    decompress(blob, codebook=codebook)
-    t2 = time.perf_counter()
+    enc = dec = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        blob = compress(sample, codec=codec, codebook=codebook)
+        t1 = time.perf_counter()
+        decompress(blob, codebook=codebook)
+        t2 = time.perf_counter()
+        enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
     nbytes = sample.numel() * sample.element_size()
-    return CodecSpeed((t1 - t0) / nbytes, (t2 - t1) / nbytes), nbytes / blob.numel()
+    return CodecSpeed(enc / nbytes, dec / nbytes), nbytes / blob.numel()
 
 
 def codec_speed(codec: str, codebook, dtype: torch.dtype, device: torch.device, sample) -> CodecSpeed:
@@ -161,8 +165,11 @@ class CostModel:
                   "cpu_ms": round(cpu * 1e3, 3), "bytes": nbytes, "world": world}
         if not link:
             return Estimate(0.0, 0.0, False, inputs)
+        # the pipeline's ends: the first slice is coded before anything moves, the last one
+        # crosses the wire and is decoded after everything else (all_reduce: and reduced and
+        # recoded between its two hops)
         hops = 2 if kind == "all_reduce" else 1
-        fill = slice_bytes * (speed.encode + speed.decode) + hops * slice_bytes / ratio / link
+        fill = hops * slice_bytes * (speed.encode + speed.decode) + slice_bytes / ratio / link
         wire = coded_wire_factor(kind, world) * nbytes / ratio / link
         t_coded = (self.latency_s + max(wire, cpu) + fill) * self._correction.get(kind, 1.0)
         t_plain = self.latency_s + wire_factor(kind, world) * nbytes / link
@@ -200,7 +207,7 @@ class CostModel:
             return
         if predicted > 0:
             old = self._correction.get(kind, 1.0)
-            self._correction[kind] = min(max(_ewma(old, old * seconds / predicted), 0.5), 4.0)
+            self._correction[kind] = min(max(_ewma(old, old * seconds / predicted), 0.7), 2.0)
         if seconds > 1.5 * cpu_s and self.link_Bps is not None:     # the wire was the bottleneck
             self.link_Bps = max(self.link_Bps, sent_bytes / seconds)
 

@@ -171,7 +171,7 @@ def decode_error(flags: int, plan: Plan) -> FormatError:
 def adaptive_codebook(hist, dtype: torch.dtype, plan: Plan) -> Codebook:
     """The codebook of adaptive mode: fitted to the histogram of the symbols of the
     chunks that are not all-zero (int64 [256], host)."""
-    return codebook_from_histogram(hist, dtype, plan)
+    return codebook_from_histogram(hist, dtype, plan, transient=True)     # embedded: never looked up
 
 
 def _pad_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -76,6 +76,7 @@ class Link:
         self.framing = _framing_for(self.backend)
         self.seq = 0                              # calls so far in this group (identical on every rank)
         self._arenas: dict[tuple[str, str], torch.Tensor] = {}
+        self.grown = 0                            # times an arena was (re)allocated: first-touch costs
 
     def global_rank(self, group_rank: int) -> int:
         return group_rank if self.group is None else dist.get_global_rank(self.group, group_rank)
@@ -93,6 +94,7 @@ class Link:
             else:
                 buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
             self._arenas[key] = buf
+            self.grown += 1
         return buf
 
     def arena_bytes(self) -> int:

@@ -111,17 +111,23 @@ def test_crafted_decode_errors(name):
 
 
 def test_threads_give_the_same_bytes():
-    """Chunks are independent: 1 thread and all threads write the same stream."""
+    """Chunks are independent: 1 thread (the serial kernels) and all threads (numba's pool)
+    write the same stream and decode it to the same tensor, for both codecs."""
     x = kc.mixed(torch.float32, 4096, "crzc" * 8, tail=5, seed=9)
     old = torch.get_num_threads()
+    outs = []
     try:
-        torch.set_num_threads(1)
-        one = nq.encode_section(x, kc.PLANS["fp32_exp"], None)
-        torch.set_num_threads(max(2, old))
-        many = nq.encode_section(x, kc.PLANS["fp32_exp"], None)
+        for n in (1, max(2, old)):
+            torch.set_num_threads(n)
+            q = nq.encode_section(x, kc.PLANS["fp32_exp"], None)
+            e = qlccomm.compress(x, codec="enec")
+            outs.append((q, e, qlccomm.decompress(qlccomm.compress(x)), qlccomm.decompress(e)))
     finally:
         torch.set_num_threads(old)
-    assert torch.equal(one, many)
+    (q1, e1, d1, f1), (q2, e2, d2, f2) = outs
+    assert torch.equal(q1, q2) and torch.equal(e1, e2)
+    assert torch.equal(d1.view(torch.int32), x.view(torch.int32)) and torch.equal(d2.view(torch.int32), x.view(torch.int32))
+    assert torch.equal(f1.view(torch.int32), x.view(torch.int32)) and torch.equal(f2.view(torch.int32), x.view(torch.int32))
 
 
 def test_torch_thread_count_left_alone():
