@@ -6,11 +6,14 @@
 #
 # 1. tests/test_kernels_cuda.py: the Triton kernels against the torch path on the device at
 #    64 MiB per dtype (bytes, bit-exact decodes, corrupt streams), the grid loop, the API;
-#    plus the dispatch tests.
+#    plus the dispatch tests; tests/test_transport_cuda.py: slices coded into device buffers,
+#    and (two devices or more) NCCL ranks whose caller stream never blocks.
 # 2. kernel-level GB/s: QLC sections and the API, Triton and the torch path, 256 MiB bf16
 #    weights and gradients, against a device-to-device copy in the same rounds.
 # 3. `qlccomm bench --device cuda`: QLC and ENEC on 256 MiB bf16 weight- and gradient-like
 #    tensors with a device copy of the same size as the reference.
+# 4. the transport's device side: 1 MiB slices coded into and decoded from device arenas, as
+#    the pipelined collectives do (per-slice launch and host-planning cost), GB/s against a copy.
 # Figures go to docs/benchmarks.md with the date, the device line (nvidia-smi) and these commands.
 set -uo pipefail
 out="${OUT:-gpu-bench-out}"
@@ -26,7 +29,8 @@ export PYTHONUNBUFFERED=1
     || "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --break-system-packages -e . \
         >>"$out/install.txt" 2>&1 || { cat "$out/install.txt"; exit 1; }
 rc=0
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels_cuda.py tests/test_kernels_dispatch.py 2>&1 \
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels_cuda.py tests/test_kernels_dispatch.py \
+    tests/test_transport_cuda.py 2>&1 \
     | tee "$out/tests.txt" || rc=1
 for data in weights grads; do
     timeout 120 "$PY" -m qlccomm.kernels.bench --device cuda --mib 256 --rounds 10 --backends triton,torch \
@@ -36,4 +40,5 @@ for kind in weight grad; do
     timeout 120 "$PY" -m qlccomm.cli bench --device cuda --dtype bf16 --size-mib 256 --kind "$kind" --repeat 10 \
         2>&1 | tee "$out/qlccomm_bench_$kind.txt" || rc=1
 done
+timeout 120 "$PY" launch/gpu_slices.py 2>&1 | tee "$out/slices.txt" || rc=1
 exit $rc

@@ -9,7 +9,8 @@ where `wire` is the bytes per rank a ring moves per byte of the tensor (all_redu
 2(W-1)/W, ...), `link` the bytes/s one rank moves, `ratio` the coding ratio of
 this stream, `cpu` the codec and reduction work per rank (bytes coded and decoded
 times the measured seconds per byte) and `fill` the pipeline's start and end (the
-first slice coded, the last one sent and decoded).  Every input is measured:
+first slice coded before anything moves, the last one decoded after everything
+crossed).  Every input is measured:
 
 * link: from the plain route's own timings (the torch.distributed collective, wall
   time against its ring bytes; the first two eligible calls of a group take it, and
@@ -165,11 +166,11 @@ class CostModel:
                   "cpu_ms": round(cpu * 1e3, 3), "bytes": nbytes, "world": world}
         if not link:
             return Estimate(0.0, 0.0, False, inputs)
-        # the pipeline's ends: the first slice is coded before anything moves, the last one
-        # crosses the wire and is decoded after everything else (all_reduce: and reduced and
-        # recoded between its two hops)
+        # the pipeline's ends: the first slice is coded before anything moves, the last one is
+        # decoded after everything else has crossed (all_reduce: and reduced and recoded
+        # between its two hops); the wire term already holds every byte
         hops = 2 if kind == "all_reduce" else 1
-        fill = hops * slice_bytes * (speed.encode + speed.decode) + slice_bytes / ratio / link
+        fill = hops * slice_bytes * (speed.encode + speed.decode)
         wire = coded_wire_factor(kind, world) * nbytes / ratio / link
         t_coded = (self.latency_s + max(wire, cpu) + fill) * self._correction.get(kind, 1.0)
         t_plain = self.latency_s + wire_factor(kind, world) * nbytes / link

@@ -114,7 +114,10 @@ def _child(argv: list[str]) -> int:
     try:
         mod_name, fn_name = target.split(":")
         fn = getattr(importlib.import_module(mod_name), fn_name)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        backend = os.environ.get("QLCCOMM_TEST_BACKEND", "gloo")      # nccl: tests/test_transport_cuda.py
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=float(pg_timeout)))
         record["result"] = fn(rank, world, *json.loads(args))
         record["ok"] = True

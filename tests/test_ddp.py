@@ -111,3 +111,96 @@ def test_hooks_follow_ddp_hook_conventions():
 def test_parse_args_defaults():
     args = train_ddp.parse_args([])
     assert isinstance(args, argparse.Namespace) and args.steps == 30 and args.compare
+
+
+# -- the hook's options, on spawned ranks ---------------------------------------------------------------
+def check_hook_options(rank, world):
+    """Off switch, uncompressed warm-up, logging, the cast wrapper, and coding off the caller's
+    thread: each a short DDP run of the tiny model."""
+    import copy
+    import logging
+    import os
+    import threading
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from hccl_hooks import cast_wrapper
+    from qlccomm import collectives as C
+    from tiny_model import build_model, param_digest, train
+
+    threads_seen = set()
+    real = C._execute
+
+    def spy(call, plain, pipelined):
+        threads_seen.add(threading.current_thread().name)
+        return real(call, plain, pipelined)
+
+    def run(hook, state, steps=4, model=None):
+        m = copy.deepcopy(model or build_model(seed=1))
+        ddp = DDP(m, bucket_cap_mb=0.05)
+        ddp.register_comm_hook(state, hook)
+        train(ddp, steps, rank, seed=3)
+        return m
+
+    out = {}
+    code = dict(compress=True, min_compress_bytes=0, deterministic=True)
+    C._execute = spy
+    try:
+        s = QLCState(**code)
+        run(qlc_allreduce_hook, s)
+        out["coded_calls"] = s.stats.total["compressed_calls"]
+        out["off_thread"] = sorted(threads_seen) and all(n.startswith("qlccomm-") for n in threads_seen)
+        # the off switch and the warm-up: torch's allreduce_hook, no qlccomm call
+        threads_seen.clear()
+        s = QLCState(enabled=False, **code)
+        run(qlc_allreduce_hook, s)
+        out["off"] = (s.stats.total["calls"], len(threads_seen))
+        os.environ["QLCCOMM_DDP_HOOK"] = "off"
+        try:
+            s = QLCState(**code)
+        finally:
+            del os.environ["QLCCOMM_DDP_HOOK"]
+        out["env_off"] = not s.enabled
+        s = QLCState(start_compress_iter=2, **code)
+        run(qlc_allreduce_hook, s, steps=4)
+        buckets = len(s.stats.buckets) or 1
+        out["warm_up"] = (s.iter, s.stats.total["calls"] // buckets)
+    finally:
+        C._execute = real
+    # logging every 2 iterations
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("qlccomm.ddp")
+    handler = Keep()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        run(qlc_allreduce_hook, QLCState(log_every=2, **code), steps=4)
+    finally:
+        log.removeHandler(handler)
+    out["logged"] = [r.split(":")[0] for r in records]
+    # the fp16 cast under QLC matches torch's fp16_compress_wrapper around the ordered baseline
+    # (torch refuses its bf16 wrapper without CUDA)
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_wrapper
+    model = build_model(seed=2)
+    a = run(cast_wrapper(qlc_allreduce_hook, torch.float16), QLCState(**code), model=model)
+    b = run(fp16_compress_wrapper(ordered_allreduce_hook), None, model=model)
+    out["bf16_runs"] = param_digest(run(cast_wrapper(qlc_allreduce_hook, torch.bfloat16), QLCState(**code),
+                                        model=model)) != param_digest(a)
+    out["cast_matches"] = param_digest(a) == param_digest(b)
+    return out
+
+
+def test_hook_options_off_warm_up_logging_cast():
+    from dist_util import check_ok, run_ranks
+    results = check_ok(run_ranks("test_ddp:check_hook_options", 2, timeout=120))
+    r = results[0]
+    assert r["coded_calls"] > 0 and r["off_thread"], r
+    assert r["off"] == [0, 0] and r["env_off"], r
+    assert r["warm_up"] == [4, 2], r          # 4 iterations, the last 2 through qlccomm
+    assert r["logged"] == ["qlccomm DDP hook, iteration 2", "qlccomm DDP hook, iteration 4"], r
+    assert r["cast_matches"] and r["bf16_runs"], r
