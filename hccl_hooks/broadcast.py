@@ -25,13 +25,13 @@ def _buckets(tensors, bucket_bytes):
 
 
 @torch.no_grad()
-def broadcast_parameters(module, src=0, group=None, codec="enec", *, codebook=None, min_compress_bytes=None,
+def broadcast_parameters(module, src=0, group=None, codec="auto", *, codebook=None, min_compress_bytes=None,
                          bucket_bytes=BUCKET_BYTES, **options):
     """Broadcast `module`'s parameters and buffers from global rank `src`, losslessly compressed.
 
     Tensors are flattened per dtype into buckets of about `bucket_bytes` and sent
-    with `qlccomm.broadcast` (ENEC for bfloat16/float16/float32 by default, QLC or
-    uncoded for other dtypes).  Use it on a plain module, before wrapping it in DDP or
+    with `qlccomm.broadcast` (codec "auto" by default: QLC on CPU tensors, ENEC for the
+    wide floats on accelerators, uncoded for dtypes without a plan).  Use it on a plain module, before wrapping it in DDP or
     FSDP.  `options` go to every `qlccomm.broadcast` (compress=, link_gbps=, ...).
     Returns a WireStats with the summed byte counts of this rank.
 

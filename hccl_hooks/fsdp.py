@@ -1,7 +1,7 @@
 """FSDP2: compressed parameter all-gather (and gradient reduce-scatter) via FSDPModule's custom comms.
 
     model = fully_shard(model)
-    compress_fsdp_all_gather(model, codec="enec")      # weights: ENEC (QLC where ENEC does not code)
+    compress_fsdp_all_gather(model, codec="auto")      # weights: QLC on CPU, ENEC on accelerators
     compress_fsdp_reduce_scatter(model, codec="qlc")   # optional: gradients
 
 Needs torch >= 2.9 (`FSDPModule.set_custom_all_gather`).  The all-gather is
@@ -48,7 +48,7 @@ def _alloc(size, dtype, device):
     return torch.empty(tuple(int(s) for s in size), dtype=dtype, device=device)
 
 
-def compress_fsdp_all_gather(module, codec="enec", *, codebook=None, min_compress_bytes=None, **options):
+def compress_fsdp_all_gather(module, codec="auto", *, codebook=None, min_compress_bytes=None, **options):
     """Install a lossless compressed all-gather on every fully_shard module in `module`.
 
     `options` go to every `qlccomm.all_gather_into_tensor` (compress=, link_gbps=, ...).
@@ -56,7 +56,7 @@ def compress_fsdp_all_gather(module, codec="enec", *, codebook=None, min_compres
 
     Example::
         >>> model = fully_shard(model)
-        >>> stats = compress_fsdp_all_gather(model, codec="enec")
+        >>> stats = compress_fsdp_all_gather(model)
     """
     FSDPModule, AllGather, _ = _fsdp_api("compress_fsdp_all_gather")
     _check_codec(codec)

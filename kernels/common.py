@@ -18,6 +18,7 @@ import ctypes
 import sys
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,15 +158,15 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
     if t is not None:
         return t
     if device is None:
-        cpu = cb.device_tables(torch.device("cpu"))
-        area = cpu["area"].numpy().astype(np.int32)
-        suffix = cpu["suffix"].numpy().astype(np.int32)
-        wsuf = cpu["length"].numpy().astype(np.int32) - PREFIX_BITS
+        n = cb._numpy_tables()
+        area = n["area"].astype(np.int32)
+        suffix = n["suffix"].astype(np.int32)
+        wsuf = n["length"].astype(np.int32) - PREFIX_BITS
         widths = np.asarray(cb.widths, np.int64)
         t = {
             "enc": (suffix | (area << 8) | (wsuf << 12)).astype(np.int32),
             "wsuf": wsuf.astype(np.uint8),
-            "dec": cpu["decode"].numpy().astype(np.int16).copy(),
+            "dec": n["decode"],
             "widths": widths,
             "masks": (np.int64(1) << widths) - 1,
             "wpack": int(sum(int(w) << (4 * k) for k, w in enumerate(cb.widths))),
@@ -222,12 +223,19 @@ def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
         if pb.sym_bits < 8:
             dtab = np.where((sym >= 0) & ((sym >> pb.sym_bits) != 0), DTAB_WIDE, dtab)
         assert int(np.where(dtab >= 0, dtab, 0).max()) < (1 << 31)
-        p = np.arange(4096)
-        w = [host["widths"][(p >> (3 * j)) & 7] for j in range(4)]
-        w4 = w[0] | ((w[0] + w[1]) << 8) | ((w[0] + w[1] + w[2]) << 16) | ((w[0] + w[1] + w[2] + w[3]) << 24)
-        t = (dtab.astype(np.int32), w4.astype(np.int32))
+        t = (dtab.astype(np.int32), _offsets_of_4(cb.widths))
         cache_table(key, t)
     return t
+
+
+@lru_cache(maxsize=256)
+def _offsets_of_4(widths: tuple[int, ...]) -> np.ndarray:
+    """decode_tables' w4 (it depends on the area widths alone: shared by every codebook with them)."""
+    widths = np.asarray(widths, np.int64)
+    p = np.arange(4096)
+    w = [widths[(p >> (3 * j)) & 7] for j in range(4)]
+    w4 = w[0] | ((w[0] + w[1]) << 8) | ((w[0] + w[1] + w[2]) << 16) | ((w[0] + w[1] + w[2] + w[3]) << 24)
+    return w4.astype(np.int32)
 
 
 # -- encode planning --------------------------------------------------------------------------------

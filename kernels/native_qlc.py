@@ -542,6 +542,61 @@ def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w
 
 
 # ---------------------------------------------------------------------------------------------------
+# codebook fitting: qlccomm.codebook.optimal_widths, compiled (the same programme, the same ties)
+@njit(cache=True, nogil=True)
+def _optimal_widths(counts, n_areas, max_width):
+    A = counts.shape[0]
+    big = np.int64(1) << 60
+    S = np.zeros(A + 1, np.int64)
+    for i in range(A):
+        S[i + 1] = S[i] + counts[i]
+    dp = np.full(A + 1, big, np.int64)
+    dp[0] = 0
+    nxt = np.empty(A + 1, np.int64)
+    choice_b = np.empty((n_areas, A + 1), np.int64)
+    choice_p = np.empty((n_areas, A + 1), np.int64)
+    for k in range(n_areas):
+        for q in range(A + 1):
+            best, best_b, best_p = big, 0, 0
+            for b in range(max_width + 1):
+                step = np.int64(1) << b
+                if q == A:
+                    # an area of width b reaching the end: from the best p >= A - 2**b (first minimum)
+                    c, p_b = big, 0
+                    for p in range(max(0, A - step), A + 1):
+                        v = dp[p] + b * (S[A] - S[p])
+                        if v < c:
+                            c, p_b = v, p
+                    if c < best:
+                        best, best_b, best_p = c, b, p_b
+                elif q - step >= 0:
+                    c = dp[q - step] + b * (S[q] - S[q - step])
+                    if c < best:
+                        best, best_b, best_p = c, b, q - step
+            nxt[q] = min(best, big)
+            choice_b[k, q] = best_b
+            choice_p[k, q] = best_p
+        dp[:] = nxt
+    widths = np.empty(n_areas, np.int64)
+    pos = A
+    for k in range(n_areas - 1, -1, -1):
+        widths[k] = choice_b[k, pos]
+        pos = choice_p[k, pos]
+    return widths, pos
+
+
+def optimal_widths_native(sorted_counts, n_areas: int = 8, max_width: int = 8) -> tuple[int, ...]:
+    """qlccomm.codebook.optimal_widths in numba (the same widths for the same counts)."""
+    counts = np.ascontiguousarray(sorted_counts, dtype=np.int64)
+    if (1 << max_width) * n_areas < counts.size:
+        raise ValueError("the areas cannot cover the alphabet")
+    widths, start = _optimal_widths(counts, n_areas, max_width)
+    if start != 0:
+        raise RuntimeError("dynamic programme did not start at rank 0")
+    return tuple(widths.tolist())
+
+
+# ---------------------------------------------------------------------------------------------------
 # host side
 def _threads() -> int:
     """numba threads: as many as torch uses (torchrun sets 1), at most numba's pool."""

@@ -88,11 +88,7 @@ def train_and_compare(args, info):
     dtype = getattr(torch, args.dtype)
     # every rank builds its own (different) model; the start-up broadcast makes them equal
     model0 = build_model(seed=args.seed + info.rank, dtype=dtype, device=info.device)
-    codec = "enec"
-    try:
-        qlccomm.compress(torch.zeros(4, dtype=torch.bfloat16), codec="enec")
-    except ImportError:
-        codec = "qlc"
+    codec = "auto"          # QLC on CPU tensors, ENEC for the wide floats on accelerators
     compress = {"on": True, "auto": None, "off": False}[args.compress]
     ws = broadcast_parameters(model0, src=0, codec=codec, min_compress_bytes=args.min_compress_bytes,
                               compress=compress)

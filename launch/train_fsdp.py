@@ -22,7 +22,6 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hccl_hooks  # noqa: E402
-import qlccomm  # noqa: E402
 from hccl_hooks import compress_fsdp_all_gather, compress_fsdp_reduce_scatter  # noqa: E402
 from tiny_model import build_model, param_digest, train  # noqa: E402
 
@@ -31,7 +30,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--backend", default="auto")
-    p.add_argument("--codec", default="auto", help="all-gather codec: auto (enec if installed, else qlc), enec, qlc")
+    p.add_argument("--codec", default="auto", help="all-gather codec: auto (QLC on CPU tensors, ENEC for the wide floats on accelerators), "
+                        "enec, qlc")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--reduce-scatter", action="store_true", help="also check the compressed reduce-scatter")
     p.add_argument("--min-compress-bytes", type=int, default=0)
@@ -43,16 +43,6 @@ def parse_args(argv=None):
 def log0(rank, *a):
     if rank == 0:
         print(*a, flush=True)
-
-
-def pick_codec(codec):
-    if codec != "auto":
-        return codec
-    try:
-        qlccomm.compress(torch.zeros(4, dtype=torch.bfloat16), codec="enec")
-        return "enec"
-    except ImportError:
-        return "qlc"
 
 
 def sharded_model(args, info):
@@ -84,7 +74,7 @@ def run(args, info, all_gather=None, reduce_scatter=None):
 
 
 def train_and_compare(args, info):
-    codec = pick_codec(args.codec)
+    codec = args.codec
     t0 = time.perf_counter()
     plain, plain_losses, _ = run(args, info)
     log0(info.rank, f"plain FSDP2: {args.steps} steps in {time.perf_counter() - t0:.2f} s, "

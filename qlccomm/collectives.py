@@ -3,7 +3,7 @@
     qlccomm.all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc", codebook=None)
     qlccomm.all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto")
     qlccomm.reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc")
-    qlccomm.broadcast(t, src, group=None, async_op=False, codec="enec")
+    qlccomm.broadcast(t, src, group=None, async_op=False, codec="auto")
     qlccomm.all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None, group=None, codec="qlc")
 
 Keyword-only on every call: codebook=, min_compress_bytes=, stats= (a WireStats),
@@ -156,13 +156,20 @@ def _resolve_codebook(codebook, dtype: torch.dtype) -> Codebook | None:
                     f"not {type(codebook).__name__}")
 
 
-def _resolve_coding(dtype: torch.dtype, codec: str, codebook) -> tuple[Coding, bytes]:
-    """The coding every rank must agree on for `dtype`, and its codebook tag."""
+def _resolve_coding(dtype: torch.dtype, codec: str, codebook, device: torch.device | None = None
+                    ) -> tuple[Coding, bytes]:
+    """The coding every rank must agree on for `dtype` on `device`, and its codebook tag.
+
+    "auto" is QLC on CPU tensors (the native QLC encoder codes a 1 MiB slice several times
+    faster than ENEC's, whose parameter search costs ~10 ms a call there) and qlccomm's
+    per-dtype choice (ENEC for the wide floats) on accelerators."""
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(_CODECS)}")
     raw = Coding("raw"), NO_TAG
     if dtype not in DTYPE_CODES or codec == "raw":
         return raw
+    if codec == "auto" and (device is None or device.type == "cpu"):
+        codec = "qlc"
     if codec == "enec":
         try:
             name = pick_codec(dtype, "enec")        # ImportError while ENEC is not installed
@@ -244,11 +251,12 @@ class _Call:
                 sample = costmodel.sample_of(self.flat)
             return sample
         speed = costmodel.codec_speed(coding.codec, coding.codebook, self.dtype, dev, get_sample)
-        ratio = stream.ratio
-        if ratio is None:
+        if stream.ratio is None:             # sampled once per stream, then learned from its coded calls
             from .api import compress
             x = get_sample()
-            ratio = x.numel() * x.element_size() / compress(x, codec=coding.codec, codebook=coding.codebook).numel()
+            stream.ratio = x.numel() * x.element_size() / compress(x, codec=coding.codec,
+                                                                    codebook=coding.codebook).numel()
+        ratio = stream.ratio
         isz = torch.empty(0, dtype=self.dtype).element_size()
         s = _slice_elems(self.opts, self.numel, self.world, isz) * isz
         est = model.estimate(self.kind, self.nbytes, self.world, speed, ratio, s, dev.type, self.opts.link_Bps,
@@ -307,9 +315,10 @@ def _execute(call: _Call, plain, pipelined) -> None:
         st.raw_bytes = st.coded_bytes = st.sent_bytes = plain_bytes
         model.observe_plain(call.kind, call.nbytes, call.world, seconds)
     else:
-        st.raw_bytes, st.coded_bytes, encoded, encode_s, decoded, decode_s = ex_stats
+        st.raw_bytes, st.coded_bytes, encoded, encode_s, decoded, decode_s, wait_s = ex_stats
         st.sent_bytes = st.coded_bytes
-        st.model.update(encode_ms=round(encode_s * 1e3, 3), decode_ms=round(decode_s * 1e3, 3))
+        st.model.update(encode_ms=round(encode_s * 1e3, 3), decode_ms=round(decode_s * 1e3, 3),
+                        wait_ms=round(wait_s * 1e3, 3))
         if coded and link.grown == grown:       # a call that allocated buffers is not typical: not learned
             stream = model.stream((call.kind, call.dtype, call.numel))
             ratio = st.raw_bytes / st.coded_bytes if st.coded_bytes else 1.0
@@ -327,7 +336,7 @@ class _Totals:
 
     def __init__(self):
         self.raw = self.coded = self.encoded = self.decoded = 0
-        self.encode_s = self.decode_s = 0.0
+        self.encode_s = self.decode_s = self.wait_s = 0.0
 
     def add(self, ex: Exchange) -> None:
         self.raw += ex.raw_bytes
@@ -336,9 +345,10 @@ class _Totals:
         self.decoded += ex.decoded_bytes
         self.encode_s += ex.encode_s
         self.decode_s += ex.decode_s
+        self.wait_s += ex.wait_s
 
     def values(self) -> tuple:
-        return self.raw, self.coded, self.encoded, self.encode_s, self.decoded, self.decode_s
+        return self.raw, self.coded, self.encoded, self.encode_s, self.decoded, self.decode_s, self.wait_s
 
 
 def _chunks(n: int, unit: int, isz: int) -> list[tuple[int, int]]:
@@ -400,7 +410,7 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
         header = _header("all_reduce", dtype, n, opts)
         header.op = code = opcode(op)
         accumulate_dtype(dtype, code)
-        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook, t.device)
         header.codec = coding.codec
     except Exception as e:
         if world == 1:
@@ -466,7 +476,7 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
                              f"of out's dtype; got {inp.numel()} of {dtype} for out {out.dtype}")
         header.op = code = opcode(op)
         accumulate_dtype(dtype, code)
-        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook, inp.device)
         header.codec = coding.codec
     except Exception as e:
         if world == 1:
@@ -525,7 +535,7 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
                              f"inp's dtype; got {out.numel()} of {out.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_gather_into_tensor needs a contiguous out")
-        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook, inp.device)
         header.codec = coding.codec
     except Exception as e:
         if world == 1:
@@ -556,13 +566,13 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
 
 
 # -- broadcast ----------------------------------------------------------------------------------------
-def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None, min_compress_bytes=None,
+def broadcast(t, src, group=None, async_op=False, codec="auto", *, codebook=None, min_compress_bytes=None,
               stats=None, compress=None, deterministic=None, link_gbps=None, slice_bytes=None):
     """Lossless compressed broadcast of `t` from global rank `src`, in place.
 
-    codec "enec" (default) codes bfloat16/float16/float32 with ENEC; other dtypes
-    fall back to QLC ("auto") or go uncoded.  Raises ImportError on every rank
-    while ENEC is not installed.
+    codec "auto" (default): QLC on CPU tensors, ENEC for the wide floats on accelerators;
+    "enec" codes bfloat16/float16/float32 with ENEC (other dtypes fall back to "auto") and
+    raises ImportError on every rank while ENEC is not installed.
     """
     state, rank, world = _group_state(group)
     if state is None:
@@ -577,7 +587,7 @@ def broadcast(t, src, group=None, async_op=False, codec="enec", *, codebook=None
         header = _header("broadcast", dtype, n, opts, arg=src_g)
         if not 0 <= src_g < world:
             raise ValueError(f"broadcast src {src} is not in the group")
-        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook, t.device)
         header.codec = coding.codec
     except Exception as e:
         if world == 1:
@@ -659,7 +669,7 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
         send_counts = [k * in_row for k in in_split]
         recv_counts = [k * out_row for k in out_split]
         header.extra = send_counts + recv_counts
-        coding, header.tag = _resolve_coding(dtype, codec, codebook)
+        coding, header.tag = _resolve_coding(dtype, codec, codebook, inp.device)
         header.codec = coding.codec
     except Exception as e:
         if world == 1:

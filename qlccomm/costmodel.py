@@ -2,21 +2,23 @@
 
 For a call of M bytes on W ranks the model predicts (seconds)
 
-    t_plain = latency + wire(kind, W) * M / link
+    t_plain = latency + wire(kind, W) * M / plain_rate(kind)
     t_coded = latency + max(wire(kind, W) * M / (ratio * link), cpu) + fill
 
 where `wire` is the bytes per rank a ring moves per byte of the tensor (all_reduce
-2(W-1)/W, ...), `link` the bytes/s one rank moves, `ratio` the coding ratio of
+2(W-1)/W, ...), `plain_rate` the ring bytes/s the backend's own collective achieves,
+`link` the bytes/s one rank's link moves, `ratio` the coding ratio of
 this stream, `cpu` the codec and reduction work per rank (bytes coded and decoded
 times the measured seconds per byte) and `fill` the pipeline's start and end (the
 first slice coded before anything moves, the last one decoded after everything
 crossed).  Every input is measured:
 
-* link: from the plain route's own timings (the torch.distributed collective, wall
-  time against its ring bytes; the first two eligible calls of a group take it, and
-  the faster counts), and
-  raised by coded calls whose wall time shows the wire was the bottleneck;
-  QLCCOMM_LINK_GBPS / link_gbps= fixes it instead;
+* plain rate per collective: from the plain route's own timings (wall time against a
+  ring's bytes: the backends' algorithms differ, gloo's reduce-scatter moves all-reduce
+  traffic); the first two eligible calls of each collective in a group take the plain
+  route, and the faster of them counts;
+* link: the best plain rate of any collective, raised by coded calls whose wall time
+  shows the wire was the bottleneck; QLCCOMM_LINK_GBPS / link_gbps= fixes both instead;
 * codec seconds per byte per (codec, dtype, device): a short calibration on a piece
   of the first tensor coded, then the coded calls' own encode/decode times;
 * ratio per stream (collective, dtype, element count: a DDP bucket is one stream):
@@ -144,8 +146,9 @@ class CostModel:
     """The estimates of one group (one Link); not shared between groups."""
 
     def __init__(self):
-        self.link_Bps: float | None = None           # bytes/s one rank sends on the plain route
-        self._link_seen = 0                          # plain calls timed so far
+        self.plain_Bps: dict[str, float] = {}        # per collective: ring bytes/s its dist route achieves
+        self._plain_seen: dict[str, int] = {}        # per collective: plain calls timed so far
+        self.link_Bps: float | None = None           # what one rank's link moves: the best of those
         self.latency_s = 3e-4
         self._correction: dict[str, float] = {}      # kind -> measured / predicted coded time
         self._streams: dict[tuple, _Stream] = {}
@@ -156,7 +159,9 @@ class CostModel:
     def estimate(self, kind: str, nbytes: int, world: int, speed: CodecSpeed, ratio: float, slice_bytes: int,
                  device_type: str, forced_Bps: float | None, stream: _Stream) -> Estimate:
         """Seconds on each route for a call of `nbytes` (0: unknown; the call then goes plain)."""
-        link = forced_Bps or (self.link_Bps if self._link_seen >= LINK_CALIBRATION_CALLS else None)
+        calibrated = self._plain_seen.get(kind, 0) >= LINK_CALIBRATION_CALLS
+        link = forced_Bps or (self.link_Bps if calibrated else None)
+        plain_rate = forced_Bps or self.plain_Bps.get(kind)
         enc_f, dec_f, red_f = work_factors(kind, world)
         red = REDUCE_S_PER_BYTE.get(device_type, 0.0)
         cpu = nbytes * (enc_f * speed.encode + dec_f * speed.decode + red_f * red)
@@ -173,7 +178,7 @@ class CostModel:
         fill = hops * slice_bytes * (speed.encode + speed.decode)
         wire = coded_wire_factor(kind, world) * nbytes / ratio / link
         t_coded = (self.latency_s + max(wire, cpu) + fill) * self._correction.get(kind, 1.0)
-        t_plain = self.latency_s + wire_factor(kind, world) * nbytes / link
+        t_plain = self.latency_s + wire_factor(kind, world) * nbytes / plain_rate
         probe = stream.calls == stream.next_probe
         inputs.update(t_plain_ms=round(t_plain * 1e3, 3), t_coded_ms=round(t_coded * 1e3, 3),
                       correction=round(self._correction.get(kind, 1.0), 3))
@@ -193,11 +198,12 @@ class CostModel:
             return
         moved = wire_factor(kind, world) * nbytes
         observed = moved / max(seconds - self.latency_s, 1e-6)
-        self._link_seen += 1
-        if self._link_seen <= LINK_CALIBRATION_CALLS:     # first calls: the best one (warm-up noise)
-            self.link_Bps = max(self.link_Bps or 0.0, observed)
+        seen = self._plain_seen[kind] = self._plain_seen.get(kind, 0) + 1
+        if seen <= LINK_CALIBRATION_CALLS:                # first calls: the best one (warm-up noise)
+            self.plain_Bps[kind] = max(self.plain_Bps.get(kind, 0.0), observed)
         else:
-            self.link_Bps = _ewma(self.link_Bps, observed)
+            self.plain_Bps[kind] = _ewma(self.plain_Bps[kind], observed)
+        self.link_Bps = max(self.link_Bps or 0.0, self.plain_Bps[kind])
 
     def observe_coded(self, kind: str, nbytes: int, world: int, seconds: float, predicted: float,
                       stream: _Stream, ratio: float, sent_bytes: int, cpu_s: float) -> None:

@@ -183,7 +183,7 @@ class Exchange:
         # bookkeeping for WireStats and the cost model (bytes; seconds of coding work)
         self.raw_bytes = self.coded_bytes = 0      # bytes before and after coding, per destination
         self.encoded_bytes = self.decoded_bytes = 0  # raw bytes through the encoder / decoder
-        self.encode_s = self.decode_s = 0.0
+        self.encode_s = self.decode_s = self.wait_s = 0.0    # seconds coding, decoding, waiting for data
 
     def scratch(self, numel: int) -> torch.Tensor:
         """A persistent buffer of `numel` elements of the exchange's dtype (decoded contributions)."""
@@ -327,7 +327,9 @@ class Exchange:
         r = self._recvs[h]
         if not r.done:
             if self.link.framing == "capacity":
+                t0 = time.perf_counter()
                 r.work.wait()
+                self.wait_s += time.perf_counter() - t0
                 r.frame = self._checked_frame(r, self.recv_arena[r.offset:r.offset + FRAME_BYTES].cpu().numpy().tobytes())
                 r.done = True
             else:

@@ -246,18 +246,18 @@ def enec_available():
 
 
 def check_broadcast_enec(rank, world):
-    """The default codec: ENEC when installed; until then an ImportError on every rank, group intact."""
+    """codec="enec": ENEC when installed; until then an ImportError on every rank, group intact."""
     t = make_input(torch.bfloat16, 5000, rank, salt=5)
     want = make_input(torch.bfloat16, 5000, 0, salt=5)
     if enec_available():
         for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.int8):
             t = make_input(dtype, 5000, rank, salt=5)
-            qlccomm.broadcast(t, 0, **CODE)
+            qlccomm.broadcast(t, 0, codec="enec", **CODE)
             assert_bits(t, make_input(dtype, 5000, 0, salt=5), f"enec broadcast {name(dtype)}")
         return "enec"
     if world > 1:
         with pytest.raises(ImportError):
-            qlccomm.broadcast(t, 0, **CODE)
+            qlccomm.broadcast(t, 0, codec="enec", **CODE)
     qlccomm.broadcast(t, 0, codec="qlc", **CODE)  # the group still works
     assert_bits(t, want, "broadcast after the ImportError")
     return "no-enec"
@@ -451,8 +451,9 @@ def test_coding_resolution_per_dtype():
 
     for dtype in CODED:
         assert coding(dtype, "qlc")[0].codec == "qlc" and coding(dtype, "qlc")[1] == wire.ADAPTIVE_TAG
-        # "auto" follows qlccomm's own per-dtype choice
-        assert coding(dtype, "auto")[0].codec == pick_codec(dtype, "auto")
+        # "auto": QLC on CPU tensors, qlccomm's own per-dtype choice on accelerators
+        assert coding(dtype, "auto")[0].codec == "qlc"
+        assert C._resolve_coding(dtype, "auto", None, torch.device("meta"))[0].codec == pick_codec(dtype, "auto")
     for dtype in RAW + [torch.int64, torch.complex64]:
         assert not coding(dtype, "qlc")[0].coded
     assert not coding(torch.bfloat16, "raw")[0].coded

@@ -163,3 +163,24 @@ def test_reserve_leaves_room_for_the_header(reserve):
         assert got.numel() == reserve + ref.numel() and torch.equal(got[reserve:], ref)
     blob = qlccomm.compress(x, codec="enec")
     assert torch.equal(qlccomm.decompress(blob).view(torch.int16), x.view(torch.int16))
+
+
+def test_compiled_widths_programme_matches_numpy():
+    """The numba DP that adaptive coding uses gives optimal_widths' widths, ties included."""
+    import numpy as np
+
+    from qlccomm.codebook import optimal_widths
+    rng = np.random.default_rng(5)
+    cases = [rng.integers(0, 1000, 256), (rng.pareto(1.0, 256) * 100).astype(np.int64), np.zeros(256, np.int64),
+             rng.integers(0, 3, 256) * rng.integers(0, 10**9, 256), np.ones(256, np.int64)]
+    sparse = np.zeros(256, np.int64)
+    sparse[[3, 9, 200]] = [10**6, 5, 5]
+    cases.append(sparse)
+    for _ in range(300):
+        cases.append(rng.integers(0, 2, 256) * rng.integers(0, 10**rng.integers(1, 9), 256))
+    for h in cases:
+        c = np.sort(h)[::-1]
+        assert nq.optimal_widths_native(c) == optimal_widths(c)
+    for A, na, mw in ((7, 4, 5), (33, 3, 6), (100, 8, 8)):
+        c = np.sort(rng.integers(0, 50, A))[::-1]
+        assert nq.optimal_widths_native(c, na, mw) == optimal_widths(c, na, mw)

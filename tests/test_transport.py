@@ -172,6 +172,10 @@ def test_link_is_learned_from_the_best_calibration_call():
     model.observe_plain("all_reduce", m, 2, 1.0)            # a slow first call (warm-up)
     model.observe_plain("all_reduce", m, 2, 0.1)
     assert model.link_Bps == pytest.approx(m / (0.1 - model.latency_s), rel=1e-6)
+    # a collective the backend runs less efficiently keeps its own plain rate; the link stays
+    model.observe_plain("reduce_scatter_tensor", 2 * m, 2, 0.2)
+    model.observe_plain("reduce_scatter_tensor", 2 * m, 2, 0.2)
+    assert model.plain_Bps["reduce_scatter_tensor"] < 0.6 * model.link_Bps
 
 
 def test_probes_come_at_growing_gaps():
