@@ -34,10 +34,12 @@ torch thread count is the cores divided among the ranks unless --threads is give
 every case; a case that stalls past its allowance is killed, marked and the remaining cases
 are relaunched.
 
-**Measurement.**  Per case and variant (torch.distributed, qlccomm): --warmup untimed calls,
-then up to --repeat timed repetitions (fewer once the timed ones exceed --budget seconds);
-each repetition's time is the SLOWEST rank's wall time (a MAX all-reduce over a separate
-gloo group after the timed region); the table shows the median and the minimum.  Bytes on
+**Measurement.**  Per case, each variant (torch.distributed, qlccomm) gets --warmup untimed
+calls, then up to --repeat timed repetitions of each, alternating dist, qlccomm, dist, ...
+(so that the machine's drifts hit both alike; fewer repetitions once they exceed --budget
+seconds per variant); each repetition's time is the SLOWEST rank's wall time (a MAX
+all-reduce over a separate gloo group after the timed region); the table shows the median
+and the minimum.  Bytes on
 the wire: the veth's tx_bytes during the timed repetitions (per repetition, mean over ranks;
 veth counts GSO packets of up to 64 KiB, so headers add only ~0.1 %, ACKs and the harness's
 own small timing messages included) and qlccomm's own WireStats (sent_bytes / plain_bytes).
@@ -604,7 +606,8 @@ class RankData:
     """This rank's tensors (bf16, 1-D), made once: real all-MiniLM-L6-v2 data where launch/minilm.py
     works, else qlccomm.datagen's synthetic tensors.
 
-    dense   GRAD_ELEMS gradient elements      sparse  the same size, about half of its rows zero
+    dense   GRAD_ELEMS gradient elements      sparse  a whole gradient, about half of it zero rows
+                                              (MiniLM: all 22.6M elements, 45 MB; synthetic: GRAD_ELEMS)
     gather  GATHER_ELEMS weights (this rank's) bcast   BCAST_ELEMS weights (rank 0's are sent)
     """
 
@@ -625,7 +628,7 @@ class RankData:
             return
         # the same real gradient on every rank, made to differ a little per rank (last mantissa bits)
         self.dense = flip_low_bits(fit_length(dense, GRAD_ELEMS), seed=rank)
-        self.sparse = flip_low_bits(fit_length(full, GRAD_ELEMS), seed=rank)
+        self.sparse = flip_low_bits(full, seed=rank)      # 45 MB, the word embeddings' zero rows included
         self.gather = fit_length(weights.roll(-rank * GATHER_ELEMS), GATHER_ELEMS)
         self.bcast = fit_length(weights, BCAST_ELEMS)
 
@@ -744,46 +747,67 @@ def slowest(ctx: Ctx, seconds: float) -> float:
     return t.item()
 
 
-def measure(ctx: Ctx, step, reset=lambda: None, stats=(), check=None) -> dict:
-    """Warm up, then time up to ctx.repeat calls of `step()` (each after `reset()`, untimed).
+@dataclass
+class Variant:
+    """One side of a comparison: `step()` is timed, after an untimed `reset()`; `stats` are QLCStats
+    whose WireStats totals are reported; `check()` judges each timed repetition's result (untimed)."""
 
-    times_s: per repetition the slowest rank's seconds; tx_*: veth bytes per repetition;
-    wire_*: qlccomm's WireStats totals per repetition (from the QLCStats in `stats`);
-    checks: per rank, `check()`'s verdict on each timed repetition's result (untimed)."""
+    step: object
+    reset: object = lambda: None
+    stats: tuple = ()
+    check: object = None
+
+
+def measure_both(ctx: Ctx, plain: Variant, coded: Variant) -> tuple[dict, dict]:
+    """Warm both variants up, then time up to ctx.repeat repetitions of each, alternating
+    (plain, coded, plain, ...), so that the machine's drifts hit both alike.
+
+    Per variant: times_s (per repetition the slowest rank's seconds), tx_* (veth bytes per
+    repetition), wire_* (qlccomm's WireStats totals per repetition, from its QLCStats),
+    checks (per rank, `check()`'s verdict on each timed repetition)."""
     import torch.distributed as dist
-    for _ in range(ctx.warmup):
-        reset()
-        step()
-    for s in stats:
-        s.reset()
-        s.routes.clear()
-    dist.barrier(group=ctx.ctl)
-    tx0 = tx_bytes(ctx.veth)
-    times, checks = [], []
+    variants = (plain, coded)
+    for v in variants:
+        for _ in range(ctx.warmup):
+            v.reset()
+            v.step()
+        for s in v.stats:
+            s.reset()
+            s.routes.clear()
+    times = ([], [])
+    tx = [0, 0]
+    checks = ([], [])
     for _ in range(ctx.repeat):
-        reset()
-        dist.barrier(group=ctx.ctl)
-        t0 = time.perf_counter()
-        step()
-        times.append(slowest(ctx, time.perf_counter() - t0))
-        if check:
-            checks.append(check())
-        if sum(times) > ctx.budget_s:
+        for i, v in enumerate(variants):
+            v.reset()
+            dist.barrier(group=ctx.ctl)
+            tx0 = tx_bytes(ctx.veth)
+            t0 = time.perf_counter()
+            v.step()
+            elapsed = time.perf_counter() - t0
+            tx[i] += tx_bytes(ctx.veth) - tx0
+            times[i].append(slowest(ctx, elapsed))
+            if v.check:
+                checks[i].append(v.check())
+        if sum(times[0]) + sum(times[1]) > 2 * ctx.budget_s:
             break
     dist.barrier(group=ctx.ctl)
-    n = len(times)
-    tx = gather(ctx, (tx_bytes(ctx.veth) - tx0) / n)
-    out = {"times_s": times, "tx_bytes_per_rank": tx, "tx_mean_bytes": sum(tx) / len(tx)}
-    if check:
-        out["checks"] = gather(ctx, checks)
-    if stats:
-        sent = gather(ctx, sum(s.total["sent_bytes"] for s in stats) / n)
-        plain = gather(ctx, sum(s.total["plain_bytes"] for s in stats) / n)
-        routes = sum((s.routes for s in stats), Counter())
-        out.update(wire_sent_bytes=sum(sent) / len(sent), wire_plain_bytes=sum(plain) / len(plain),
-                   routes=dict(routes), route="+".join(f"{k}{v}" for k, v in sorted(routes.items())),
-                   last_model=[getattr(s.last, "model", None) for s in stats])
-    return out
+    out = []
+    for i, v in enumerate(variants):
+        n = len(times[i])
+        per_rank = gather(ctx, tx[i] / n)
+        o = {"times_s": times[i], "tx_bytes_per_rank": per_rank, "tx_mean_bytes": sum(per_rank) / len(per_rank)}
+        if v.check:
+            o["checks"] = gather(ctx, checks[i])
+        if v.stats:
+            sent = gather(ctx, sum(s.total["sent_bytes"] for s in v.stats) / n)
+            plain_b = gather(ctx, sum(s.total["plain_bytes"] for s in v.stats) / n)
+            routes = sum((s.routes for s in v.stats), Counter())
+            o.update(wire_sent_bytes=sum(sent) / len(sent), wire_plain_bytes=sum(plain_b) / len(plain_b),
+                     routes=dict(routes), route="+".join(f"{k}{c}" for k, c in sorted(routes.items())),
+                     last_model=[getattr(s.last, "model", None) for s in v.stats])
+        out.append(o)
+    return out[0], out[1]
 
 
 def count_routes(stats):
@@ -859,7 +883,7 @@ def case_link(ctx: Ctx) -> dict:
 
 
 def verdict(checks: list[list]) -> tuple[bool, str]:
-    """(exact, detail) from measure()'s per-rank lists of (verdict, digest or None) per repetition:
+    """(exact, detail) from measure_both()'s per-rank lists of (verdict, digest or None) per repetition:
     exact when no verdict is "WRONG" and in every repetition all ranks agree (same verdict, same digest)."""
     ok = (all(v[0] != "WRONG" for rank in checks for v in rank)
           and all(len({tuple(v) for v in rep}) == 1 for rep in zip(*checks)))
@@ -868,7 +892,7 @@ def verdict(checks: list[list]) -> tuple[bool, str]:
 
 
 def reduction_check(out, ref, dist_out, same_everywhere: bool):
-    """A check for measure(): is `out` the rank-order reduction `ref` of the uncompressed inputs
+    """A check for measure_both(): is `out` the rank-order reduction `ref` of the uncompressed inputs
     (qlccomm's coded route) or torch.distributed's own result `dist_out` (its dist route)?
     With `same_everywhere` the result's digest is compared across ranks too."""
     def check():
@@ -878,7 +902,7 @@ def reduction_check(out, ref, dist_out, same_everywhere: bool):
 
 
 def equal_check(out, expected):
-    """A check for measure(): is `out` bitwise `expected`?  (Then it is the same on every rank.)"""
+    """A check for measure_both(): is `out` bitwise `expected`?  (Then it is the same on every rank.)"""
     return lambda: ("equal" if bits_equal(out, expected) else "WRONG", None)
 
 
@@ -894,12 +918,12 @@ def _all_reduce(ctx: Ctx, src) -> dict:
     from hccl_hooks import QLCStats
     from qlccomm.collectives import reference_all_reduce
     a, b, qs = src.clone(), src.clone(), count_routes(QLCStats())
-    d = measure(ctx, lambda: dist.all_reduce(a), lambda: a.copy_(src))
     inputs = torch.empty(ctx.world * src.numel(), dtype=src.dtype)
     dist.all_gather_into_tensor(inputs, src)
     ref = reference_all_reduce(list(inputs.view(ctx.world, -1)))
-    q = measure(ctx, lambda: qlc_call(qlccomm.all_reduce, qs, b, **ctx.qkw), lambda: b.copy_(src), [qs],
-                check=reduction_check(b, ref, a, same_everywhere=True))
+    d, q = measure_both(ctx, Variant(lambda: dist.all_reduce(a), lambda: a.copy_(src)),
+                        Variant(lambda: qlc_call(qlccomm.all_reduce, qs, b, **ctx.qkw), lambda: b.copy_(src), [qs],
+                                check=reduction_check(b, ref, a, same_everywhere=True)))
     return _compare(d, q, "the same lossless sum on every rank")
 
 
@@ -924,12 +948,12 @@ def case_reduce_scatter(ctx: Ctx) -> dict:
     n = inp.numel() // ctx.world
     inp = inp[:n * ctx.world]
     a, b, qs = torch.empty(n, dtype=inp.dtype), torch.empty(n, dtype=inp.dtype), count_routes(QLCStats())
-    d = measure(ctx, lambda: dist.reduce_scatter_tensor(a, inp))
     mine = torch.empty(ctx.world * n, dtype=inp.dtype)           # shard `rank` of every rank's input
     dist.all_to_all_single(mine, inp)
     ref = reference_all_reduce(list(mine.view(ctx.world, n)))
-    q = measure(ctx, lambda: qlc_call(qlccomm.reduce_scatter_tensor, qs, b, inp, **ctx.qkw), stats=[qs],
-                check=reduction_check(b, ref, a, same_everywhere=False))
+    d, q = measure_both(ctx, Variant(lambda: dist.reduce_scatter_tensor(a, inp)),
+                        Variant(lambda: qlc_call(qlccomm.reduce_scatter_tensor, qs, b, inp, **ctx.qkw), stats=[qs],
+                                check=reduction_check(b, ref, a, same_everywhere=False)))
     return _compare(d, q, "a lossless sum of this rank's shard")
 
 
@@ -942,9 +966,9 @@ def case_all_gather(ctx: Ctx) -> dict:
     inp = ctx.data.gather
     a = torch.empty(ctx.world * inp.numel(), dtype=inp.dtype)
     b, qs = torch.empty_like(a), count_routes(QLCStats())
-    d = measure(ctx, lambda: dist.all_gather_into_tensor(a, inp))
-    q = measure(ctx, lambda: qlc_call(qlccomm.all_gather_into_tensor, qs, b, inp, **ctx.qkw), stats=[qs],
-                check=equal_check(b, a))
+    d, q = measure_both(ctx, Variant(lambda: dist.all_gather_into_tensor(a, inp)),
+                        Variant(lambda: qlc_call(qlccomm.all_gather_into_tensor, qs, b, inp, **ctx.qkw), stats=[qs],
+                                check=equal_check(b, a)))
     return _compare(d, q, "equal to every rank's input (dist's output)")
 
 
@@ -956,9 +980,9 @@ def case_broadcast(ctx: Ctx) -> dict:
     from hccl_hooks import QLCStats
     src = ctx.data.bcast if ctx.rank == 0 else torch.zeros(BCAST_ELEMS, dtype=torch.bfloat16)
     a, b, qs = src.clone(), src.clone(), count_routes(QLCStats())
-    d = measure(ctx, lambda: dist.broadcast(a, 0), lambda: a.copy_(src))
-    q = measure(ctx, lambda: qlc_call(qlccomm.broadcast, qs, b, 0, **ctx.qkw), lambda: b.copy_(src), [qs],
-                check=equal_check(b, a))
+    d, q = measure_both(ctx, Variant(lambda: dist.broadcast(a, 0), lambda: a.copy_(src)),
+                        Variant(lambda: qlc_call(qlccomm.broadcast, qs, b, 0, **ctx.qkw), lambda: b.copy_(src), [qs],
+                                check=equal_check(b, a)))
     return _compare(d, q, "equal to rank 0's tensor")
 
 
@@ -975,11 +999,10 @@ def case_ddp(ctx: Ctx) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
     from hccl_hooks import QLCState, qlc_allreduce_hook
     plain = Trainer(DDP(build_model(torch.bfloat16)), ctx.rank)
-    d = measure(ctx, plain)
     model = DDP(build_model(torch.bfloat16))
     state = QLCState(**accepted(QLCState, ctx.qkw, ctx))
     model.register_comm_hook(state, qlc_allreduce_hook)
-    q = measure(ctx, Trainer(model, ctx.rank), stats=[count_routes(state.stats)])
+    d, q = measure_both(ctx, Variant(plain), Variant(Trainer(model, ctx.rank), stats=[count_routes(state.stats)]))
     same = len(set(gather(ctx, model_digest(model.module)))) == 1
     return {"dist": d, "qlccomm": q, "exact": same, "exact_detail": "parameters identical on all ranks"}
 
@@ -1011,10 +1034,9 @@ def case_fsdp(ctx: Ctx) -> dict:
     weights and batch) is bitwise the plain run's on every rank."""
     plain_model, _ = fsdp_model(ctx, compressed=False)
     plain = Trainer(plain_model, ctx.rank)
-    d = measure(ctx, plain)
     model, stats = fsdp_model(ctx, compressed=True)
     qlc = Trainer(model, ctx.rank)
-    q = measure(ctx, qlc, stats=stats)
+    d, q = measure_both(ctx, Variant(plain), Variant(qlc, stats=tuple(stats)))
     ok = qlc.losses[0] == plain.losses[0]
     return {"dist": d, "qlccomm": q, "exact": all_true(ctx, ok),
             "exact_detail": "first-step loss equal to plain FSDP's (all-gather lossless)"}

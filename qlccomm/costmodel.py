@@ -42,6 +42,7 @@ EWMA = 0.3                      # weight of a new observation
 MIN_TIMED_BYTES = 256 * 1024    # smaller calls are latency-bound: they only update the latency
 PROBE_FIRST = 20                # a stream first probes the other route after this many calls
 LINK_CALIBRATION_CALLS = 2      # plain calls of >= MIN_TIMED_BYTES timed before the model decides
+PROBE_WITHIN = 2.0              # probes only where the two estimates are within this factor
 ENV_LINK = "QLCCOMM_LINK_GBPS"
 
 
@@ -165,7 +166,8 @@ class CostModel:
         enc_f, dec_f, red_f = work_factors(kind, world)
         red = REDUCE_S_PER_BYTE.get(device_type, 0.0)
         cpu = nbytes * (enc_f * speed.encode + dec_f * speed.decode + red_f * red)
-        inputs = {"link_gbps": round(link * 8e-9, 3) if link else None, "ratio": round(ratio, 4),
+        inputs = {"link_gbps": round(link * 8e-9, 3) if link else None,
+                  "plain_gbps": round(plain_rate * 8e-9, 3) if plain_rate else None, "ratio": round(ratio, 4),
                   "encode_gbps": round(1e-9 / speed.encode, 3) if speed.encode else None,
                   "decode_gbps": round(1e-9 / speed.decode, 3) if speed.decode else None,
                   "cpu_ms": round(cpu * 1e3, 3), "bytes": nbytes, "world": world}
@@ -179,7 +181,9 @@ class CostModel:
         wire = coded_wire_factor(kind, world) * nbytes / ratio / link
         t_coded = (self.latency_s + max(wire, cpu) + fill) * self._correction.get(kind, 1.0)
         t_plain = self.latency_s + wire_factor(kind, world) * nbytes / plain_rate
-        probe = stream.calls == stream.next_probe
+        # probe the other route now and then, unless the estimates say it is far worse (a probe then
+        # costs more than a stale estimate could)
+        probe = stream.calls == stream.next_probe and max(t_coded, t_plain) < PROBE_WITHIN * min(t_coded, t_plain)
         inputs.update(t_plain_ms=round(t_plain * 1e3, 3), t_coded_ms=round(t_coded * 1e3, 3),
                       correction=round(self._correction.get(kind, 1.0), 3))
         return Estimate(t_plain, t_coded, probe, inputs)

@@ -108,12 +108,15 @@ class Link:
         mine = torch.tensor(row, dtype=torch.int64, device=device)
         rows = torch.empty(self.world, n, dtype=torch.int64, device=device)
         rows[self.rank] = mine
-        ops = []
-        for j in range(self.world):
-            if j != self.rank:
-                ops.append(dist.P2POp(dist.isend, mine, self.global_rank(j), self.group, TAG_HEADER))
-                ops.append(dist.P2POp(dist.irecv, rows[j], self.global_rank(j), self.group, TAG_HEADER))
-        works = dist.batch_isend_irecv(ops) if ops else []
+        peers = [j for j in range(self.world) if j != self.rank]
+        if self.framing == "capacity":        # gloo: plain isend/irecv (half the cost of a batch here)
+            works = [dist.irecv(rows[j], self.global_rank(j), self.group, TAG_HEADER) for j in peers]
+            works += [dist.isend(mine, self.global_rank(j), self.group, TAG_HEADER) for j in peers]
+        else:                                 # NCCL/HCCL pair sends with receives only inside a batch
+            ops = [op for j in peers for op in (dist.P2POp(dist.isend, mine, self.global_rank(j), self.group, TAG_HEADER),
+                                                 dist.P2POp(dist.irecv, rows[j], self.global_rank(j), self.group,
+                                                            TAG_HEADER))]
+            works = dist.batch_isend_irecv(ops) if ops else []
         return mine, rows, works
 
     @staticmethod
