@@ -96,6 +96,8 @@ def parse_args(argv=None):
                                                     "('all_reduce' means the dense and the half-zero gradient)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions per case and variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before the timed ones")
+    p.add_argument("--order", choices=["alternate", "sequential"], default="alternate",
+                   help="alternate dist and qlccomm repetitions (default), or all of dist's first")
     p.add_argument("--budget", type=float, default=12.0,
                    help="seconds of timed repetitions per case and variant; stop repeating past it")
     p.add_argument("--threads", type=int,
@@ -103,6 +105,8 @@ def parse_args(argv=None):
                         "least 1: one process's share, as torchrun's OMP_NUM_THREADS=1 gives each rank)")
     p.add_argument("--qlccomm-kwargs", default="{}", help="JSON dict of keywords added to every qlccomm call")
     p.add_argument("--plot", help="write a PNG of time against link speed")
+    p.add_argument("--plot-cases", help="comma-separated cases to plot (default: every case run)")
+    p.add_argument("--from-json", help="plot a report written by --json instead of measuring (no root needed)")
     p.add_argument("--json", help="write every figure as JSON")
     p.add_argument("--netns-prefix", help="namespace name prefix (default qlcb<pid>)")
     # worker side (set by the controller)
@@ -311,7 +315,7 @@ def start_ranks(net: Network, args, cases: list[str], workdir: Path, tag: str) -
     results = workdir / f"{tag}.jsonl"
     results.write_text("")
     worker_args = ["--worker", "--results", str(results), "--cases", ",".join(cases), "--repeat", str(args.repeat),
-                   "--warmup", str(args.warmup), "--budget", str(args.budget),
+                   "--warmup", str(args.warmup), "--budget", str(args.budget), "--order", args.order,
                    "--qlccomm-kwargs", args.qlccomm_kwargs]
     if args.threads:
         worker_args += ["--threads", str(args.threads)]
@@ -531,6 +535,10 @@ def unshaped_x(rate: dict, shaped: list[float]) -> float:
 
 
 def controller(args) -> int:
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        plot(args.plot, report, parse_cases(args.plot_cases) if args.plot_cases else report["cases_run"])
+        return 0
     reason = preflight()
     if reason:
         print(f"shaped_link: skipped: {reason}")
@@ -570,7 +578,7 @@ def controller(args) -> int:
     if args.json:
         write_json(args.json, report)
     if args.plot:
-        plot(args.plot, report, cases)
+        plot(args.plot, report, parse_cases(args.plot_cases) if args.plot_cases else cases)
     failed = any("error" in r or not r.get("exact", True) for rate in report["rates"]
                  for c, r in rate["cases"].items())
     return 1 if failed else 0
@@ -723,6 +731,7 @@ class Ctx:
     warmup: int
     budget_s: float
     qkw: dict
+    order: str = "alternate"
     data: RankData | None = None
     notes: list = field(default_factory=list)
 
@@ -759,8 +768,9 @@ class Variant:
 
 
 def measure_both(ctx: Ctx, plain: Variant, coded: Variant) -> tuple[dict, dict]:
-    """Warm both variants up, then time up to ctx.repeat repetitions of each, alternating
-    (plain, coded, plain, ...), so that the machine's drifts hit both alike.
+    """Warm both variants up, then time up to ctx.repeat repetitions of each: alternating
+    (plain, coded, plain, ...: the machine's drifts hit both alike) or, with
+    ctx.order == "sequential", all of plain's first.
 
     Per variant: times_s (per repetition the slowest rank's seconds), tx_* (veth bytes per
     repetition), wire_* (qlccomm's WireStats totals per repetition, from its QLCStats),
@@ -777,8 +787,10 @@ def measure_both(ctx: Ctx, plain: Variant, coded: Variant) -> tuple[dict, dict]:
     times = ([], [])
     tx = [0, 0]
     checks = ([], [])
-    for _ in range(ctx.repeat):
-        for i, v in enumerate(variants):
+    rounds = [variants] * ctx.repeat if ctx.order == "alternate" else [(v,) for v in variants for _ in range(ctx.repeat)]
+    for group in rounds:
+        for v in group:
+            i = variants.index(v)
             v.reset()
             dist.barrier(group=ctx.ctl)
             tx0 = tx_bytes(ctx.veth)
@@ -789,7 +801,7 @@ def measure_both(ctx: Ctx, plain: Variant, coded: Variant) -> tuple[dict, dict]:
             times[i].append(slowest(ctx, elapsed))
             if v.check:
                 checks[i].append(v.check())
-        if sum(times[0]) + sum(times[1]) > 2 * ctx.budget_s:
+        if ctx.order == "alternate" and sum(times[0]) + sum(times[1]) > 2 * ctx.budget_s:
             break
     dist.barrier(group=ctx.ctl)
     out = []
@@ -1071,7 +1083,7 @@ def worker(args) -> int:
     dist.init_process_group("gloo", timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     ctx = Ctx(rank, world, dist.new_group(backend="gloo", timeout=timeout), args.veth, args.repeat, args.warmup,
-              args.budget, json.loads(args.qlccomm_kwargs))
+              args.budget, json.loads(args.qlccomm_kwargs), args.order)
 
     def record(obj):
         if rank == 0:

@@ -79,6 +79,19 @@ class Accumulator:
         return self._buf[:self._n]
 
 
+_DIRECT_SUM = {torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32,
+               torch.int64}
+
+
+def sum_of_two_in_dtype(code: int, dtype: torch.dtype, count: int) -> bool:
+    """Whether `out = x0 + x1` computed in `dtype` itself gives the accumulator's bits: a SUM of
+    exactly two contributions of a dtype whose torch add rounds once from the exact float32 (or
+    wider) sum, or wraps like the int64 accumulator (checked on every float16 bit pattern and
+    the specials).  Not bfloat16: torch's bfloat16 add canonicalises a NaN that the
+    accumulator's cast keeps; not MIN/MAX: a direct minimum keeps NaN payloads the cast may not."""
+    return count == 2 and code == OP_SUM and dtype in _DIRECT_SUM
+
+
 def reduce_in_order(parts: list[torch.Tensor], code: int, dtype: torch.dtype) -> torch.Tensor:
     """Reduce equal-length 1-D tensors in list order (the definition of every qlccomm result)."""
     acc = Accumulator(code, dtype, parts[0].numel(), parts[0].device)

@@ -499,3 +499,24 @@ def test_collectives_need_a_process_group():
         pytest.skip("a process group is initialised in this process")
     with pytest.raises(RuntimeError, match="init_process_group"):
         qlccomm.all_reduce(torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int32])
+def test_two_rank_sum_in_the_dtype_equals_the_accumulator(dtype):
+    """The two-rank fast path of the owners' reduce (an add in the dtype itself) gives the
+    rank-order float32/int64 accumulator's bits, specials and every float16 pattern included."""
+    from qlccomm.reduction import OP_SUM, sum_of_two_in_dtype
+    assert sum_of_two_in_dtype(OP_SUM, dtype, 2) and not sum_of_two_in_dtype(OP_SUM, dtype, 3)
+    assert not sum_of_two_in_dtype(OP_SUM, torch.bfloat16, 2)
+    g = torch.Generator().manual_seed(3)
+    if dtype == torch.float16:
+        a = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).repeat(2)
+    elif dtype.is_floating_point:
+        a = (torch.randn(50000, generator=g, dtype=torch.float64) * torch.logspace(-30, 30, 50000)).to(dtype)
+    else:
+        a = make_input(dtype, 50000, 0)
+    b = a[torch.randperm(a.numel(), generator=g)]
+    if dtype.is_floating_point:
+        s = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-40, 3e38], dtype=dtype)
+        a, b = torch.cat([a, s.repeat_interleave(len(s))]), torch.cat([b, s.repeat(len(s))])
+    assert_bits(torch.add(a, b), C.reference_all_reduce([a, b]), f"two-rank sum {dtype}")
