@@ -288,7 +288,9 @@ def _execute(call: _Call, plain, pipelined) -> None:
                 call.header.error = e
         call.header.seq = link.seq
         link.seq += 1
+        t_header = time.perf_counter()
         rows = link.wait_headers(link.post_headers(call.header.row(call.world), call.device))
+        t_header = time.perf_counter() - t_header
         st.meta_bytes = (call.world - 1) * row_length(call.world) * 8
         check_rows(call.header, rows, call.checks)
         if call.check_more is not None:
@@ -329,6 +331,7 @@ def _execute(call: _Call, plain, pipelined) -> None:
     if est is not None:
         model.called(model.stream((call.kind, call.dtype, call.numel)))
         st.model.update(est.inputs, probe=est.probe)
+    st.model.update(header_ms=round(t_header * 1e3, 3), route_ms=round(seconds * 1e3, 3))
 
 
 class _Totals:
