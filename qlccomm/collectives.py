@@ -267,12 +267,34 @@ class _Call:
         return est
 
 
-def _header(kind: str, dtype, numel: int, opts: _Options | None, **kw) -> CallHeader:
-    h = CallHeader(kind, dtype=dtype, numel=numel, **kw)
-    if opts is not None:
-        h.mode, h.min_bytes, h.deterministic = opts.mode, opts.min_bytes, opts.deterministic
-        h.slice_elems, h.link_mbps = opts.slice_bytes, opts.link_mbps
-    return h
+_FALLBACK = _Options("auto", DEFAULT_MIN_COMPRESS_BYTES, False, DEFAULT_SLICE_BYTES, None)   # a failing rank's
+
+
+def _begin(kind: str, group, stats, x: torch.Tensor, numel: int, codec: str, codebook, options: tuple,
+           check=lambda header: None) -> "_Call | None":
+    """Validate one call's arguments on this rank into its `_Call` (None: not a member of the group).
+
+    `options`: the user's (compress, min_compress_bytes, deterministic, link_gbps, slice_bytes);
+    `check(header)`: the collective's own validation (it may fill op, arg, extra).  Whatever
+    fails is carried in the header for every rank to raise (a group of one raises at once)."""
+    state, rank, world = _group_state(group)
+    if state is None:
+        return None
+    header = CallHeader(kind, dtype=x.dtype, numel=numel)
+    opts, coding = _FALLBACK, Coding("raw")
+    try:
+        opts = _options(*options)
+        header.mode, header.min_bytes, header.deterministic = opts.mode, opts.min_bytes, opts.deterministic
+        header.slice_elems, header.link_mbps = opts.slice_bytes, opts.link_mbps
+        check(header)
+        coding, header.tag = _resolve_coding(x.dtype, codec, codebook, x.device)
+        header.codec = coding.codec
+    except Exception as e:
+        if world == 1:
+            raise
+        header.error = e
+    return _Call(kind, state, rank, world, x.device, x.dtype, numel, opts, (stats or WireStats()).reset(kind),
+                 header, coding)
 
 
 def _execute(call: _Call, plain, pipelined) -> None:
@@ -360,24 +382,32 @@ def _chunks(n: int, unit: int, isz: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + step)) for a in range(0, n, step)] or [(0, 0)]
 
 
-def _stats(stats: WireStats | None, kind: str) -> WireStats:
-    return (stats if stats is not None else WireStats()).reset(kind)
-
-
 def _contiguous_target(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """A contiguous tensor to work in for the in-place `t`, and whether it must be copied back."""
     return (t, False) if t.is_contiguous() else (t.contiguous(), True)
 
 
-def _launch(call: _Call, plain, pipelined, finish, value: torch.Tensor, async_op: bool, device: torch.device):
+def _launch(call: _Call, plain, pipelined, value: torch.Tensor, async_op: bool, finish=lambda: None):
     def fn():
         _execute(call, plain, pipelined)
         finish()
-    return run(call.state.worker, fn, value, async_op, device)
+    return run(call.state.worker, fn, value, async_op, call.device)
 
 
-def _local(fn, value: torch.Tensor, async_op: bool):
+def _in_chunks(call: _Call, coding: Coding, s: int, chunks: list[tuple[int, int]], body, **kw) -> tuple:
+    """Run `body(ex, a, b)` for every chunk [a, b) on an Exchange sized for it; the totals of all."""
+    totals = _Totals()
+    for a, b in chunks:
+        n_send, n_recv = schedules.exchange_sizes(call.kind, call.world, call.rank, b - a, s, **kw)
+        ex = Exchange(call.state.link, call.header.seq, call.dtype, coding, s, n_send, n_recv, call.device)
+        body(ex, a, b)
+        totals.add(ex)
+    return totals.values()
+
+
+def _local(call: _Call, fn, value: torch.Tensor, async_op: bool):
     """A group of one: no communication."""
+    call.stats.route = "local"
     with torch.no_grad():
         fn()
     if not async_op:
@@ -400,62 +430,35 @@ def all_reduce(t, op=dist.ReduceOp.SUM, group=None, async_op=False, codec="qlc",
     inputs; so is the uncoded one with deterministic=True (otherwise it is
     `dist.all_reduce`'s).  See the module docstring for the other keywords.
     """
-    state, rank, world = _group_state(group)
-    if state is None:
+    def check(h):
+        h.op = opcode(op)
+        accumulate_dtype(t.dtype, h.op)
+
+    call = _begin("all_reduce", group, stats, t, t.numel(), codec, codebook,
+                  (compress, min_compress_bytes, deterministic, link_gbps, slice_bytes), check)
+    if call is None:
         return None
-    st = _stats(stats, "all_reduce")
-    dtype, n = t.dtype, t.numel()
-    isz = t.element_size()
-    header = CallHeader("all_reduce", dtype=dtype, numel=n)
-    call = None
-    try:
-        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
-        header = _header("all_reduce", dtype, n, opts)
-        header.op = code = opcode(op)
-        accumulate_dtype(dtype, code)
-        coding, header.tag = _resolve_coding(dtype, codec, codebook, t.device)
-        header.codec = coding.codec
-    except Exception as e:
-        if world == 1:
-            raise
-        header.error, opts, coding, code = e, _options(None, None, None, None, None), Coding("raw"), 0
-    if world == 1:
-        st.route = "local"
-        return _local(lambda: t.copy_(reference_all_reduce([t.detach()], op)), t, async_op)
+    if call.world == 1:
+        return _local(call, lambda: t.copy_(reference_all_reduce([t.detach()], op)), t, async_op)
     work, copy_back = _contiguous_target(t)
-    flat = work.view(-1)
-    call = _Call("all_reduce", state, rank, world, t.device, dtype, n, opts, st, header, coding, reduces=True,
-                 flat=flat)
+    flat = call.flat = work.view(-1)
+    call.reduces = True
+    n, world = t.numel(), call.world
 
     def plain():
-        if code == OP_AVG:
+        if call.header.op == OP_AVG:
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
             flat.div_(world)
         else:
             dist.all_reduce(flat, op=op, group=group)
 
     def pipelined(coding: Coding):
-        s = _slice_elems(opts, n, world, isz)
-        acc = Accumulator(code, dtype, s, flat.device)
-        totals = _Totals()
-        for a, b in _chunks(n, world * s, isz):
-            piece = flat[a:b]
-            ex = _exchange(call, coding, s, b - a)
-            schedules.all_reduce(ex, piece, acc, s)
-            totals.add(ex)
-        return totals.values()
+        s = _slice_elems(call.opts, n, world, t.element_size())
+        acc = Accumulator(call.header.op, t.dtype, s, t.device)
+        return _in_chunks(call, coding, s, _chunks(n, world * s, t.element_size()),
+                          lambda ex, a, b: schedules.all_reduce(ex, flat[a:b], acc, s))
 
-    def finish():
-        if copy_back:
-            t.copy_(work)
-
-    return _launch(call, plain, pipelined, finish, t, async_op, t.device)
-
-
-def _exchange(call: _Call, coding: Coding, s: int, n: int, **kw) -> Exchange:
-    """An Exchange sized for the schedule of `call`'s collective on `n` elements in slices of `s`."""
-    n_send, n_recv = schedules.exchange_sizes(call.kind, call.world, call.rank, n, s, **kw)
-    return Exchange(call.state.link, call.header.seq, call.dtype, coding, s, n_send, n_recv, call.device)
+    return _launch(call, plain, pipelined, t, async_op, lambda: copy_back and t.copy_(work))
 
 
 # -- reduce_scatter_tensor --------------------------------------------------------------------------
@@ -465,57 +468,40 @@ def reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=None, async_op=F
     """Lossless compressed reduce-scatter: `out` (m elements) gets shard `rank` of `inp` (world*m
     elements) reduced over the ranks; coded (or deterministic=True), in rank order in
     float32 exactly as `all_reduce` computes it."""
-    state, rank, world = _group_state(group)
-    if state is None:
-        return None
-    st = _stats(stats, "reduce_scatter_tensor")
-    dtype, isz, m = inp.dtype, inp.element_size(), out.numel()
-    header = CallHeader("reduce_scatter_tensor", dtype=dtype, numel=inp.numel())
-    try:
-        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
-        header = _header("reduce_scatter_tensor", dtype, inp.numel(), opts)
-        if out.dtype != dtype or inp.numel() != world * m:
+    m = out.numel()
+
+    def check(h):
+        world = dist.get_world_size(group)
+        if out.dtype != inp.dtype or inp.numel() != world * m:
             raise ValueError(f"reduce_scatter_tensor needs inp of world*out.numel() = {world * m} elements "
-                             f"of out's dtype; got {inp.numel()} of {dtype} for out {out.dtype}")
-        header.op = code = opcode(op)
-        accumulate_dtype(dtype, code)
-        coding, header.tag = _resolve_coding(dtype, codec, codebook, inp.device)
-        header.codec = coding.codec
-    except Exception as e:
-        if world == 1:
-            raise
-        header.error, opts, coding, code = e, _options(None, None, None, None, None), Coding("raw"), 0
-    if world == 1:
-        st.route = "local"
-        return _local(lambda: out.copy_(reference_all_reduce([inp.detach().reshape(out.shape)], op)), out,
+                             f"of out's dtype; got {inp.numel()} of {inp.dtype} for out {out.dtype}")
+        h.op = opcode(op)
+        accumulate_dtype(inp.dtype, h.op)
+
+    call = _begin("reduce_scatter_tensor", group, stats, inp, inp.numel(), codec, codebook,
+                  (compress, min_compress_bytes, deterministic, link_gbps, slice_bytes), check)
+    if call is None:
+        return None
+    if call.world == 1:
+        return _local(call, lambda: out.copy_(reference_all_reduce([inp.detach().reshape(out.shape)], op)), out,
                       async_op)
     work, copy_back = _contiguous_target(out)
-    flat_in = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
-    call = _Call("reduce_scatter_tensor", state, rank, world, inp.device, dtype, inp.numel(), opts, st, header,
-                 coding, reduces=True, flat=flat_in)
+    flat_in = call.flat = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
+    call.reduces = True
+    out_flat, world = work.view(-1), call.world
 
     def plain():
-        reduce_scatter_fixed(work.view(-1), flat_in, dist.ReduceOp.SUM if code == OP_AVG else op, group)
-        if code == OP_AVG:
-            work.div_(world)
+        reduce_scatter_fixed(out_flat, flat_in, dist.ReduceOp.SUM if call.header.op == OP_AVG else op, group)
+        if call.header.op == OP_AVG:
+            out_flat.div_(world)
 
     def pipelined(coding: Coding):
-        s = _slice_elems(opts, m, 1, isz)
-        acc = Accumulator(code, dtype, s, inp.device)
-        totals = _Totals()
-        out_flat = work.view(-1)
-        for a, b in _chunks(m, s, isz):
-            ex = _exchange(call, coding, s, b - a)
-            schedules.reduce_scatter(ex, [flat_in[j * m + a:j * m + b] for j in range(world)], out_flat[a:b],
-                                     acc, s)
-            totals.add(ex)
-        return totals.values()
+        s = _slice_elems(call.opts, m, 1, inp.element_size())
+        acc = Accumulator(call.header.op, inp.dtype, s, inp.device)
+        return _in_chunks(call, coding, s, _chunks(m, s, inp.element_size()), lambda ex, a, b: schedules.reduce_scatter(
+            ex, [flat_in[j * m + a:j * m + b] for j in range(world)], out_flat[a:b], acc, s))
 
-    def finish():
-        if copy_back:
-            out.copy_(work)
-
-    return _launch(call, plain, pipelined, finish, out, async_op, inp.device)
+    return _launch(call, plain, pipelined, out, async_op, lambda: copy_back and out.copy_(work))
 
 
 # -- all_gather_into_tensor -------------------------------------------------------------------------
@@ -524,48 +510,35 @@ def all_gather_into_tensor(out, inp, group=None, async_op=False, codec="auto", *
                            slice_bytes=None):
     """Lossless compressed all-gather: `out` (world * inp.numel() elements, contiguous, rank
     order) gets every rank's `inp`, which may be a view of this rank's block of `out`."""
-    state, rank, world = _group_state(group)
-    if state is None:
-        return None
-    st = _stats(stats, "all_gather_into_tensor")
-    dtype, isz, n = inp.dtype, inp.element_size(), inp.numel()
-    header = CallHeader("all_gather_into_tensor", dtype=dtype, numel=n)
-    try:
-        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
-        header = _header("all_gather_into_tensor", dtype, n, opts)
-        if out.dtype != dtype or out.numel() != world * n:
+    n = inp.numel()
+
+    def check(h):
+        world = dist.get_world_size(group)
+        if out.dtype != inp.dtype or out.numel() != world * n:
             raise ValueError(f"all_gather_into_tensor needs out of world*inp.numel() = {world * n} elements of "
                              f"inp's dtype; got {out.numel()} of {out.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_gather_into_tensor needs a contiguous out")
-        coding, header.tag = _resolve_coding(dtype, codec, codebook, inp.device)
-        header.codec = coding.codec
-    except Exception as e:
-        if world == 1:
-            raise
-        header.error, opts, coding = e, _options(None, None, None, None, None), Coding("raw")
-    if world == 1:
-        st.route = "local"
-        return _local(lambda: out.view(-1).copy_(inp.reshape(-1)), out, async_op)
-    flat_in = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
-    out_flat = out.view(-1)
-    call = _Call("all_gather_into_tensor", state, rank, world, inp.device, dtype, n, opts, st, header, coding,
-                 flat=flat_in)
+
+    call = _begin("all_gather_into_tensor", group, stats, inp, n, codec, codebook,
+                  (compress, min_compress_bytes, deterministic, link_gbps, slice_bytes), check)
+    if call is None:
+        return None
+    if call.world == 1:
+        return _local(call, lambda: out.view(-1).copy_(inp.reshape(-1)), out, async_op)
+    flat_in = call.flat = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
+    out_flat, world = out.view(-1), call.world
 
     def plain():
         if n:     # as bytes: every backend gathers uint8, not every one float8
             all_gather_fixed(out_flat.view(torch.uint8), flat_in.view(torch.uint8), group)
 
     def pipelined(coding: Coding):
-        s = _slice_elems(opts, n, 1, isz)
-        totals = _Totals()
-        for a, b in _chunks(n, s, isz):
-            ex = _exchange(call, coding, s, b - a)
-            schedules.all_gather(ex, flat_in[a:b], [out_flat[j * n + a:j * n + b] for j in range(world)], s)
-            totals.add(ex)
-        return totals.values()
+        s = _slice_elems(call.opts, n, 1, inp.element_size())
+        return _in_chunks(call, coding, s, _chunks(n, s, inp.element_size()), lambda ex, a, b: schedules.all_gather(
+            ex, flat_in[a:b], [out_flat[j * n + a:j * n + b] for j in range(world)], s))
 
-    return _launch(call, plain, pipelined, lambda: None, out, async_op, inp.device)
+    return _launch(call, plain, pipelined, out, async_op)
 
 
 # -- broadcast ----------------------------------------------------------------------------------------
@@ -577,50 +550,31 @@ def broadcast(t, src, group=None, async_op=False, codec="auto", *, codebook=None
     "enec" codes bfloat16/float16/float32 with ENEC (other dtypes fall back to "auto") and
     raises ImportError on every rank while ENEC is not installed.
     """
-    state, rank, world = _group_state(group)
-    if state is None:
-        return None
-    st = _stats(stats, "broadcast")
-    dtype, isz, n = t.dtype, t.element_size(), t.numel()
-    header = CallHeader("broadcast", dtype=dtype, numel=n)
-    src_g = -1
-    try:
-        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
-        src_g = src if group is None else dist.get_group_rank(group, src)
-        header = _header("broadcast", dtype, n, opts, arg=src_g)
-        if not 0 <= src_g < world:
+    def check(h):
+        h.arg = src if group is None else dist.get_group_rank(group, src)
+        if not 0 <= h.arg < dist.get_world_size(group):
             raise ValueError(f"broadcast src {src} is not in the group")
-        coding, header.tag = _resolve_coding(dtype, codec, codebook, t.device)
-        header.codec = coding.codec
-    except Exception as e:
-        if world == 1:
-            raise
-        header.error, opts, coding = e, _options(None, None, None, None, None), Coding("raw")
-    if world == 1:
-        st.route = "local"
-        return _local(lambda: None, t, async_op)
+
+    call = _begin("broadcast", group, stats, t, t.numel(), codec, codebook,
+                  (compress, min_compress_bytes, deterministic, link_gbps, slice_bytes), check)
+    if call is None:
+        return None
+    if call.world == 1:
+        return _local(call, lambda: None, t, async_op)
     work, copy_back = _contiguous_target(t)
-    flat = work.view(-1)
-    call = _Call("broadcast", state, rank, world, t.device, dtype, n, opts, st, header, coding, flat=flat)
+    flat = call.flat = work.view(-1)
+    n, src_g = t.numel(), call.header.arg
 
     def plain():
         if n:
             dist.broadcast(flat.view(torch.uint8), src=src, group=group)
 
     def pipelined(coding: Coding):
-        s = _slice_elems(opts, n, 1, isz)
-        totals = _Totals()
-        for a, b in _chunks(n, s, isz):
-            ex = _exchange(call, coding, s, b - a, src=src_g)
-            schedules.broadcast(ex, flat[a:b], src_g, s)
-            totals.add(ex)
-        return totals.values()
+        s = _slice_elems(call.opts, n, 1, t.element_size())
+        return _in_chunks(call, coding, s, _chunks(n, s, t.element_size()),
+                          lambda ex, a, b: schedules.broadcast(ex, flat[a:b], src_g, s), src=src_g)
 
-    def finish():
-        if copy_back and rank != src_g:
-            t.copy_(work)
-
-    return _launch(call, plain, pipelined, finish, t, async_op, t.device)
+    return _launch(call, plain, pipelined, t, async_op, lambda: copy_back and call.rank != src_g and t.copy_(work))
 
 
 # -- all_to_all_single ----------------------------------------------------------------------------------
@@ -651,44 +605,37 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
 
     The chunk a rank sends itself is copied locally; every rank checks that every
     pair of ranks agrees on the elements between them (ValueError on every rank)."""
-    state, rank, world = _group_state(group)
-    if state is None:
-        return None
-    st = _stats(stats, "all_to_all_single")
-    dtype, isz = inp.dtype, inp.element_size()
-    header = CallHeader("all_to_all_single", dtype=dtype, numel=0)
-    send_counts = recv_counts = [0] * world
-    try:
-        opts = _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes)
-        header = _header("all_to_all_single", dtype, 0, opts)
-        if out.dtype != dtype:
-            raise ValueError(f"all_to_all_single: out is {out.dtype}, inp is {dtype}")
+    counts = {}
+
+    def check(h):
+        world = dist.get_world_size(group)
+        if out.dtype != inp.dtype:
+            raise ValueError(f"all_to_all_single: out is {out.dtype}, inp is {inp.dtype}")
         if not out.is_contiguous():
             raise ValueError("all_to_all_single needs a contiguous out")
         in_row = math.prod(inp.shape[1:]) if inp.dim() else 1
         out_row = math.prod(out.shape[1:]) if out.dim() else 1
-        in_split = _splits(input_split_sizes, inp.shape[0] if inp.dim() else 1, world, "input")
-        out_split = _splits(output_split_sizes, out.shape[0] if out.dim() else 1, world, "output")
-        send_counts = [k * in_row for k in in_split]
-        recv_counts = [k * out_row for k in out_split]
-        header.extra = send_counts + recv_counts
-        coding, header.tag = _resolve_coding(dtype, codec, codebook, inp.device)
-        header.codec = coding.codec
-    except Exception as e:
-        if world == 1:
-            raise
-        header.error, opts, coding = e, _options(None, None, None, None, None), Coding("raw")
-    if world == 1:
+        counts["send"] = [k * in_row for k in _splits(input_split_sizes, inp.shape[0] if inp.dim() else 1, world,
+                                                      "input")]
+        counts["recv"] = [k * out_row for k in _splits(output_split_sizes, out.shape[0] if out.dim() else 1, world,
+                                                       "output")]
+        h.extra = counts["send"] + counts["recv"]
+
+    # the element count differs between ranks: not one of the fields that must agree
+    call = _begin("all_to_all_single", group, stats, inp, inp.numel(), codec, codebook,
+                  (compress, min_compress_bytes, deterministic, link_gbps, slice_bytes), check)
+    if call is None:
+        return None
+    if call.world == 1:
         if out.numel() != inp.numel():
             raise ValueError(f"all_to_all_single: out holds {out.numel()} elements, inp {inp.numel()}")
-        st.route = "local"
-        return _local(lambda: out.view(-1).copy_(inp.reshape(-1)), out, async_op)
-    flat_in = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
+        return _local(call, lambda: out.view(-1).copy_(inp.reshape(-1)), out, async_op)
+    world, isz = call.world, inp.element_size()
+    send_counts, recv_counts = counts.get("send", [0] * world), counts.get("recv", [0] * world)
+    flat_in = call.flat = inp.reshape(-1) if inp.is_contiguous() else inp.contiguous().view(-1)
     out_flat = out.view(-1)
-    header.numel = flat_in.numel()           # differs between ranks: not checked
-    call = _Call("all_to_all_single", state, rank, world, inp.device, dtype, flat_in.numel(), opts, st, header,
-                 coding, checks=tuple(f for f in CHECKED if f != F_NUMEL), flat=flat_in)
-    s = max(MIN_SLICE_ELEMS, opts.slice_bytes // isz)     # the same on every rank: both ends cut a chunk alike
+    call.checks = tuple(f for f in CHECKED if f != F_NUMEL)
+    s = max(MIN_SLICE_ELEMS, call.opts.slice_bytes // isz)   # the same on every rank: both ends cut a chunk alike
     rounds = [0]
 
     def check_pairs(rows):
@@ -709,10 +656,8 @@ def all_to_all_single(out, inp, output_split_sizes=None, input_split_sizes=None,
                                input_split_sizes=[c * isz for c in send_counts], group=group)
 
     def pipelined(coding: Coding):
-        ex = _exchange(call, coding, s, 0, send_counts=send_counts, recv_counts=recv_counts)
-        schedules.all_to_all(ex, flat_in, out_flat, _bounds(send_counts), _bounds(recv_counts), rounds[0], s)
-        totals = _Totals()
-        totals.add(ex)
-        return totals.values()
+        return _in_chunks(call, coding, s, [(0, 0)], lambda ex, a, b: schedules.all_to_all(
+            ex, flat_in, out_flat, _bounds(send_counts), _bounds(recv_counts), rounds[0], s),
+            send_counts=send_counts, recv_counts=recv_counts)
 
-    return _launch(call, plain, pipelined, lambda: None, out, async_op, inp.device)
+    return _launch(call, plain, pipelined, out, async_op)

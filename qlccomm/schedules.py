@@ -26,6 +26,8 @@ all_to_all_single: round q carries slice q of every pair's chunk.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from .reduction import Accumulator, sum_of_two_in_dtype
@@ -42,6 +44,17 @@ def nslices(n: int, s: int) -> int:
 def _piece(flat: torch.Tensor, k: int, s: int) -> torch.Tensor:
     """Slice k (elements [k*s, (k+1)*s) clipped to the tensor) of a 1-D tensor."""
     return flat[k * s:min(flat.numel(), (k + 1) * s)]
+
+
+def _led(rounds: int, contribute) -> Iterator[int]:
+    """The rounds 0 .. rounds-1, each yielded once `contribute(q)` has run for every round q up
+    to LEAD ahead of it: sends run ahead of the receives they feed."""
+    for q in range(min(LEAD, rounds)):
+        contribute(q)
+    for r in range(rounds):
+        if r + LEAD < rounds:
+            contribute(r + LEAD)
+        yield r
 
 
 def _ring(rank: int, world: int) -> list[int]:
@@ -79,11 +92,7 @@ def all_reduce(ex: Exchange, flat: torch.Tensor, acc: Accumulator, s: int) -> No
             if (r, o) in theirs:
                 ex.decode(theirs[r, o], _piece(flat, r * W + o, s))
 
-    for r in range(min(LEAD, R)):
-        contribute(r)
-    for r in range(R):
-        if r + LEAD < R:
-            contribute(r + LEAD)
+    for r in _led(R, contribute):
         ex.wait_key(("p1", r))
         k = r * W + me
         if k < K:
@@ -139,11 +148,7 @@ def reduce_scatter(ex: Exchange, shard: list[torch.Tensor], out: torch.Tensor, a
         for o in peers:
             ex.send(("rs", q), [o], 1, q, _piece(shard[o], q, s))
 
-    for q in range(min(LEAD, Q)):
-        contribute(q)
-    for q in range(Q):
-        if q + LEAD < Q:
-            contribute(q + LEAD)
+    for q in _led(Q, contribute):
         ex.wait_key(("rs", q))
         _reduce_slice(ex, acc, _piece(shard[me], q, s), [got.get((q, j)) for j in range(W)], me, _piece(out, q, s))
     ex.finish()
@@ -159,13 +164,11 @@ def all_gather(ex: Exchange, inp: torch.Tensor, block: list[torch.Tensor], s: in
            for q in range(Q) for j in range(W) if j != me}
     ex.start()
     peers = _ring(me, W)
-    for q in range(min(LEAD, Q)):
-        ex.send(("ag", q), peers, 2, q, _piece(inp, q, s))
-    if block[me].data_ptr() != inp.data_ptr():
-        block[me].copy_(inp)
-    for q in range(Q):
-        if q + LEAD < Q:
-            ex.send(("ag", q + LEAD), peers, 2, q + LEAD, _piece(inp, q + LEAD, s))
+    own_copied = block[me].data_ptr() == inp.data_ptr()
+    for q in _led(Q, lambda q: ex.send(("ag", q), peers, 2, q, _piece(inp, q, s))):
+        if not own_copied:                  # after the first sends: they need not wait for the copy
+            block[me].copy_(inp)
+            own_copied = True
         ex.wait_key(("ag", q))
         for j in range(W):
             if j != me:
@@ -213,12 +216,8 @@ def all_to_all(ex: Exchange, inp: torch.Tensor, out: torch.Tensor, send_bounds: 
             if q < nslices(send[j].numel(), s):
                 ex.send(("a2a", q), [j], 1, q, _piece(send[j], q, s))
 
-    for q in range(min(LEAD, rounds)):
-        contribute(q)
     recv[me].copy_(send[me])
-    for q in range(rounds):
-        if q + LEAD < rounds:
-            contribute(q + LEAD)
+    for q in _led(rounds, contribute):
         ex.wait_key(("a2a", q))
         for i in range(W):
             if (q, i) in got:

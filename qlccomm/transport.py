@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from .api import compress, decompress, max_compressed_bytes
 from .errors import FormatError
-from .format import DTYPE_CODES, Header, CODEC_RAW
+from .format import DTYPE_CODES
 from .wire import CODEC_WIRE_IDS, FRAME_BYTES, RAW_CODEC, Frame, error_class, error_code, row_length
 
 TAG_BASE = 0x51C00000                      # reserved: TAG_BASE .. TAG_BASE + 7
