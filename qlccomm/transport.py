@@ -34,6 +34,7 @@ tags and match by order, which the schedules keep identical on every rank).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -127,6 +128,41 @@ class Link:
         return rows.tolist()
 
 
+class BufferPool:
+    """Reusable uint8 buffers for exchanges that run side by side (point-to-point messages):
+    `take(nbytes, device)` returns a buffer of at least that many bytes (a free one when
+    one fits, else a new one), `give(buf)` returns it.  At most `keep_bytes` are kept free;
+    the largest free ones are dropped first."""
+
+    def __init__(self, keep_bytes: int = 256 << 20):
+        self.keep_bytes = keep_bytes
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        with self._lock:
+            fits = [b for b in self._free if b.device == device and b.numel() >= nbytes]
+            if fits:
+                buf = min(fits, key=lambda b: b.numel())
+                self._free.remove(buf)
+                return buf
+        if device.type == "cpu":
+            from .kernels.common import empty_output
+            return empty_output(max(nbytes, 1), torch.uint8)
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+
+    def give(self, buf: torch.Tensor) -> None:
+        with self._lock:
+            self._free.append(buf)
+            self._free.sort(key=lambda b: b.numel())
+            while sum(b.numel() for b in self._free) > self.keep_bytes:
+                self._free.pop()
+
+    def free_bytes(self) -> int:
+        with self._lock:
+            return sum(b.numel() for b in self._free)
+
+
 # -- one call's messages ------------------------------------------------------------------------
 @dataclass
 class _Recv:
@@ -164,17 +200,28 @@ class Coding:
         return self.codec != "raw"
 
 
+def slot_bytes(slice_elems: int, dtype: torch.dtype) -> int:
+    """Bytes of one slot of an Exchange: a slice's capacity, rounded up to 64-byte alignment."""
+    cap = slice_capacity(slice_elems, dtype)
+    return cap + (-cap % 64)
+
+
 class Exchange:
     """The slices of one call over `link`: sizes in elements of `dtype`, at most
-    `slice_elems` per slice; `n_send` / `n_recv` slots are taken from the link's arenas."""
+    `slice_elems` per slice; `n_send` / `n_recv` slots are taken from the link's arenas
+    (or from `buffers`: a (send, receive) pair of uint8 tensors of that many slots, for
+    exchanges that run beside others); stream s travels with the gloo tag `tags[s]`."""
 
     def __init__(self, link: Link, seq: int, dtype: torch.dtype, coding: Coding, slice_elems: int,
-                 n_send: int, n_recv: int, device: torch.device):
+                 n_send: int, n_recv: int, device: torch.device, buffers: tuple | None = None,
+                 tags: dict | None = None):
         self.link, self.seq, self.dtype, self.coding, self.device = link, seq, dtype, coding, device
-        self.cap = slice_capacity(slice_elems, dtype)
-        self.cap += -self.cap % 64                          # slots start 64-byte aligned
-        self.send_arena = link.arena("send", max(n_send, 1) * self.cap, device)
-        self.recv_arena = link.arena("recv", max(n_recv, 1) * self.cap, device)
+        self.cap = slot_bytes(slice_elems, dtype)
+        if buffers is None:
+            buffers = (link.arena("send", max(n_send, 1) * self.cap, device),
+                       link.arena("recv", max(n_recv, 1) * self.cap, device))
+        self.send_arena, self.recv_arena = buffers
+        self.tags = STREAM_TAGS if tags is None else tags
         self._n_send, self._n_recv = n_send, n_recv
         self._recvs: list[_Recv] = []
         self._sends: list[_Send] = []
@@ -208,7 +255,7 @@ class Exchange:
             return
         for r in self._recvs:
             slot = self.recv_arena[r.offset:r.offset + self.cap]
-            r.work = dist.irecv(slot, self.link.global_rank(r.src), self.link.group, STREAM_TAGS[r.stream])
+            r.work = dist.irecv(slot, self.link.global_rank(r.src), self.link.group, self.tags[r.stream])
 
     # -- sends ---------------------------------------------------------------------------------
     def send(self, key: tuple, dsts: list[int], stream: int, index: int, x: torch.Tensor) -> None:
@@ -278,7 +325,7 @@ class Exchange:
         if self.link.framing == "capacity":
             for d in dsts:
                 s.works.append(dist.isend(slot[:s.nbytes], self.link.global_rank(d), self.link.group,
-                                          STREAM_TAGS[stream]))
+                                          self.tags[stream]))
         else:
             self._pending.setdefault(key, []).append(s)
 
@@ -287,33 +334,14 @@ class Exchange:
         """Every rank calls this for every key of the schedule, in the schedule's order.
         Sized framing: run the key's batches of sends and receives (frames, then payloads).
         Capacity framing: nothing (receives are waited one by one in `decode`)."""
+        wait_keys([(self, key)])
+
+    def _take_key(self, key: tuple) -> tuple[list, list] | None:
+        """The sends and receives of `key` not yet run (None: already run, or capacity framing)."""
         if self.link.framing != "sized" or key in self._flushed:
-            return
+            return None
         self._flushed.add(key)
-        sends = self._pending.pop(key, [])
-        recvs = [r for r in self._recvs if r.key == key]
-        link = self.link
-        heads = torch.empty(max(len(recvs), 1), FRAME_BYTES, dtype=torch.uint8, device=self.device)
-        ops = [dist.P2POp(dist.isend, s.slot[:FRAME_BYTES], link.global_rank(d), link.group, STREAM_TAGS[s.stream])
-               for s in sends for d in s.dsts]
-        ops += [dist.P2POp(dist.irecv, heads[i], link.global_rank(r.src), link.group, STREAM_TAGS[r.stream])
-                for i, r in enumerate(recvs)]
-        _run_batch(ops)
-        host = heads.cpu().numpy()        # sizes on the host: this thread waits, not the caller's stream
-        ops = [dist.P2POp(dist.isend, s.slot[FRAME_BYTES:s.nbytes], link.global_rank(d), link.group,
-                          STREAM_TAGS[s.stream])
-               for s in sends if s.nbytes > FRAME_BYTES for d in s.dsts]
-        for i, r in enumerate(recvs):
-            slot = self.recv_arena[r.offset:r.offset + self.cap]
-            slot[:FRAME_BYTES].copy_(heads[i])
-            length = _frame_length(host[i].tobytes(), self.cap, r.src)
-            if length:
-                ops.append(dist.P2POp(dist.irecv, slot[FRAME_BYTES:FRAME_BYTES + length],
-                                      link.global_rank(r.src), link.group, STREAM_TAGS[r.stream]))
-            r.frame = self._checked_frame(r, host[i].tobytes())
-        _run_batch(ops)
-        for r in recvs:
-            r.done = True
+        return self._pending.pop(key, []), [r for r in self._recvs if r.key == key]
 
     def _checked_frame(self, r: _Recv, head: bytes) -> Frame | None:
         """The frame of receive `r`, checked; None (and the error recorded) when it is wrong."""
@@ -377,6 +405,45 @@ class Exchange:
                 w.wait()
         if self.errors:
             raise self.errors[0]
+
+
+def wait_keys(pairs: list[tuple["Exchange", tuple]]) -> None:
+    """Sized framing: run the sends and receives of every (exchange, key) as one batch of frames,
+    then one batch of payloads (exchanges that run side by side, e.g. a point-to-point batch
+    in both directions, must pair up inside one batch_isend_irecv on NCCL)."""
+    work = [(ex, ex._take_key(key)) for ex, key in pairs]
+    work = [(ex, sr) for ex, sr in work if sr is not None]
+    if not work:
+        return
+    frames, heads = [], []
+    for ex, (sends, recvs) in work:
+        link = ex.link
+        h = torch.empty(max(len(recvs), 1), FRAME_BYTES, dtype=torch.uint8, device=ex.device)
+        heads.append(h)
+        frames += [dist.P2POp(dist.isend, s.slot[:FRAME_BYTES], link.global_rank(d), link.group, ex.tags[s.stream])
+                   for s in sends for d in s.dsts]
+        frames += [dist.P2POp(dist.irecv, h[i], link.global_rank(r.src), link.group, ex.tags[r.stream])
+                   for i, r in enumerate(recvs)]
+    _run_batch(frames)
+    payloads = []
+    for (ex, (sends, recvs)), h in zip(work, heads):
+        link = ex.link
+        host = h.cpu().numpy()          # sizes on the host: this thread waits, not the caller's stream
+        payloads += [dist.P2POp(dist.isend, s.slot[FRAME_BYTES:s.nbytes], link.global_rank(d), link.group,
+                                ex.tags[s.stream])
+                     for s in sends if s.nbytes > FRAME_BYTES for d in s.dsts]
+        for i, r in enumerate(recvs):
+            slot = ex.recv_arena[r.offset:r.offset + ex.cap]
+            slot[:FRAME_BYTES].copy_(h[i])
+            length = _frame_length(host[i].tobytes(), ex.cap, r.src)
+            if length:
+                payloads.append(dist.P2POp(dist.irecv, slot[FRAME_BYTES:FRAME_BYTES + length],
+                                           link.global_rank(r.src), link.group, ex.tags[r.stream]))
+            r.frame = ex._checked_frame(r, host[i].tobytes())
+    _run_batch(payloads)
+    for ex, (sends, recvs) in work:
+        for r in recvs:
+            r.done = True
 
 
 def all_gather_fixed(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool = False):

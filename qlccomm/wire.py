@@ -318,3 +318,90 @@ class WireStats:
                 "raw_bytes": self.raw_bytes, "coded_bytes": self.coded_bytes, "sent_bytes": self.sent_bytes,
                 "plain_bytes": self.plain_bytes, "meta_bytes": self.meta_bytes, "saved_bytes": self.saved_bytes,
                 "seconds": self.seconds, "model": dict(self.model)}
+
+
+# -- point-to-point message headers ----------------------------------------------------------------
+KIND_SEND, KIND_RECV = 1, 2
+MAX_DIMS = 8
+(M_MAGIC, M_WIRE, M_KIND, M_SEQ, M_TAG, M_STATUS, M_ERROR, M_FORMAT, M_DTYPE, M_NUMEL, M_NDIM, M_ROUTE, M_CODEC,
+ M_CB_TAG, M_SLICE, M_FB_BYTES, M_FB_US, M_FB_ROUTE) = range(18)
+M_SHAPE = 18                      # MAX_DIMS values (dims past MAX_DIMS: compared through the element count)
+MESSAGE_MAGIC = 0x514C4350        # "QLCP"
+
+
+def message_row_length() -> int:
+    return M_SHAPE + MAX_DIMS
+
+
+@dataclass
+class MessageHeader:
+    """One side's description of a point-to-point message (docs/distributed.md, "Point-to-point").
+
+    The sender's carries its route, codec, codebook tag and slice size; the receiver's its
+    verdict (an exception, or None) and how the previous message on the same (peer, tag)
+    arrived (feedback: wire bytes, microseconds, route), which is how the sender's cost
+    model learns the link."""
+
+    kind: int
+    seq: int = 0
+    tag: int = 0
+    dtype: torch.dtype | None = None
+    numel: int = 0
+    shape: tuple = ()
+    route: int = 0
+    codec: str = "raw"
+    cb_tag: bytes = NO_TAG
+    slice_elems: int = 0
+    feedback: tuple = (0, 0, 0)
+    error: BaseException | None = None     # this side cannot take part (receiver: or its verdict)
+
+    def row(self) -> list[int]:
+        r = [0] * message_row_length()
+        r[M_MAGIC], r[M_WIRE], r[M_KIND], r[M_SEQ], r[M_TAG] = MESSAGE_MAGIC, WIRE_VERSION, self.kind, self.seq, self.tag
+        r[M_FORMAT] = FORMAT_VERSION
+        if self.error is not None:
+            r[M_STATUS], r[M_ERROR] = 1, error_code(self.error)
+        r[M_DTYPE] = DTYPE_CODES.get(self.dtype, 0) if self.dtype is not None else 0
+        r[M_NUMEL], r[M_NDIM] = self.numel, len(self.shape)
+        r[M_SHAPE:M_SHAPE + min(len(self.shape), MAX_DIMS)] = list(self.shape)[:MAX_DIMS]
+        r[M_ROUTE], r[M_CODEC], r[M_CB_TAG] = self.route, CODEC_WIRE_IDS[self.codec], tag_to_int(self.cb_tag)
+        r[M_SLICE] = self.slice_elems
+        r[M_FB_BYTES], r[M_FB_US], r[M_FB_ROUTE] = self.feedback
+        return r
+
+
+def _message_side(r: list[int]) -> str:
+    dt = DTYPES_BY_CODE.get(r[M_DTYPE])
+    ndim = r[M_NDIM]
+    shape = list(r[M_SHAPE:M_SHAPE + min(ndim, MAX_DIMS)]) + (["..."] if ndim > MAX_DIMS else [])
+    return f"{r[M_NUMEL]} elements of {dtype_name(dt) if dt is not None else r[M_DTYPE]} {shape}"
+
+
+def check_message(sender: list[int], receiver: list[int], *, sender_rank, receiver_rank) -> BaseException | None:
+    """The error both ends of a message raise (None: they agree), from both headers; the same
+    text on both ranks."""
+    for who, r in (("sender", sender), ("receiver", receiver)):
+        if r[M_MAGIC] != MESSAGE_MAGIC or r[M_WIRE] != WIRE_VERSION:
+            return FormatError(f"qlccomm p2p: the {who} speaks another qlccomm wire protocol (magic "
+                               f"{r[M_MAGIC]:#x}, version {r[M_WIRE]}; this rank {WIRE_VERSION})")
+    where = f"rank {sender_rank} -> rank {receiver_rank}, tag {receiver[M_TAG]}"
+    if sender[M_SEQ] != receiver[M_SEQ] or sender[M_TAG] != receiver[M_TAG]:
+        return RuntimeError(f"qlccomm p2p ({where}): message {sender[M_SEQ]} with tag {sender[M_TAG]} met receive "
+                            f"{receiver[M_SEQ]} with tag {receiver[M_TAG]}: tags {sender[M_TAG]} and "
+                            f"{receiver[M_TAG]} share a slot (tags are taken modulo 2**20) and were posted in "
+                            f"different orders")
+    # what the two sides hold first: both ranks can state it (a receiver marks its own header
+    # failed when they disagree, and the sender must still find this message)
+    same_shape = sender[M_NDIM] == receiver[M_NDIM] and sender[M_SHAPE:] == receiver[M_SHAPE:]
+    if sender[M_DTYPE] != receiver[M_DTYPE] or sender[M_NUMEL] != receiver[M_NUMEL] or not same_shape:
+        return ValueError(f"qlccomm p2p ({where}): the sender sends {_message_side(sender)}, the receiver's tensor "
+                          f"holds {_message_side(receiver)}")
+    for who, r in (("sender", sender), ("receiver", receiver)):
+        if r[M_STATUS]:
+            cls = error_class(r[M_ERROR])
+            return cls(f"qlccomm p2p ({where}): the {who} failed before sending ({cls.__name__}; see that rank's "
+                       f"error); no data was sent")
+    if sender[M_FORMAT] != receiver[M_FORMAT]:
+        return FormatError(f"qlccomm p2p ({where}): stream format versions differ (sender {sender[M_FORMAT]}, "
+                           f"receiver {receiver[M_FORMAT]})")
+    return None

@@ -105,10 +105,27 @@ def run(worker: GroupWorker, fn, value: torch.Tensor, async_op: bool, device: to
     async_op: returns a CollectiveWork at once.  Otherwise returns None when done,
     raising the call's exception in the caller's thread.
     """
+    work = submit_work(worker.submit, fn, value, device, inline=not async_op and worker.idle())
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
+def submit_work(submit, fn, value, device: torch.device, inline: bool = False) -> CollectiveWork:
+    """`fn()` (which fills `value`) handed to `submit(job) -> Future`, ordered on accelerators
+    after the caller's current stream (and the caller's later work after it, by `wait()`).
+    `inline` (CPU tensors only): run it here and now instead."""
     mod = _device_module(device)
-    if mod is None and not async_op and worker.idle():
-        fn()
-        return None
+    if mod is None and inline:
+        fut = torch.futures.Future()
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by wait(), like a submitted job's
+            fut.set_exception(e)
+        else:
+            fut.set_result(value)
+        return CollectiveWork(fut)
     events: dict = {}
     if mod is not None:
         events["ready"] = mod.Event()
@@ -126,8 +143,4 @@ def run(worker: GroupWorker, fn, value: torch.Tensor, async_op: bool, device: to
             events["done"].record(side)
         return value
 
-    work = CollectiveWork(worker.submit(job), mod, events)
-    if async_op:
-        return work
-    work.wait()
-    return None
+    return CollectiveWork(submit(job), mod, events)
