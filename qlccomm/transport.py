@@ -141,11 +141,9 @@ class BufferPool:
 
     def take(self, nbytes: int, device: torch.device) -> torch.Tensor:
         with self._lock:
-            fits = [b for b in self._free if b.device == device and b.numel() >= nbytes]
-            if fits:
-                buf = min(fits, key=lambda b: b.numel())
-                self._free.remove(buf)
-                return buf
+            fits = [i for i, b in enumerate(self._free) if b.device == device and b.numel() >= nbytes]
+            if fits:                        # the free list is sorted by size: the first fit is the smallest
+                return self._free.pop(fits[0])
         if device.type == "cpu":
             from .kernels.common import empty_output
             return empty_output(max(nbytes, 1), torch.uint8)
