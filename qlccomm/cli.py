@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from . import api, bench
-from .codebook import (ALPHABET, Codebook, codebook_from_histogram, entropy_bits, huffman_bits,
+from .codebook import (ALPHABET, codebook_from_histogram, entropy_bits, huffman_bits,
                        symbol_histogram, total_bits)
-from .datagen import parse_dtype, synthetic
+from .datagen import KINDS, parse_dtype, synthetic
 from .format import dtype_name
 from .split import candidate_plans
 from .tensorfile import iter_tensors
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="ratio and GB/s against zstd, lz4 and a memory copy")
     b.add_argument("--codec", help="comma-separated: qlc, enec, auto, raw (default: qlc and enec where it applies)")
     b.add_argument("--dtype", default="bf16")
-    b.add_argument("--kind", choices=["weight", "grad"], default="weight")
+    b.add_argument("--kind", choices=list(KINDS), default="weight")
     b.add_argument("--file", action="append", help=".safetensors or .pt file (repeatable) instead of synthetic data")
     b.add_argument("--size-mib", type=float, default=16.0)
     b.add_argument("--device", default="cpu")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,7 @@ import torch
 
 from .errors import CodebookError, FormatError
 from .format import DTYPE_CODES, dtype_name
-from .split import PLANS, PLANS_BY_ID, Plan, candidate_plans
+from .split import PLANS, Plan, candidate_plans
 
 N_AREAS = 8
 ALPHABET = 256
@@ -263,7 +262,10 @@ class Codebook:
 
 
 def lookup(digest: str) -> Codebook:
-    """The codebook with this digest, if this process has created or loaded it."""
+    """The codebook with this digest: one this process has created or loaded, or a shipped one
+    (the current defaults and those they replaced, qlccomm/codebooks/{,previous/}*.json)."""
+    if digest not in _REGISTRY:
+        _load_shipped()
     try:
         return _REGISTRY[digest]
     except KeyError:
@@ -338,7 +340,8 @@ def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dt
 
 
 def default_codebook(dtype: torch.dtype) -> Codebook:
-    """The built-in codebook for `dtype`, fitted on qlccomm's synthetic weights and gradients."""
+    """The built-in codebook for `dtype`, fitted on qlccomm's synthetic weights and gradients
+    (and activations for bfloat16 and float16: qlccomm.datagen.default_codebook_samples)."""
     plans = candidate_plans(dtype)
     if not plans:
         raise ValueError(f"no QLC plan codes {dtype}; it is stored raw")
@@ -353,6 +356,15 @@ def _default_codebook(dtype: torch.dtype) -> Codebook:
         return Codebook.from_json(json.loads(ref.read_text()))
     # 1-byte dtypes without a shipped table: a flat code (8 bits per symbol).
     return Codebook(dtype, candidate_plans(dtype)[0].name, (5,) * N_AREAS, tuple(range(ALPHABET)))
+
+
+@lru_cache(maxsize=1)
+def _load_shipped() -> None:
+    """Register every shipped codebook, current and previous, for digest look-ups."""
+    folder = resources.files("qlccomm") / "codebooks"
+    for ref in (*folder.iterdir(), *(folder / "previous").iterdir()):
+        if ref.name.endswith(".json") and ref.is_file():
+            Codebook.from_json(json.loads(ref.read_text()))
 
 
 # -- reference measures for reports (CLI, bench) ------------------------------------------

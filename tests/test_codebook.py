@@ -1,6 +1,9 @@
 """The codebook fitter: optimality, determinism, persistence, plans."""
 import itertools
 import json
+import subprocess
+import sys
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -154,6 +157,44 @@ def test_fit_rejects_mixed_or_uncoded_dtypes():
 def test_default_codebooks_load(dtype):
     cb = qlccomm.default_codebook(dtype)
     assert cb.dtype == dtype and cb is qlccomm.default_codebook(dtype)
+
+
+def test_default_coded_stream_decodes_in_a_fresh_process(tmp_path):
+    """A stream that references a shipped codebook by digest decodes where nothing loaded it yet,
+    and so do streams of the codebooks the current defaults replaced (codebooks/previous/)."""
+    from qlccomm.datagen import synthetic
+    previous = resources.files("qlccomm") / "codebooks" / "previous"
+    books = [qlccomm.default_codebook(torch.bfloat16)]
+    books += [Codebook.from_json(json.loads(p.read_text())) for p in sorted(previous.iterdir())
+              if p.name.endswith(".json")]
+    assert len(books) >= 3 and len({b.digest for b in books}) == len(books)
+    cases = []
+    for i, cb in enumerate(books):
+        x = synthetic("grad", cb.dtype, 5000, seed=i)
+        path = tmp_path / f"{i}.qlc"
+        path.write_bytes(qlccomm.compress(x, codebook=cb).numpy().tobytes())
+        torch.save(x, tmp_path / f"{i}.pt")
+        cases.append(i)
+    code = ("import sys, numpy as np, torch, qlccomm\n"
+            "for i in sys.argv[2:]:\n"
+            "    s = torch.from_numpy(np.fromfile(f'{sys.argv[1]}/{i}.qlc', np.uint8))\n"
+            "    x = torch.load(f'{sys.argv[1]}/{i}.pt')\n"
+            "    assert torch.equal(qlccomm.decompress(s).view(torch.uint8), x.view(torch.uint8)), i\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path), *map(str, cases)], check=True, timeout=120)
+
+
+def test_default_codebook_fits_activations():
+    """bf16 and fp16 defaults are fitted on activations too: they code synthetic activations
+    better than the weight-and-gradient codebooks they replaced (deterministic sizes, no timing)."""
+    from qlccomm.datagen import synthetic
+    previous = resources.files("qlccomm") / "codebooks" / "previous"
+    for dtype, name in ((torch.bfloat16, "bfloat16-1.json"), (torch.float16, "float16-1.json")):
+        old = Codebook.from_json(json.loads((previous / name).read_text()))
+        x = synthetic("activation", dtype, 1 << 18, seed=77)
+        new_size = qlccomm.compress(x, codebook="default").numel()
+        assert new_size < qlccomm.compress(x, codebook=old).numel()
+        assert torch.equal(qlccomm.decompress(qlccomm.compress(x, codebook="default")).view(torch.uint8),
+                           x.view(torch.uint8))
 
 
 def test_entropy_and_huffman_measures():
