@@ -11,7 +11,7 @@
 # 2. kernel-level GB/s: QLC sections and the API, Triton and the torch path, 256 MiB bf16
 #    weights and gradients, against a device-to-device copy in the same rounds.
 # 3. `qlccomm bench --device cuda`: QLC and ENEC on 256 MiB bf16 weight- and gradient-like
-#    tensors with a device copy of the same size as the reference.
+#    tensors and transformer-like bf16 activations, with a device copy of the same size as the reference.
 # 4. the transport's device side: 1 MiB slices coded into and decoded from device arenas, as
 #    the pipelined collectives do (per-slice launch and host-planning cost), GB/s against a copy.
 # Figures go to docs/benchmarks.md with the date, the device line (nvidia-smi) and these commands.
@@ -36,7 +36,7 @@ for data in weights grads; do
     timeout 120 "$PY" -m qlccomm.kernels.bench --device cuda --mib 256 --rounds 10 --backends triton,torch \
         --data "$data" --best 2>&1 | tee "$out/kernels_bench_$data.txt" || rc=1
 done
-for kind in weight grad; do
+for kind in weight grad activation; do
     timeout 120 "$PY" -m qlccomm.cli bench --device cuda --dtype bf16 --size-mib 256 --kind "$kind" --repeat 10 \
         2>&1 | tee "$out/qlccomm_bench_$kind.txt" || rc=1
 done

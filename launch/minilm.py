@@ -10,6 +10,7 @@ files of the installed packages).  No network, no `transformers`.
     grads = real_gradients()                 # {name: bf16 gradient of the 3rd fine-tuning step}
     x = flat_gradient(torch.bfloat16)        # the same, concatenated in parameter order
     h = hidden_states()                      # [32, L, 384] bf16 activations of the last layer
+    act, grad = stage_boundary(micro=0)      # [512, 64, 384] bf16: what a pipeline cut after layer 3 sends
 
 `python launch/minilm.py` runs the self-test (embedding quality, sizes, compression ratios).
 """
@@ -172,18 +173,19 @@ def _wordpiece(word: str, vocab: dict[str, int]) -> list[int]:
     return ids
 
 
-def tokenize(texts: list[str], max_len: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(texts: list[str], max_len: int = 128, pad_to_max: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids (int64) and attention_mask (int64, 1 = token, 0 = [PAD]), both [B, L].
 
     Each text becomes [CLS] pieces [SEP], truncated to max_len; the batch is padded with [PAD]
-    to its longest sequence (L <= max_len).
+    to its longest sequence (L <= max_len), or to max_len with `pad_to_max` (a fixed shape, as
+    pipeline stages need).
     """
     vocab = _vocab()
     seqs = []
     for t in texts:
         pieces = [i for w in _words(t) for i in _wordpiece(w, vocab)][: max_len - 2]
         seqs.append([vocab["[CLS]"], *pieces, vocab["[SEP]"]])
-    L = max(map(len, seqs))
+    L = max_len if pad_to_max else max(map(len, seqs))
     ids = torch.full((len(seqs), L), vocab["[PAD]"], dtype=torch.int64)
     mask = torch.zeros((len(seqs), L), dtype=torch.int64)
     for i, s in enumerate(seqs):
@@ -316,6 +318,45 @@ def hidden_states(dtype: torch.dtype = torch.bfloat16, batch: int = 32, max_len:
     return load_minilm()(*tokenize(texts, max_len), layer=layer).to(dtype)
 
 
+def stage_boundary(micro: int = 0, dtype: torch.dtype = torch.bfloat16, cut: int = 3, batch: int = 256,
+                   seq: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """What crosses a two-stage pipeline cut after encoder layer `cut` for micro-batch `micro`:
+    (activation, activation gradient), both [2 * batch, seq, 384] in `dtype` (24 MiB each in bf16
+    with the defaults).
+
+    The micro-batch is `batch` pairs of neighbouring sentences (drawn by seed `micro`), padded to
+    `seq` tokens (the corpus' sentences are 22 tokens long on average, at most about 61: about
+    two thirds of the positions are padding, as with padding to the longest of a batch); stage 0
+    runs the embeddings and layers 1..cut, stage 1 the rest and the in-batch contrastive loss of
+    real_gradients() (dropout 0.1, fp32).  The activation is stage 0's output (padding positions
+    included, as a schedule sends them); the gradient is d loss / d activation (exactly zero at
+    padding positions).  Cached in fp32 like real_gradients().
+    """
+    path = _cache_path("stage", micro=micro, cut=cut, batch=batch, seq=seq)
+    if path.is_file():
+        act, grad = torch.load(path, weights_only=True)
+    else:
+        torch.manual_seed(1000 + micro)  # dropout masks
+        model = load_minilm().train()
+        pairs = sentence_pairs(batch, seed=1000 + micro)
+        ids, mask = tokenize([a for a, _ in pairs] + [b for _, b in pairs], seq, pad_to_max=True)
+        act = model(ids, mask, layer=cut).detach().requires_grad_(True)
+        key_mask = mask.bool()[:, None, None, :]
+        x = act
+        for blk in model.encoder.layer[cut:]:
+            x = blk(x, key_mask)
+        m = mask.unsqueeze(-1).to(torch.float32)
+        emb = F.normalize((x * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
+        loss = F.cross_entropy(20.0 * emb[:batch] @ emb[batch:].T, torch.arange(batch))
+        (grad,) = torch.autograd.grad(loss, act)
+        act = act.detach()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save((act, grad), tmp)
+        os.replace(tmp, path)
+    return act.to(dtype), grad.to(dtype)
+
+
 # ---------------------------------------------------------------- self-test
 
 def _ratios(x: torch.Tensor) -> str:
@@ -365,6 +406,9 @@ def _self_test() -> None:
     print(f"flat_gradient(bf16, dense_only=True) {_ratios(flat_gradient(torch.bfloat16, dense_only=True))}")
     h = hidden_states()
     print(f"hidden_states() {list(h.shape)}     {_ratios(h)}")
+    act, grad = stage_boundary()
+    print(f"stage_boundary() activation {list(act.shape)} {_ratios(act)}")
+    print(f"stage_boundary() gradient   {list(grad.shape)} {_ratios(grad)}")
 
 
 if __name__ == "__main__":
