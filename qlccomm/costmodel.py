@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ MIN_TIMED_BYTES = 256 * 1024    # smaller calls are latency-bound: they only upd
 PROBE_FIRST = 20                # a stream first probes the other route after this many calls
 LINK_CALIBRATION_CALLS = 2      # plain calls of >= MIN_TIMED_BYTES timed before the model decides
 PROBE_WITHIN = 2.0              # probes only where the two estimates are within this factor
+MAX_STREAMS = 4096              # streams remembered per group (least recently used ones are forgotten)
 ENV_LINK = "QLCCOMM_LINK_GBPS"
 
 
@@ -154,10 +156,19 @@ class CostModel:
         self.link_Bps: float | None = None           # what one rank's link moves: the best of those
         self.latency_s = 3e-4
         self._correction: dict[str, float] = {}      # kind -> measured / predicted coded time
-        self._streams: dict[tuple, _Stream] = {}
+        self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
 
     def stream(self, key: tuple) -> _Stream:
-        return self._streams.setdefault(key, _Stream())
+        """The stream of `key` (a bucket, a message key and size): its ratio, calls and
+        correction; at most MAX_STREAMS are kept, so varying shapes cannot grow memory."""
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = _Stream()
+            if len(self._streams) > MAX_STREAMS:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(key)
+        return st
 
     def estimate(self, kind: str, nbytes: int, world: int, speed: CodecSpeed, ratio: float, slice_bytes: int,
                  device_type: str, forced_Bps: float | None, stream: _Stream) -> Estimate:
