@@ -394,6 +394,16 @@ class Exchange:
             return False
         return True
 
+    def drop(self) -> None:
+        """Capacity framing: wait for every send and receive without reading what arrived (the
+        empty messages a point-to-point sender puts into receives it does not use)."""
+        for r in self._recvs:
+            if r.work is not None:
+                r.work.wait()
+        for s in self._sends:
+            for w in s.works:
+                w.wait()
+
     def finish(self) -> None:
         """Wait for every send and receive, then raise the first recorded error (if any)."""
         for r in range(len(self._recvs)):
