@@ -72,6 +72,8 @@ MiB = 1 << 20
 GRAD_ELEMS = 16 * MiB           # 32 MiB of bf16: the all_reduce / reduce_scatter gradient
 GATHER_ELEMS = 8 * MiB          # 16 MiB of bf16 weights per rank for all_gather
 BCAST_ELEMS = 16 * MiB          # 32 MiB of bf16 weights for broadcast
+STAGE_ELEMS = 12 * MiB          # 24 MiB of bf16 per p2p message (an activation or its gradient)
+MICRO_BATCHES = 2               # p2p: two forward messages and two backward ones per repetition
 LINK_CHECK_BYTES = 64 * MiB
 ROW = 4096                      # row length of the synthetic tensors (qlccomm.datagen.COLUMNS)
 MASTER_PORT = 29500             # free by construction: the namespaces are new
@@ -79,7 +81,7 @@ CMD_TIMEOUT_S = 20              # every ip/tc call
 STARTUP_S = 150                 # a launch's import, data and first case before its first record
 POLL_S = 0.5
 
-CASES = ["all_reduce", "all_reduce_sparse", "reduce_scatter", "all_gather", "broadcast", "ddp", "fsdp"]
+CASES = ["all_reduce", "all_reduce_sparse", "reduce_scatter", "all_gather", "broadcast", "ddp", "fsdp", "p2p"]
 CASE_ALIASES = {"all_reduce": ["all_reduce", "all_reduce_sparse"]}   # "all_reduce" selects both gradients
 LINK_CASE = "link"
 
@@ -659,6 +661,33 @@ class RankData:
         self.bcast = synthetic("weight", torch.bfloat16, BCAST_ELEMS, seed=4000)
 
 
+class StageData:
+    """What crosses a two-stage pipeline cut, per micro-batch: (activation, activation gradient),
+    bf16 [STAGE_ELEMS], the same on every rank.  Real: launch/minilm.py's stage_boundary(m)
+    (all-MiniLM-L6-v2 cut after layer 3, 512 sequences of 64 tokens); else synthetic
+    activations and gradients of qlccomm.datagen with two thirds of the token rows padding."""
+
+    def __init__(self):
+        import torch
+        self.note = ""
+        try:
+            from minilm import stage_boundary
+            pairs = [stage_boundary(m) for m in range(MICRO_BATCHES)]
+            self.source = "minilm"
+        except Exception as e:      # absent, being written, or failing: the documented fallback
+            from qlccomm.datagen import synthetic
+            self.source = "synthetic"
+            self.note = f"launch/minilm.py not usable ({type(e).__name__}: {e}); using qlccomm.datagen"
+            pairs = []
+            for m in range(MICRO_BATCHES):
+                act = synthetic("activation", torch.bfloat16, STAGE_ELEMS, seed=5000 + m)
+                grad = synthetic("grad", torch.bfloat16, STAGE_ELEMS, seed=6000 + m).view(-1, 384)
+                grad[torch.rand(grad.shape[0], generator=torch.Generator().manual_seed(m)) < 2 / 3] = 0
+                pairs.append((act, grad))
+        self.acts = [a.reshape(-1).contiguous() for a, _ in pairs]
+        self.grads = [g.reshape(-1).contiguous() for _, g in pairs]
+
+
 # ================================================================================================
 # worker: model for ddp / fsdp
 # ================================================================================================
@@ -1054,9 +1083,67 @@ def case_fsdp(ctx: Ctx) -> dict:
             "exact_detail": "first-step loss equal to plain FSDP's (all-gather lossless)"}
 
 
+def case_p2p(ctx: Ctx) -> dict:
+    """A two-stage pipeline's traffic between rank pairs (2k, 2k+1), dist.isend/irecv vs qlccomm's:
+    stage 0 sends MICRO_BATCHES activations; stage 1 answers each, once it has arrived, with its
+    activation gradient (so the backward of micro-batch 0 overlaps the forward of micro-batch 1).
+    Exact: every received tensor is bitwise the one sent."""
+    import torch
+    import torch.distributed as dist
+    import qlccomm
+    from hccl_hooks import QLCStats
+    from qlccomm.wire import WireStats
+    if ctx.world % 2:
+        raise ValueError("the p2p case pairs ranks: run it with an even --ranks")
+    if ctx.rank:
+        dist.barrier(group=ctx.ctl)
+    data = StageData()
+    if not ctx.rank:
+        dist.barrier(group=ctx.ctl)
+        print(f"p2p data: {data.source}" + (f" ({data.note})" if data.note else ""), flush=True)
+    first, peer = ctx.rank % 2 == 0, ctx.rank ^ 1
+    expected = data.grads if first else data.acts
+    bufs = {v: [torch.empty_like(t) for t in expected] for v in ("dist", "qlccomm")}
+    qs = count_routes(QLCStats())
+
+    def pipeline(isend, irecv, out):
+        if first:
+            works = [isend(a, peer, tag=m) for m, a in enumerate(data.acts)]
+            works += [irecv(out[m], peer, tag=m) for m in range(MICRO_BATCHES)]
+        else:
+            recvs = [irecv(out[m], peer, tag=m) for m in range(MICRO_BATCHES)]
+            works = []
+            for m, r in enumerate(recvs):
+                r.wait()
+                works.append(isend(data.grads[m], peer, tag=m))
+        for w in works:
+            w.wait()
+
+    def qlc_step():
+        sent = []
+
+        def isend(t, dst, tag):
+            sent.append(WireStats())
+            return qlccomm.isend(t, dst, tag=tag, stats=sent[-1], **ctx.qkw)
+        pipeline(isend, lambda t, src, tag: qlccomm.irecv(t, src, tag=tag), bufs["qlccomm"])
+        for ws in sent:
+            qs.record(0, ws)
+
+    def reset(v):
+        return lambda: [b.fill_(float("nan")) for b in bufs[v]]
+
+    def check():
+        ok = all(bits_equal(b, e) for b, e in zip(bufs["qlccomm"], expected))
+        return ("equal" if ok else "WRONG", None)
+
+    d, q = measure_both(ctx, Variant(lambda: pipeline(dist.isend, dist.irecv, bufs["dist"]), reset("dist")),
+                        Variant(qlc_step, reset("qlccomm"), [qs], check=check))
+    return {**_compare(d, q, "every received tensor equal to the one sent"), "data": data.source}
+
+
 CASE_FUNCS = {LINK_CASE: case_link, "all_reduce": case_all_reduce, "all_reduce_sparse": case_all_reduce_sparse,
               "reduce_scatter": case_reduce_scatter, "all_gather": case_all_gather, "broadcast": case_broadcast,
-              "ddp": case_ddp, "fsdp": case_fsdp}
+              "ddp": case_ddp, "fsdp": case_fsdp, "p2p": case_p2p}
 DATA_CASES = {"all_reduce", "all_reduce_sparse", "reduce_scatter", "all_gather", "broadcast"}
 
 
