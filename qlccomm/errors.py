@@ -7,3 +7,8 @@ class FormatError(ValueError):
 
 class CodebookError(FormatError):
     """A stream needs a codebook that this process does not have, or peers disagree on one."""
+
+
+class EncoderError(RuntimeError):
+    """An encoder's own invariant failed (a bug, or a tensor changed while it was being coded):
+    no stream was written."""

@@ -270,6 +270,7 @@ def test_memory_stays_bounded_over_a_long_job():
 def test_p2p_under_mpiexec(mpi_group):
     rank, world = mpi_group
     if world == 2:
+        exchange_every_dtype(rank, world)
         many_in_flight(rank, world)
         framings(rank, world)
     else:                                   # pairs (0, 1), (2, 3): a message each way in every pair
