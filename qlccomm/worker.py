@@ -65,6 +65,7 @@ class GroupWorker:
     def _loop(self) -> None:
         while True:
             fn, fut = self._jobs.get()
+            value = None
             try:
                 value = fn()
             except BaseException as e:  # noqa: BLE001 - handed to the caller's future
@@ -73,6 +74,7 @@ class GroupWorker:
             else:
                 self._done()
                 fut.set_result(value)
+            del fn, fut, value      # the finished call's tensors and works are not kept until the next
 
     def _done(self) -> None:
         with self._lock:
