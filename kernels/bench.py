@@ -13,14 +13,12 @@ relative to `clone` (allocate + copy) in the same round.
 References: `copy_` copies into an existing tensor (memory bandwidth); `clone`
 allocates and copies (what an out-of-place result costs: fresh pages fault in).
 
-Data (``--data``):
-  weights  bfloat16 of a Student-t (df=5) times 0.02: heavy tails, exponents
-           spread over ~20 binades around 2^-6, like trained weight matrices
-  grads    rows of 4096 normal values with a per-row scale 10^U(-7,-2), and
-           10% of the rows exactly zero (untouched embedding rows)
+Data (``--data``): ``qlccomm.datagen.synthetic`` (its docstring documents the
+distributions), ``weights`` its weight-like and ``grads`` its gradient-like kind,
+seed 0.
 
-This is not the user-facing ``qlccomm bench`` (qlccomm/cli.py); it exists to
-measure the kernels against their targets (issue 5) on one core.
+This is not the user-facing ``qlccomm bench`` (qlccomm/cli.py): it measures the
+kernels on one core, section by section; docs/benchmarks.md holds the figures.
 """
 from __future__ import annotations
 
@@ -32,24 +30,16 @@ import time
 import torch
 
 import qlccomm
+from qlccomm.datagen import synthetic
+
+DATA_KINDS = {"weights": "weight", "grads": "grad"}
 
 
 def make_data(kind: str, nbytes: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    n = nbytes // torch.empty(0, dtype=dtype).element_size()
-    if kind == "weights":
-        # Student-t by its definition (normal / sqrt(chi2/df)), with our generator
-        z = torch.randn(n, generator=g)
-        chi2 = torch.randn(n, 5, generator=g).pow_(2).sum(1)
-        x = z / (chi2 / 5).sqrt_() * 0.02
-    elif kind == "grads":
-        rows = -(-n // 4096)
-        scale = torch.pow(10.0, torch.empty(rows).uniform_(-7, -2, generator=g))
-        scale[torch.rand(rows, generator=g) < 0.1] = 0.0
-        x = (torch.randn(rows, 4096, generator=g) * scale[:, None]).reshape(-1)[:n]
-    else:
-        raise ValueError(kind)
-    return x.to(dtype)
+    """`nbytes` bytes of `dtype` from qlccomm.datagen ("weights" or "grads")."""
+    if kind not in DATA_KINDS:
+        raise ValueError(f"--data is one of {', '.join(DATA_KINDS)}, not {kind!r}")
+    return synthetic(DATA_KINDS[kind], dtype, nbytes // dtype.itemsize, seed)
 
 
 _SYNC = [lambda: None]
@@ -277,7 +267,7 @@ def main(argv=None):
     p.add_argument("--mib", type=float, default=64)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data", choices=["weights", "grads"], default="weights")
+    p.add_argument("--data", choices=list(DATA_KINDS), default="weights")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--backends", default="native,torch")
     p.add_argument("--no-adaptive", action="store_true")
