@@ -26,51 +26,28 @@ import torch
 
 from qlccomm import qlc
 from qlccomm.codebook import ALPHABET, N_AREAS, PREFIX_BITS, Codebook
-from qlccomm.split import Plan
+from qlccomm.split import PLANS, Plan
 
 # Columns of the per-chunk table the kernels read (int64 [K, TAB_COLS]).
 TAB_MODE, TAB_ELEMS, TAB_PREFIX, TAB_SYMBOL, TAB_SUFFIX, TAB_SUFLEN, TAB_RAW = range(7)
 TAB_COLS = 8            # one column spare: rows of 64 bytes
 
 
-@dataclass(frozen=True)
-class PlanBits:
-    """A plan as shifts and masks, the form the kernels take.
-
-    symbol = (x >> ssh) & smask;  raw = ((x >> rsh) & rhi) | (x & rlo)
-    x      = (symbol << ssh) | ((raw & rhi) << rsh) | (raw & rlo)
-    kind: element width, 0 = 8-bit, 1 = 16-bit, 2 = 32-bit.
-    """
-
-    kind: int
-    ssh: int
-    smask: int
-    rsh: int
-    rhi: int
-    rlo: int
-    sym_bits: int
-    raw_bits: int
+# The kernels take a plan's shifts and masks (ssh, smask, rsh, rhi, rlo; qlccomm.split.Plan)
+# as integers and specialise on its word width (`kind`): the Plan itself is their PlanBits.
+PlanBits = Plan
+PLAN_BITS: dict[str, Plan] = PLANS
+KIND_DTYPES = {p.kind: p.word for p in PLANS.values()}      # 0: uint8, 1: int16, 2: int32
 
 
-PLAN_BITS = {
-    "byte": PlanBits(0, 0, 0xFF, 0, 0, 0, 8, 0),
-    "bf16_exp": PlanBits(1, 7, 0xFF, 8, 0x80, 0x7F, 8, 8),
-    "fp16_hi": PlanBits(1, 8, 0xFF, 0, 0, 0xFF, 8, 8),
-    "fp16_exp": PlanBits(1, 10, 0x1F, 5, 0x400, 0x3FF, 5, 11),
-    "fp32_exp": PlanBits(2, 23, 0xFF, 8, 0x800000, 0x7FFFFF, 8, 24),
-}
-KIND_DTYPES = {0: torch.uint8, 1: torch.int16, 2: torch.int32}
+def plan_bits(plan: Plan) -> Plan:
+    """The plan as the kernels take it: the plan itself."""
+    return plan
 
 
-def plan_bits(plan: Plan) -> PlanBits:
-    pb = PLAN_BITS[plan.name]
-    assert pb.sym_bits == plan.symbol_bits and pb.raw_bits == plan.raw_bits, plan
-    return pb
-
-
-def element_view(flat: torch.Tensor, pb: PlanBits) -> torch.Tensor:
-    """The tensor's elements as plain integers of their width (no copy)."""
-    return flat.view(KIND_DTYPES[pb.kind])
+def element_view(flat: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """The tensor's elements as the plan's integer words (no copy)."""
+    return flat.view(plan.word)
 
 
 # -- output buffers --------------------------------------------------------------------------------
@@ -99,10 +76,10 @@ def empty_output(numel: int, dtype: torch.dtype) -> torch.Tensor:
     """torch.empty on the CPU for a buffer the kernels fill right away.
 
     Large fresh allocations are fresh pages, and faulting them in 4 KiB at a time
-    costs more than decoding into them on some machines (0.6 ns/byte in a VM
-    measured here).  Where transparent huge pages are in `madvise` mode, asking for
-    them on the buffer's 2 MiB-aligned interior makes that ~3x cheaper.  Best effort:
-    a no-op elsewhere; the tensor is an ordinary one either way.
+    can cost more than decoding into them.  Where transparent huge pages are in
+    `madvise` mode, the buffer's 2 MiB-aligned interior asks for them (buffers of at
+    least 8 MiB).  Best effort: a no-op elsewhere; the tensor is an ordinary one
+    either way.
     """
     t = torch.empty(numel, dtype=dtype)
     nbytes = numel * t.element_size()
@@ -204,11 +181,11 @@ DTAB_RANK = -(1 << 31) | (1 << 30)        # rank past the table
 DTAB_WIDE = -(1 << 31) | (1 << 29)        # symbol wider than the plan's symbol bits
 
 
-def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
+def decode_tables(cb: Codebook, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     """The native decoder's tables (host, cached):
 
     dtab: int32 [8 * 256] by area << 8 | the next 8 suffix bits (bits past the area's
-          width ignored): symbol << pb.ssh, or DTAB_RANK / DTAB_WIDE.
+          width ignored): symbol << plan.ssh, or DTAB_RANK / DTAB_WIDE.
     w4:   int32 [4096] by the 12 prefix bits of 4 consecutive codes: the bit offsets of
           codes 1, 2, 3 in bits 0-7, 8-15, 16-23 and the 4 codes' total width in 24-31.
     """
@@ -219,9 +196,9 @@ def decode_tables(cb: Codebook, pb: PlanBits) -> tuple[np.ndarray, np.ndarray]:
         area = np.repeat(np.arange(N_AREAS), ALPHABET)
         low = np.tile(np.arange(ALPHABET), N_AREAS)
         sym = host["dec"][(area << 8) | (low & host["masks"][area])].astype(np.int64)
-        dtab = np.where(sym < 0, DTAB_RANK, np.maximum(sym, 0) << pb.ssh)
-        if pb.sym_bits < 8:
-            dtab = np.where((sym >= 0) & ((sym >> pb.sym_bits) != 0), DTAB_WIDE, dtab)
+        dtab = np.where(sym < 0, DTAB_RANK, np.maximum(sym, 0) << plan.ssh)
+        if plan.symbol_bits < 8:
+            dtab = np.where((sym >= 0) & ((sym >> plan.symbol_bits) != 0), DTAB_WIDE, dtab)
         assert int(np.where(dtab >= 0, dtab, 0).max()) < (1 << 31)
         t = (dtab.astype(np.int32), _offsets_of_4(cb.widths))
         cache_table(key, t)

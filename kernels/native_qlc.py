@@ -22,10 +22,10 @@ read out of bounds; parse_section validated every offset and size before this ru
 Why numba rather than a compiled extension: the package stays pure Python (no
 compiler or build step at install time, the same wheel everywhere, `pip install -e`
 just works), the kernels live next to the Triton ones in the same language, and
-`cache=True` keeps the JIT out of every process but the first (cold compile of all
-specialisations: about 40-60 s on 2 shared cores; cached: under 1 s).  There are
+`cache=True` keeps the JIT out of every process but the first (the cold compile of
+all specialisations takes tens of seconds; a cached load, under a second).  There are
 three specialisations per kernel at most (8-, 16- and 32-bit elements); every plan
-is a set of shifts and masks passed as integers (kernels/common.PlanBits).  The
+is a set of shifts and masks passed as integers (qlccomm.split.Plan).  The
 cost: numba cannot be told to skip its negative-index checks, so the hot loops
 index with unsigned integers, and unaligned word loads/stores need a small LLVM
 intrinsic (_u64_at, _u64_put).
@@ -74,8 +74,8 @@ if sys.byteorder != "little":   # the unaligned word loads/stores below assume l
 
 class ParallelKernel:
     """A `prange` kernel compiled twice: for numba's thread pool, and serial (prange runs as
-    range) for calls on one thread, which skip the pool's launch (~0.2 ms a call measured
-    here: more than the whole work of a 1 MiB slice's statistics pass).  Calls pick by
+    range) for calls on one thread, which skip the pool's launch (it can cost more than
+    the whole statistics pass of a 1 MiB slice).  Calls pick by
     numba's current thread count, which the callers set under _LOCK."""
 
     def __init__(self, fn):
@@ -610,32 +610,32 @@ PAIRS_MIN_ELEMS = 1 << 18
 _NO_PAIRS = np.zeros(0, np.int32)
 
 
-def _pair_table(cb: Codebook, pb: common.PlanBits) -> np.ndarray:
+def _pair_table(cb: Codebook, plan: Plan) -> np.ndarray:
     key = (cb.digest, "native-pairs")
     t = common.cached_table(key)
     if t is None:
-        t = np.empty(1 << (2 * pb.sym_bits), np.int32)
-        _fill_pair_table(common.codebook_tables(cb)["enc"], pb.sym_bits, t)
+        t = np.empty(1 << (2 * plan.symbol_bits), np.int32)
+        _fill_pair_table(common.codebook_tables(cb)["enc"], plan.symbol_bits, t)
         common.cache_table(key, t)
     return t
 
 
-def _wide(table: np.ndarray, pb: common.PlanBits) -> np.ndarray:
+def _wide(table: np.ndarray, plan: Plan) -> np.ndarray:
     """A by-symbol table indexed by x >> ssh instead (the bits above the symbol ignored):
     the kernels then skip the mask.  At most 512 entries (float32: sign and exponent)."""
-    return table[np.arange(1 << ((8 << pb.kind) - pb.ssh)) & pb.smask]
+    return table[np.arange(1 << (plan.item_bits - plan.ssh)) & plan.smask]
 
 
-def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
-    return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
+def _elements(flat: torch.Tensor, plan: Plan) -> np.ndarray:
+    """The tensor's elements as unsigned words of the plan's width (no copy)."""
+    return common.element_view(flat, plan).numpy().view(_UNSIGNED[plan.kind])
 
 
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
                    chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.qlc.encode_section for CPU tensors (same bytes, same `reserve` and `into`)."""
     flat = flat.detach().contiguous()
-    pb = common.plan_bits(plan)
-    x = _elements(flat, pb)
+    x = _elements(flat, plan)
     n = x.shape[0]
     nchunks = -(-n // chunk)
     bits = np.zeros(nchunks, np.int64)
@@ -644,14 +644,14 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
         numba.set_num_threads(_threads())
         if codebook is None:
             hist = np.zeros((nchunks, 256), np.int32)
-            qlc_stats(x, chunk, pb.ssh, pb.smask, np.zeros(256, np.uint8), True, bits, nz, hist)
+            qlc_stats(x, chunk, plan.ssh, plan.smask, np.zeros(256, np.uint8), True, bits, nz, hist)
             codebook = qlc.adaptive_codebook(hist.sum(axis=0, dtype=np.int64), flat.dtype, plan)
             embed = True
             tabs = common.codebook_tables(codebook)
             qlc_bits_from_hist(hist, tabs["wsuf"], bits)
         else:
             tabs = common.codebook_tables(codebook)
-            qlc_stats(x, chunk, pb.ssh, pb.smask, _wide(tabs["wsuf"], pb), False, bits, nz,
+            qlc_stats(x, chunk, plan.ssh, plan.smask, _wide(tabs["wsuf"], plan), False, bits, nz,
                       np.zeros((0, 256), np.int32))
         lay = common.encode_layout(n, chunk, plan, codebook, embed, bits, nz)
         out = common.section_buffer(reserve + lay.total, into, "cpu")
@@ -659,9 +659,9 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
         o[: lay.head.size] = lay.head
         check = np.zeros(nchunks, np.int64)
         b = lay.bases
-        ptab = _pair_table(codebook, pb) if n >= PAIRS_MIN_ELEMS else _NO_PAIRS
-        qlc_encode(x, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits,
-                   _wide(tabs["enc"], pb), ptab, lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"],
+        ptab = _pair_table(codebook, plan) if n >= PAIRS_MIN_ELEMS else _NO_PAIRS
+        qlc_encode(x, chunk, plan.ssh, plan.smask, plan.rsh, plan.rhi, plan.rlo, plan.symbol_bits, plan.raw_bits,
+                   _wide(tabs["enc"], plan), ptab, lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"],
                    lay.n_nz, check)
     coded = lay.table[:, TAB_MODE] == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):      # the two passes must agree
@@ -671,19 +671,19 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
 
 def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.qlc.decode_section for CPU streams (same result, same errors, same `out`)."""
-    pb = common.plan_bits(sec.plan)
+    plan = sec.plan
     lay = common.decode_layout(sec)
-    dtab, w4 = common.decode_tables(sec.codebook, pb)
+    dtab, w4 = common.decode_tables(sec.codebook, plan)
     data = section.contiguous().numpy()
     flat = common.decode_target(lay.numel, header.dtype, out, "cpu")
-    out = common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
+    out = _elements(flat, plan)
     flags = np.zeros(lay.table.shape[0], np.int32)
     b, e = lay.bases, lay.ends
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlc_decode(data, out, lay.chunk, pb.ssh, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, pb.raw_bits, dtab, w4,
-                   common.codebook_tables(sec.codebook)["wpack"], lay.table,
+        qlc_decode(data, out, lay.chunk, plan.ssh, plan.rsh, plan.rhi, plan.rlo, plan.symbol_bits, plan.raw_bits,
+                   dtab, w4, common.codebook_tables(sec.codebook)["wpack"], lay.table,
                    b["prefix"], e["prefix"], b["symbol"], e["symbol"], b["suffix"], b["raw"], e["raw"],
                    lay.n_nz, flags)
-    common.raise_flags(int(np.bitwise_or.reduce(flags)) if flags.size else 0, sec.plan)
+    common.raise_flags(int(np.bitwise_or.reduce(flags)) if flags.size else 0, plan)
     return flat

@@ -279,11 +279,11 @@ def _grid(nchunks: int) -> int:
     return max(1, min(nchunks, MAX_PROGRAMS))
 
 
-def _stats(x, enc, n, chunk, nchunks, pb, with_len, sym_out=None):
+def _stats(x, enc, n, chunk, nchunks, plan: Plan, with_len, sym_out=None):
     stat = torch.empty(nchunks, dtype=torch.int32, device=x.device)
     g = _grid(nchunks)
     _qlc_stats[(g,)](x, enc, stat, sym_out if sym_out is not None else stat, n, chunk, nchunks, g,
-                     SSH=pb.ssh, SMASK=pb.smask, WITH_LEN=with_len, WRITE_SYM=sym_out is not None,
+                     SSH=plan.ssh, SMASK=plan.smask, WITH_LEN=with_len, WRITE_SYM=sym_out is not None,
                      SUB=_sub(chunk), num_warps=NUM_WARPS)
     return stat
 
@@ -294,13 +294,12 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     kernels write bytes, so the section may start at any address)."""
     flat = flat.detach().contiguous()
     dev = flat.device
-    pb = common.plan_bits(plan)
-    x = common.element_view(flat, pb)
+    x = common.element_view(flat, plan)
     n = x.numel()
     nchunks = -(-n // chunk)
     if codebook is None:
         sym = torch.empty(n, dtype=torch.uint8, device=dev)
-        stat = _stats(x, x, n, chunk, nchunks, pb, False, sym)
+        stat = _stats(x, x, n, chunk, nchunks, plan, False, sym)
         hist = torch.bincount(sym, minlength=256)
         del sym
         zero = (stat & 1) == 0                                   # all-zero chunks: left out
@@ -308,7 +307,7 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
         codebook = qlc.adaptive_codebook(hist.cpu().numpy().astype(np.int64), flat.dtype, plan)
         embed = True
     enc = common.codebook_tables(codebook, dev)["enc"]
-    stat = _stats(x, enc, n, chunk, nchunks, pb, True)
+    stat = _stats(x, enc, n, chunk, nchunks, plan, True)
     # planned on the device: only the three plane totals come back (one copy)
     lay = common.encode_layout(n, chunk, plan, codebook, embed, stat >> 1, (stat & 1) != 0)
     buf = common.section_buffer(reserve + lay.total, into, dev)
@@ -320,8 +319,8 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     g = _grid(nchunks)
     _qlc_encode[(g,)](x, enc, table, out, scratch, n, chunk, nchunks, g,
                       b["prefix"], b["symbol"], b["raw"], lay.n_nz,
-                      SSH=pb.ssh, SMASK=pb.smask, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo,
-                      SYM_BITS=pb.sym_bits, RAW_BITS=pb.raw_bits, SUB=_sub(chunk), num_warps=NUM_WARPS)
+                      SSH=plan.ssh, SMASK=plan.smask, RSH=plan.rsh, RHI=plan.rhi, RLO=plan.rlo,
+                      SYM_BITS=plan.symbol_bits, RAW_BITS=plan.raw_bits, SUB=_sub(chunk), num_warps=NUM_WARPS)
     if lay.sizes["suffix"]:
         _qlc_suffix_diff[(g,)](scratch, table, out, b["suffix"], chunk, nchunks, g, SUB=_sub(chunk),
                                num_warps=NUM_WARPS)
@@ -331,11 +330,11 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
 def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.qlc.decode_section on the stream's device (same result, same errors, same `out`)."""
     dev = section.device
-    pb = common.plan_bits(sec.plan)
+    plan = sec.plan
     lay = common.decode_layout(sec, dev)
     data = section.contiguous()
     flat = common.decode_target(lay.numel, header.dtype, out, dev)
-    out = common.element_view(flat, pb)
+    out = common.element_view(flat, plan)
     dec = sec.codebook.device_tables(dev)["decode"]
     wpack = common.codebook_tables(sec.codebook)["wpack"]
     table = lay.table
@@ -346,7 +345,7 @@ def decode_section(sec: qlc.QLCSection, section: torch.Tensor, header, out: torc
     _qlc_decode[(g,)](data, dec, table, out, err, lay.chunk, nchunks, g,
                       b["prefix"], e["prefix"], b["symbol"], e["symbol"], b["suffix"], b["raw"], e["raw"],
                       lay.n_nz, wpack,
-                      SSH=pb.ssh, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, SYM_BITS=pb.sym_bits,
-                      RAW_BITS=pb.raw_bits, SUB=_sub(lay.chunk), num_warps=NUM_WARPS)
-    common.raise_flags(int(err.item()), sec.plan)
+                      SSH=plan.ssh, RSH=plan.rsh, RHI=plan.rhi, RLO=plan.rlo, SYM_BITS=plan.symbol_bits,
+                      RAW_BITS=plan.raw_bits, SUB=_sub(lay.chunk), num_warps=NUM_WARPS)
+    common.raise_flags(int(err.item()), plan)
     return flat

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .dtypes import TRAITS
 from .errors import FormatError
 
 MAGIC = b"QLCM"
@@ -39,18 +40,9 @@ CODEC_IDS = {v: k for k, v in CODEC_NAMES.items()}
 
 FLAG_CRC = 0x01
 
-_DTYPE_NAMES = [
-    (1, "uint8"), (2, "int8"), (3, "bool"), (4, "float8_e4m3fn"), (5, "float8_e5m2"),
-    (6, "float8_e4m3fnuz"), (7, "float8_e5m2fnuz"), (8, "bfloat16"), (9, "float16"),
-    (10, "float32"), (11, "float64"), (12, "int16"), (13, "int32"), (14, "int64"),
-    (15, "complex64"), (16, "complex128"), (17, "uint16"), (18, "uint32"), (19, "uint64"),
-    (20, "float8_e8m0fnu"), (21, "complex32"),
-]
-DTYPE_CODES: dict[torch.dtype, int] = {}
-for _code, _name in _DTYPE_NAMES:
-    if isinstance(getattr(torch, _name, None), torch.dtype):
-        DTYPE_CODES[getattr(torch, _name)] = _code
-DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
+# wire dtype codes, from the trait table (qlccomm.dtypes)
+DTYPE_CODES: dict[torch.dtype, int] = {d: t.code for d, t in TRAITS.items()}
+DTYPES_BY_CODE: dict[int, torch.dtype] = {t.code: d for d, t in TRAITS.items()}
 
 
 @dataclass(frozen=True)
@@ -68,7 +60,7 @@ class Header:
     @property
     def itemsize(self) -> int:
         """Bytes per element."""
-        return torch.empty(0, dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     @property
     def raw_bytes(self) -> int:
@@ -114,11 +106,27 @@ def parse_header(buf: bytes) -> Header:
     if len(buf) < FIXED_HEADER_BYTES + 8 * ndim:
         raise FormatError("stream truncated inside the header's shape")
     shape = struct.unpack_from(f"<{ndim}Q", buf, FIXED_HEADER_BYTES)
-    if math.prod(shape) != numel:
-        raise FormatError(f"shape {shape} does not hold {numel} elements")
+    _check_shape(shape, numel)
     if numel >= 1 << 62:
         raise FormatError(f"element count {numel} is out of range")
     return Header(codec, DTYPES_BY_CODE[dcode], tuple(shape), bool(flags & FLAG_CRC), version)
+
+
+def _check_shape(shape: tuple[int, ...], numel: int) -> None:
+    """FormatError unless torch can build `shape` and it holds exactly `numel` elements.
+
+    torch takes each dimension as an int64 and multiplies them in order in 64 unsigned
+    bits, refusing a product that overflows even when a later dimension is zero.
+    """
+    prod = 1
+    for d in shape:
+        if d >= 1 << 63:
+            raise FormatError(f"shape {shape}: dimension {d} does not fit in int64")
+        prod *= d
+        if prod >= 1 << 64:
+            raise FormatError(f"shape {shape}: the product of its dimensions overflows 64 bits")
+    if prod != numel:
+        raise FormatError(f"shape {shape} does not hold {numel} elements")
 
 
 def stream_crc(buf: bytes | bytearray | memoryview) -> int:

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import qlccomm
-from qlccomm.format import CRC_OFFSET, FIXED_HEADER_BYTES, MAGIC
+from qlccomm.format import CRC_OFFSET, FIXED_HEADER_BYTES, MAGIC, parse_header
 
 
 def sample_streams():
@@ -139,3 +139,41 @@ def test_wrong_input_types():
     assert issubclass(qlccomm.FormatError, ValueError)
     assert issubclass(qlccomm.CodebookError, qlccomm.FormatError)
     assert FIXED_HEADER_BYTES == 21
+
+
+def _refused(data: bytes):
+    """The header parser and decompress both raise FormatError for `data`."""
+    with pytest.raises(qlccomm.FormatError):
+        parse_header(data)
+    with pytest.raises(qlccomm.FormatError):
+        qlccomm.decompress(data)
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(1 << 63, 0), (0, (1 << 64) - 1), (3, 0, 1 << 63)])
+def test_shape_dimension_past_int64_raises(codec, shape):
+    """A dimension torch cannot take as an int64 (the element count, 0, agrees)."""
+    _refused(_header(codec, 10, 0, shape))
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(1 << 32, 1 << 32, 0), (1 << 62, 4, 0), (2, 1 << 62, 3, 0)])
+def test_shape_product_overflow_raises(codec, shape):
+    """Dimensions whose product overflows 64 bits before a zero dimension (element count 0)."""
+    _refused(_header(codec, 10, 0, shape))
+
+
+@pytest.mark.parametrize("numel, shape", [(10, (3, 3)), (0, (5,)), (5, (5, 0)), (2, ()), (0, ()), (1 << 40, (1 << 20,))])
+def test_shape_disagreeing_with_element_count_raises(numel, shape):
+    _refused(_header(0, 1, numel, shape) + bytes(min(numel, 16)))
+
+
+@pytest.mark.parametrize("shape", [(1 << 62, 2, 0), (0, (1 << 63) - 1), (5, 0, 7), (0,)])
+def test_empty_tensors_of_large_shapes_round_trip(shape):
+    """Shapes torch can hold stay accepted, however large their non-zero dimensions."""
+    t = torch.empty(0, dtype=torch.bfloat16).reshape(shape)
+    for codec in ("qlc", "enec", "raw"):
+        blob = qlccomm.compress(t, codec=codec)
+        assert parse_header(blob.numpy().tobytes()).shape == shape
+        out = qlccomm.decompress(blob)
+        assert out.shape == shape and out.dtype == torch.bfloat16
