@@ -2,17 +2,17 @@
 
 Same contract as qlccomm.enec (encode_section / decode_section: same bytes, same
 errors).  Blocks are independent once a few per-block counts are known, so every
-kernel is a `prange` over blocks; the host does what is not a per-element pass and
-reuses qlccomm.enec for it (geometry, parameter search, code tables, plane sizes,
-header), so the fused path and the torch path cannot drift apart:
+kernel is a `prange` over blocks.  Every host-side decision (geometry, parameter
+search, code tables, block table, plane offsets, section metadata, error messages) is
+qlccomm.enec's EncodePlan / ENECSection; this module runs only the passes:
 
     encode  native_qlc.qlc_stats  per block: any bit set? exponent histogram  (the QLC
                                   statistics kernel with chunk = B, histogram mode)
-            host                  block modes, per-block exception counts (histogram x
-                                  exception table), sample of <= 8 blocks (torch split
-                                  of those blocks only), enec._search -> b, n, m
-            enec_count            per coded block: flagged groups (only when m < n)
-            host                  exclusive sums -> plane offsets, section metadata
+            plan                  block modes, search on the histogram and a sample of
+                                  <= 8 blocks (enec.sample_from_tensor) -> b, n, m;
+                                  exceptions per block (histogram x exception table)
+            enec_flags            per coded block: flagged groups (only when m < n)
+            plan                  block table offsets, section metadata, plane offsets
             enec_write            per coded block: flag bits, low plane, the flagged
                                   groups' high values, raw planes, exception
                                   (position, exponent) pairs into two small arrays
@@ -24,10 +24,10 @@ header), so the fused path and the torch path cannot drift apart:
                                   raw bits merged, exceptions written over; all-zero
                                   blocks zero-filled.  Per-block error flags.
             host                  flag total == F and no exception outside its block,
-                                  else the torch path's FormatError (same message)
+                                  else the torch path's FormatError
 
-The encoder needs the writer's geometry (B and L multiples of 8: every block's part of
-every plane starts on a byte); enec.encode_section always writes B = 16384, L = 16.
+The encoder relies on the writer's geometry (enec.BLOCK_ELEMS and enec.GROUP_ELEMS,
+and so G = B / L, multiples of 8: every block's part of every plane starts on a byte).
 The decoder takes any valid stream (any B, L): a value reader at arbitrary bit offsets
 serves unaligned planes.  Every read is bounded by its plane's slice (bytes past it
 read as zero) and every write by its block's slice, so corrupt planes cannot reach
@@ -38,12 +38,8 @@ enec_flags only when m < n, enec_write) plus torch's split of the <= 8 sampled b
 and qlccomm.bitpack for the exception planes; decode 1 (enec_decode).
 
 Specialisations: one per element width (16 / 32 bits) per kernel; everything about
-the plan is integer shifts and masks (kernels/common.PlanBits).  A cold numba cache
-costs about 30 s of compilation per width on the 2-vCPU dev VM; `cache=True` keeps it
-in kernels/__pycache__ afterwards.
-
-`python -m qlccomm.kernels.native_enec` measures ENEC against QLC, a clone and zstd-1
-on one core (docs/benchmarks.md, "ENEC (native)").
+the plan is integer shifts and masks (kernels/common.PlanBits).  `cache=True` keeps
+the compiled kernels in kernels/__pycache__.
 """
 from __future__ import annotations
 
@@ -58,14 +54,11 @@ from numba.extending import intrinsic
 
 from qlccomm import enec
 from qlccomm.bitpack import pack_bits
-from qlccomm.errors import FormatError
+from qlccomm.errors import EncoderError
 
 from . import common
 from .native_qlc import (_LOCK, _UNSIGNED, ParallelKernel, _enc_raw_planes, _load_le, _raw8_merge, _store_le, _threads,
                          qlc_stats)
-
-_PLAN_BITS = {torch.bfloat16: common.PLAN_BITS["bf16_exp"], torch.float16: common.PLAN_BITS["fp16_exp"],
-              torch.float32: common.PLAN_BITS["fp32_exp"]}
 
 # columns of the per-coded-block table, enec.block_table (int64 [Kc, enec.TAB_COLS])
 T_BLK, T_ELEMS, T_GROUPS, T_GORD, T_RORD, T_XOFF, T_XCNT, T_FOFF = (
@@ -214,7 +207,7 @@ def _enc_low(xs, ssh, smask, yx, m, y, low, xpos, xexp):
             ex |= v
         if m:
             _store_le(low, m * (g >> 3), word, m)
-        if ex >> 8:                       # rare: 2% of elements on weights
+        if ex >> 8:                       # rare: some element of the run is an exception
             for j in range(8):
                 e = (xs[g + j] >> ssh) & smask
                 if yx[np.uintp(e)] >> 8:
@@ -528,204 +521,96 @@ def enec_decode(data, out, B, tab, zero_blocks, L, b, n, m, F, X, P, E, ssh, sma
 
 
 # ---------------------------------------------------------------------------------------------------
-# host side
-def _elements(flat: torch.Tensor) -> np.ndarray:
-    pb = _PLAN_BITS[flat.dtype]
+# host side: the passes over enec.EncodePlan / enec.ENECSection
+def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
+    """The tensor's elements as unsigned integers of their width (no copy)."""
     return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
 
 
 def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.enec.encode_section for CPU tensors (same bytes, same `reserve` and `into`)."""
-    if flat.dtype not in _PLAN_BITS:
-        raise ValueError(f"ENEC codes {enec.SUPPORTED_DTYPES}, not {flat.dtype}")
-    B, L = enec.BLOCK_ELEMS, enec.GROUP_ELEMS
-    if B % 8 or L % 8 or (B // L) % 8:                  # byte-aligned block parts (the writer's)
-        return enec.encode_section(flat, reserve, into)
-    pb = _PLAN_BITS[flat.dtype]
-    plan = enec._PLAN_OF[flat.dtype]
-    E, R = plan.symbol_bits, plan.raw_bits
-    A = 1 << E
-    x = _elements(flat)
-    geo = enec._Geometry(flat.numel(), B, L)
-    if geo.K >= 1 << 32:
-        raise ValueError(f"ENEC cannot hold {geo.numel} elements in u32 blocks of {B}")
-    K = geo.K
+    ep = enec.plan_encode(flat)
+    geo = ep.geo
+    B, L, K = geo.B, geo.L, geo.K
+    pb = common.plan_bits(ep.plan)
+    x = _elements(flat, pb)
     nz = np.zeros(K, np.bool_)
-    hist = np.zeros((K, 256), np.int32)
+    hist = np.zeros((K, 256), np.int32)                 # exponent histogram per block
     with _LOCK:
         numba.set_num_threads(_threads())
         qlc_stats(x, B, pb.ssh, pb.smask, np.zeros(256, np.uint8), True, np.zeros(K, np.int64), nz, hist)
-    modes = nz.astype(np.uint8)
-    coded_full = np.flatnonzero(modes[: geo.KA]).tolist()
-    cod = enec._Coded(geo, coded_full, bool(geo.tail and modes[-1]))
-    b = n = m = F = X = 0
-    if cod.Kc == 0:
-        head = enec.section_head(plan, 0, 0, 0, geo, 0, 0, modes)
+    ep.set_modes(nz)
+    if not ep.cod.Kc:
+        head = ep.layout().head
         buf = common.section_buffer(reserve + len(head), into, "cpu")
         buf[reserve:] = torch.frombuffer(bytearray(head), dtype=torch.uint8)
         return buf
-    # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
-    h_all = hist[modes.astype(bool)].sum(0, dtype=np.int64)[:A]
-    sample, scale, exact = enec.sample_from_tensor(flat, geo, cod)
-    ch = enec.search(h_all, sample, scale, exact, geo, cod, E)
-    b, n, m = ch.b, ch.n, ch.m
-    ytab_e, xtab_e, _ = enec.code_tables(b, n, E)
+    tab = ep.table
+    hist = hist[tab[:, enec.TAB_BLOCK]]                 # the coded blocks'
+    ep.search(hist.sum(0, dtype=np.int64), enec.sample_from_tensor(flat, geo, ep.cod))
     ytab = np.zeros(256, np.uint8)
     xtab = np.zeros(256, np.uint8)
-    ytab[:A] = ytab_e
-    xtab[:A] = xtab_e
-    exc_block = hist[:, :A].astype(np.int64) @ xtab_e.astype(np.int64)
-    exc_block[modes == 0] = 0
-    X = int(exc_block.sum())
-    if X != ch.X:
-        raise AssertionError("native ENEC encoder: exception count differs from the search's")
-    tab = enec.block_table(geo, cod, exc_block)
-    Kc = tab.shape[0]
-    wh = n - m
+    ytab[: ep.A] = ep.ytab
+    xtab[: ep.A] = ep.xtab
+    fcnt = np.zeros(len(tab), np.int64)
+    if ep.wh:
+        with _LOCK:
+            numba.set_num_threads(_threads())
+            enec_flags(x, B, tab, L, pb.ssh, pb.smask, ytab, ep.m, fcnt)
+    ep.count(ep.exceptions_of(hist), fcnt)
+    lay = ep.layout()
+    buf = common.section_buffer(reserve + lay.nbytes, into, "cpu")
+    out = buf[reserve:]
+    o = out.numpy()
+    o[: len(lay.head)] = np.frombuffer(lay.head, np.uint8)
+    start, end = lay.start, lay.end
+    xpos = np.zeros(ep.X, np.int32)
+    xexp = np.zeros(ep.X, np.int32)
+    check = np.zeros((len(tab), 2), np.int64)
+    yx = ytab.astype(np.int32) | (xtab.astype(np.int32) << 8)
     with _LOCK:
         numba.set_num_threads(_threads())
-        if wh > 0:
-            fcnt = np.zeros(Kc, np.int64)
-            enec_flags(x, B, tab, L, pb.ssh, pb.smask, ytab, m, fcnt)
-            tab[:, T_FOFF] = np.cumsum(fcnt) - fcnt
-            F = int(fcnt.sum())
-        else:
-            fcnt = np.zeros(Kc, np.int64)
-        sizes = enec._plane_sizes(geo, cod, E, R, n, m, F, X)
-        head = enec.section_head(plan, b, n, m, geo, F, X, modes, exc_block)
-        bases, ends = enec.plane_bases(sizes, len(head))
-        buf = common.section_buffer(reserve + ends["raw"], into, "cpu")
-        out = buf[reserve:]
-        o = out.numpy()
-        o[: len(head)] = np.frombuffer(head, np.uint8)
-        xpos = np.zeros(X, np.int32)
-        xexp = np.zeros(X, np.int32)
-        check = np.zeros((Kc, 2), np.int64)
-        yx = ytab.astype(np.int32) | (xtab.astype(np.int32) << 8)
-        enec_write(x, B, tab, fcnt, o, L, m, wh, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, R, ytab, xtab, yx,
-                   bases["flags"], ends["flags"], bases["low"], ends["low"], bases["high"], ends["high"],
-                   bases["raw"], ends["raw"], cod.Nr, xpos, xexp, check)
-    if not (np.array_equal(check[:, 1], tab[:, T_XCNT]) and (wh == 0 or np.array_equal(check[:, 0], fcnt))):
-        raise AssertionError("native ENEC encoder: counts differ between its passes")
-    if X:
-        out[bases["exc_pos"]:ends["exc_pos"]] = pack_bits(torch.from_numpy(xpos), geo.pos_bits)
-        out[bases["exc_exp"]:ends["exc_exp"]] = pack_bits(torch.from_numpy(xexp), E)
+        enec_write(x, B, tab, fcnt, o, L, ep.m, ep.wh, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, ep.R, ytab, xtab, yx,
+                   start["flags"], end["flags"], start["low"], end["low"], start["high"], end["high"],
+                   start["raw"], end["raw"], ep.cod.Nr, xpos, xexp, check)
+    if not (np.array_equal(check[:, 1], tab[:, T_XCNT]) and (ep.wh == 0 or np.array_equal(check[:, 0], fcnt))):
+        raise EncoderError("native ENEC encoder: counts differ between its passes")
+    if ep.X:
+        out[start["exc_pos"]:end["exc_pos"]] = pack_bits(torch.from_numpy(xpos), geo.pos_bits)
+        out[start["exc_exp"]:end["exc_exp"]] = pack_bits(torch.from_numpy(xexp), ep.E)
     return buf
 
 
 def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.enec.decode_section for CPU streams (same result, same errors, same `out`)."""
     geo, cod = sec.geo, sec.cod
-    N = geo.numel
     if cod.Kc == 0:
-        return torch.zeros(N, dtype=sec.dtype) if out is None else out.view(-1).zero_()
-    pb = _PLAN_BITS[sec.dtype]
+        return sec.zeros(out, "cpu")
+    pb = common.plan_bits(sec.plan)
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
-    exc_block = sec.exc_counts.numpy() if sec.X else None
-    tab = enec.block_table(geo, cod, exc_block)
-    zero_blocks = np.flatnonzero(sec.modes.numpy() == enec.MODE_ZERO).astype(np.int64)
-    bases, ends = enec.plane_bases(sec.plane_bytes, sec.planes_offset)
-    _, _, etab_e = enec.code_tables(sec.b, sec.n, E)
-    etab = etab_e.astype(np.int64) << pb.ssh
+    tab = sec.block_table()
+    start, end = sec.plane_bounds()
+    etab = sec.exponent_table().astype(np.int64) << pb.ssh
     # two exponents per lookup for bfloat16 (16-bit elements, one raw byte plane), 2m <= 12 bits
     ptab = np.zeros(0, np.int32)
     if pb.kind == 1 and R == 8 and 1 <= sec.m <= 6:
         i = np.arange(1 << (2 * sec.m))
         ptab = (etab[i & ((1 << sec.m) - 1)] | (etab[i >> sec.m] << 16)).astype(np.uint32).view(np.int32)
     d = data.contiguous().numpy()
-    flat = common.decode_target(N, sec.dtype, out, "cpu")
+    flat = common.decode_target(geo.numel, sec.dtype, out, "cpu")
     out = common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
     Kc = tab.shape[0]
     fcnt = np.zeros(Kc, np.int64)
     err = np.zeros(Kc, np.int32)
     with _LOCK:
         numba.set_num_threads(_threads())
-        enec_decode(d, out, geo.B, tab, zero_blocks, geo.L, sec.b, sec.n, sec.m, sec.F, sec.X, geo.pos_bits, E,
+        enec_decode(d, out, geo.B, tab, sec.zero_blocks(), geo.L, sec.b, sec.n, sec.m, sec.F, sec.X, geo.pos_bits, E,
                     pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, R, etab, ptab,
-                    bases["flags"], ends["flags"], bases["low"], ends["low"], bases["high"], ends["high"],
-                    bases["exc_pos"], ends["exc_pos"], bases["exc_exp"], ends["exc_exp"], bases["raw"], ends["raw"],
+                    start["flags"], end["flags"], start["low"], end["low"], start["high"], end["high"],
+                    start["exc_pos"], end["exc_pos"], start["exc_exp"], end["exc_exp"], start["raw"], end["raw"],
                     cod.Nr, fcnt, err)
-    if sec.m < sec.n and sec.F:
-        got = int(fcnt.sum())
-        if got != sec.F:
-            raise FormatError(f"flag plane has {got} flagged groups, metadata says {sec.F}")
+    if sec.m < sec.n and sec.F and int(fcnt.sum()) != sec.F:
+        raise enec.flag_count_error(int(fcnt.sum()), sec.F)
     if err.any():
-        raise FormatError("ENEC exception position outside its block")
+        raise enec.exception_position_error()
     return flat
-
-
-# ---------------------------------------------------------------------------------------------------
-def bench(mib: int = 32, rounds: int = 11) -> None:
-    """One-core ENEC vs QLC native (sections), a clone and zstd-1 on bf16 weight-like data,
-    interleaved rounds, medians of wall and process CPU time (docs/benchmarks.md, ENEC)."""
-    import statistics
-    import time
-
-    from qlccomm import datagen, qlc
-    from qlccomm.format import CODEC_ENEC, CODEC_QLC, ByteSource, Header
-    from qlccomm.split import PLANS
-
-    from . import native_qlc as nq
-
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    x = datagen.synthetic("weight", torch.bfloat16, mib << 19)
-    nb = x.numel() * 2
-
-    def blob_of(codec, sec):
-        h = Header(codec, x.dtype, (x.numel(),))
-        return torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), sec]), h
-
-    sec = encode_section(x)
-    blob, h = blob_of(CODEC_ENEC, sec)
-    es = enec.parse_section(ByteSource(blob), h.nbytes, h)
-    qsec = nq.encode_section(x, PLANS["bf16_exp"], None)
-    qblob, hq = blob_of(CODEC_QLC, qsec)
-    qs = qlc.parse_section(ByteSource(qblob), hq.nbytes, x.numel(), x.dtype, None)
-    cases = {"enec/native encode": lambda: encode_section(x),
-             "enec/native decode": lambda: decode_section(es, blob, h),
-             "qlc/native encode": lambda: nq.encode_section(x, PLANS["bf16_exp"], None),
-             "qlc/native decode": lambda: nq.decode_section(qs, qblob, hq),
-             "clone": lambda: x.clone()}
-    ratio = {"enec": nb / sec.numel(), "qlc": nb / qsec.numel()}
-    try:
-        import zstandard
-        raw = x.view(torch.uint8).numpy().tobytes()
-        cz, dz = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
-        zb = cz.compress(raw)
-        cases["zstd-1 compress"] = lambda: cz.compress(raw)
-        cases["zstd-1 decompress"] = lambda: dz.decompress(zb)
-        ratio["zstd-1"] = nb / len(zb)
-    except ImportError:
-        pass
-    wall = {k: [] for k in cases}
-    cpu = {k: [] for k in cases}
-    for _ in range(rounds):
-        for k, f in cases.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            f()
-            cpu[k].append(time.process_time() - c0)
-            wall[k].append(time.perf_counter() - t0)
-    print(f"# {mib} MiB bfloat16 weights, 1 thread, median of {rounds} interleaved rounds; "
-          f"GB/s = uncompressed bytes / s")
-    print(f"{'case':20s} {'wall ms':>8s} {'GB/s':>6s} {'cpu ms':>8s} {'GB/s':>6s}")
-    med = {}
-    for k in cases:
-        w, c = statistics.median(wall[k]), statistics.median(cpu[k])
-        med[k] = (w, c)
-        print(f"{k:20s} {w * 1e3:8.1f} {nb / w / 1e9:6.2f} {c * 1e3:8.1f} {nb / c / 1e9:6.2f}")
-    print("ratio " + "  ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
-    q, e = med["qlc/native decode"], med["enec/native decode"]
-    print(f"ENEC decode speed / QLC decode speed: wall {q[0] / e[0]:.2f}, cpu {q[1] / e[1]:.2f}")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    from qlccomm.kernels import native_enec
-
-    ap = argparse.ArgumentParser(description="ENEC vs QLC native kernels on one core")
-    ap.add_argument("--mib", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=11)
-    a = ap.parse_args()
-    native_enec.bench(a.mib, a.rounds)

@@ -12,24 +12,23 @@ stays small for any block size.  Two walks of a block:
                   max over the members), flagged-group ranks (tl.cumsum of the flags,
                   carried between tiles), high values packed per group
 
-The host does what is not a per-element pass and reuses qlccomm.enec for it (geometry,
-sample plan, parameter search, code tables, block table, plane sizes and bases, section
-metadata), so this path, the native one and the torch path cannot drift apart:
+Every host-side decision (geometry, sample plan, parameter search, code tables, block
+table, plane offsets, section metadata, error messages) is qlccomm.enec's EncodePlan /
+ENECSection; this module runs only the passes:
 
     encode  _enec_stats       per block: any bit set?  per program: exponent histogram
                               (tl.histogram), summed over programs by torch
-            search            sample of <= 8 blocks (index_select, enec._split) and, on
-                              CUDA, the flagged groups of every candidate base counted
-                              on the device (enec.flagged_counts), then enec._search on
-                              the host from those counts and the histogram -> b, n, m;
-                              enec.code_tables -> 256-entry y / exception table,
-                              exceptions X from the histogram.  (Elsewhere: CPU tensors
-                              under the interpreter, NPUs, the host search reads the
-                              sample itself.)
+            plan              block modes; search on the histogram and a sample of
+                              <= 8 blocks (enec.sample_from_tensor) and, on CUDA, the
+                              flagged groups of every candidate base counted on the
+                              device (enec.flagged_counts) -> b, n, m; code tables ->
+                              256-entry y / exception table; exceptions X from the
+                              histogram.  (Elsewhere: CPU tensors under the
+                              interpreter, NPUs, the host search reads the sample.)
             _enec_count       per coded block (group tiles): flagged groups,
                               exceptions (only when m < n or X > 0)
-            host              exclusive sums -> flag / exception offsets per block,
-                              section metadata (enec.section_head)
+            plan              exclusive sums -> flag / exception offsets per block,
+                              section metadata, plane offsets
             _enec_write       per coded block: raw planes, low plane, exceptions as
                               (position, exponent) int32 pairs at the block's offset
                               (element order); flag bits and the flagged groups' high
@@ -48,7 +47,7 @@ metadata), so this path, the native one and the torch path cannot drift apart:
             _enec_exc_apply   per coded block: its exceptions' exponents written over
                               (only when X > 0; a separate launch orders these writes
                               after _enec_decode's without barriers)
-            host              error word -> the torch path's FormatError (same message)
+            host              error word -> the torch path's FormatError
 
 A corrupt stream that lists one position twice in a block: the torch path and the
 interpreter keep the later exponent; on a device either may win (valid streams list
@@ -72,12 +71,12 @@ Launches per call, constant in the number of blocks:
 
   (*) when m < n or X > 0   (**) when X > 0   (***) when F > 0 and m < n
 
-The encoder needs the writer's geometry (B and L multiples of 8, L a power of two: every
-block's part of every plane starts on a byte); enec.encode_section always writes
-B = 16384, L = 16 (anything else falls back to the torch path).  The decoder takes any
-valid stream (any B, L; tiles of next_power_of_2(L) rows): values are read at
-arbitrary bit offsets with masked two-byte loads bounded by their plane, so corrupt
-planes cannot reach outside; parse_section validated the metadata and plane sizes.
+The encoder relies on the writer's geometry (enec.BLOCK_ELEMS and enec.GROUP_ELEMS, and
+so G = B / L, multiples of 8, L a power of two: every block's part of every plane starts
+on a byte).  The decoder takes any valid stream (any B, L; tiles of next_power_of_2(L)
+rows): values are read at arbitrary bit offsets with masked two-byte loads bounded by
+their plane, so corrupt planes cannot reach outside; parse_section validated the
+metadata and plane sizes.
 
 Specialisations: one per dtype (shifts and masks of kernels/common.PlanBits) and step
 size per kernel; the decoder also per tile height (16 for the writer's L).  The widths
@@ -97,7 +96,6 @@ import triton
 import triton.language as tl
 
 from qlccomm import enec
-from qlccomm.errors import FormatError
 
 from . import common
 from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _pack_store, _store_raw
@@ -107,9 +105,6 @@ from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _pack_store, _store_raw
 SUB_MAX = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 STATS_PROGRAMS = 2048    # the statistics pass: per-program histograms, [programs, 256] int32
 NBINS = 256
-
-_PLAN_BITS = {torch.bfloat16: common.PLAN_BITS["bf16_exp"], torch.float16: common.PLAN_BITS["fp16_exp"],
-              torch.float32: common.PLAN_BITS["fp32_exp"]}
 
 ERR_EXC = tl.constexpr(1)      # an exception position outside its block
 ERR_FLAGS = tl.constexpr(2)    # the flag plane's set bits differ from F
@@ -388,7 +383,7 @@ def _enec_exc_apply(data_ptr, tab_ptr, out_ptr, err_ptr, B, X, P, E, nrows, npro
 
 
 # ---------------------------------------------------------------------------------------------------
-# host side
+# host side: the passes over enec.EncodePlan / enec.ENECSection
 def _grid(rows: int, cap: int = MAX_PROGRAMS) -> int:
     return max(1, min(rows, cap))
 
@@ -398,7 +393,7 @@ def _sub(n: int, floor: int = 8) -> int:
     return max(floor, min(SUB_MAX, triton.next_power_of_2(max(n, 1))))
 
 
-def _stats(x: torch.Tensor, geo, pb) -> tuple[np.ndarray, np.ndarray]:
+def _stats(x: torch.Tensor, geo: enec.Geometry, pb: common.PlanBits) -> tuple[np.ndarray, np.ndarray]:
     """(block modes uint8 [K], exponent histogram of the coded blocks int64 [256])."""
     K = geo.K
     g = _grid(K, STATS_PROGRAMS)
@@ -416,98 +411,78 @@ def _stats(x: torch.Tensor, geo, pb) -> tuple[np.ndarray, np.ndarray]:
     return modes, hist
 
 
-def _search(flat: torch.Tensor, hist: np.ndarray, geo, cod, E: int, on_host: bool | None = None):
-    """enec._search on the sample of the blocks enec.sample_plan names.  On CUDA the sample
-    stays there: its exponents are split and the flagged groups counted for every b by
-    torch ops on the device (enec.flagged_counts; one small copy back), because the host's
-    pass over the sample costs ~10 ms, far more than the kernels.  Elsewhere (CPU tensors
-    under the interpreter; NPUs) the host search runs as in the torch path (`on_host`
-    forces either; tests compare them).  Same choice."""
+def _sample(flat: torch.Tensor, geo: enec.Geometry, cod: enec.Coded,
+            on_host: bool | None = None) -> tuple[tuple[torch.Tensor, float, bool], bool]:
+    """The search's sample (enec.sample_from_tensor) and whether the search runs on the
+    host.  On CUDA the sample stays there: its exponents are split and the flagged groups
+    counted for every b by torch ops on the device (enec.flagged_counts; one small copy
+    back).  Elsewhere (CPU tensors under the interpreter; NPUs) the host search runs as in
+    the torch path.  `on_host` forces either (tests compare them): same choice."""
     if on_host is None:
         on_host = flat.device.type != "cuda"
-    sample, scale, exact = enec.sample_from_tensor(flat, geo, cod, "cpu" if on_host else None)
-    return enec.search(hist, sample, scale, exact, geo, cod, E, on_host)
+    return enec.sample_from_tensor(flat, geo, cod, "cpu" if on_host else None), on_host
+
+
+def _search(flat: torch.Tensor, hist: np.ndarray, geo: enec.Geometry, cod: enec.Coded, E: int,
+            on_host: bool | None = None) -> enec.Choice:
+    """enec.search as encode_section runs it (tests/test_kernels_triton.py)."""
+    sample, on_host = _sample(flat, geo, cod, on_host)
+    return enec.search(hist, *sample, geo, cod, E, on_host)
 
 
 def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.enec.encode_section on the tensor's device (same bytes, same `reserve` and
     `into`; the kernels write bytes, so the section may start at any address)."""
-    if flat.dtype not in _PLAN_BITS:
-        raise ValueError(f"ENEC codes {enec.SUPPORTED_DTYPES}, not {flat.dtype}")
-    B, L = enec.BLOCK_ELEMS, enec.GROUP_ELEMS
-    if B % 8 or L % 8 or (B // L) % 8 or L & (L - 1):     # byte-aligned block parts (the writer's)
-        return enec.encode_section(flat, reserve, into)
+    ep = enec.plan_encode(flat)
     flat = flat.detach().contiguous().view(-1)
     dev = flat.device
-    pb = _PLAN_BITS[flat.dtype]
-    plan = enec._PLAN_OF[flat.dtype]
-    E, R = plan.symbol_bits, plan.raw_bits
-    A = 1 << E
+    geo = ep.geo
+    B, L = geo.B, geo.L
+    pb = common.plan_bits(ep.plan)
     x = common.element_view(flat, pb)
-    geo = enec._Geometry(flat.numel(), B, L)
-    if geo.K >= 1 << 32:
-        raise ValueError(f"ENEC cannot hold {geo.numel} elements in u32 blocks of {B}")
     modes, hist = _stats(x, geo, pb)
-    coded_full = np.flatnonzero(modes[: geo.KA]).tolist()
-    cod = enec._Coded(geo, coded_full, bool(geo.tail and modes[-1]))
-    if cod.Kc == 0:
-        head = enec.section_head(plan, 0, 0, 0, geo, 0, 0, modes)
+    ep.set_modes(modes)
+    if not ep.cod.Kc:
+        head = ep.layout().head
         buf = common.section_buffer(reserve + len(head), into, dev)
         buf[reserve:].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
         return buf
-    # parameter search: the torch path's, on the histogram and a sample of <= 8 blocks
-    ch = _search(flat, hist[:A], geo, cod, E)
-    b, n, m = ch.b, ch.n, ch.m
-    ytab, xtab, _ = enec.code_tables(b, n, E)
-    X = int(hist[:A] @ xtab.astype(np.int64))
-    if X != ch.X:
-        raise AssertionError("Triton ENEC encoder: exception count differs from the search's")
+    ep.search(hist, *_sample(flat, geo, ep.cod))
     ctab = np.zeros(NBINS, np.int32)
-    ctab[:A] = ytab.astype(np.int32) | (xtab.astype(np.int32) << 8)
+    ctab[: ep.A] = ep.ytab.astype(np.int32) | (ep.xtab.astype(np.int32) << 8)
     ctab_d = torch.from_numpy(ctab).to(dev)
-    tab = enec.block_table(geo, cod)
+    tab = ep.table
     Kc = tab.shape[0]
-    wh = n - m
     sub = _sub(B, 8 * L)
     g = _grid(Kc)
-    F = 0
-    tab_d = torch.from_numpy(tab).to(dev)
-    exc_block = None
-    if wh > 0 or X:
+    if ep.wh or ep.X:
+        tab_d = torch.from_numpy(tab).to(dev)
         cnt = torch.empty(2 * Kc, dtype=torch.int32, device=dev)
-        _enec_count[(g,)](x, tab_d, ctab_d, cnt, B, m, Kc, g, SSH=pb.ssh, SMASK=pb.smask, L=L, SUB=sub,
+        _enec_count[(g,)](x, tab_d, ctab_d, cnt, B, ep.m, Kc, g, SSH=pb.ssh, SMASK=pb.smask, L=L, SUB=sub,
                           num_warps=NUM_WARPS)
         cnt = cnt.cpu().numpy().astype(np.int64).reshape(Kc, 2)
-        fcnt, xcnt = cnt[:, 0], cnt[:, 1]
-        F = int(fcnt.sum()) if wh > 0 else 0
-        if int(xcnt.sum()) != X:
-            raise AssertionError("Triton ENEC encoder: exception counts differ between its passes")
-        if wh > 0:
-            tab[:, enec.TAB_FOFF] = np.cumsum(fcnt) - fcnt
-        if X:
-            exc_block = np.zeros(geo.K, np.int64)
-            exc_block[tab[:, enec.TAB_BLOCK]] = xcnt
-            tab[:, enec.TAB_XCNT] = xcnt
-            tab[:, enec.TAB_XOFF] = np.cumsum(xcnt) - xcnt
-        tab_d = torch.from_numpy(tab).to(dev)
-    sizes = enec._plane_sizes(geo, cod, E, R, n, m, F, X)
-    head = enec.section_head(plan, b, n, m, geo, F, X, modes, exc_block)
-    bases, ends = enec.plane_bases(sizes, len(head))
-    size = reserve + ends["raw"]
+        ep.count(cnt[:, 1], cnt[:, 0])
+    else:
+        ep.count()
+    tab_d = torch.from_numpy(tab).to(dev)
+    lay = ep.layout()
+    start = lay.start
+    size = reserve + lay.nbytes
     buf = into[:size] if into is not None and into.numel() >= size else _empty(size, dtype=torch.uint8, device=dev)
     out = buf[reserve:]
-    out[: len(head)].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+    out[: len(lay.head)].copy_(torch.frombuffer(bytearray(lay.head), dtype=torch.uint8))
+    X = ep.X
     xpos = torch.empty(max(X, 1), dtype=torch.int32, device=dev)
     xexp = torch.empty(max(X, 1), dtype=torch.int32, device=dev)
-    _enec_write[(g,)](x, tab_d, ctab_d, out, xpos, xexp, B, m, wh, Kc, g,
-                      bases["flags"], bases["low"], bases["high"], bases["raw"], cod.Nr,
-                      SSH=pb.ssh, SMASK=pb.smask, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, RAW_BITS=R, L=L, SUB=sub,
+    _enec_write[(g,)](x, tab_d, ctab_d, out, xpos, xexp, B, ep.m, ep.wh, Kc, g,
+                      start["flags"], start["low"], start["high"], start["raw"], ep.cod.Nr,
+                      SSH=pb.ssh, SMASK=pb.smask, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, RAW_BITS=ep.R, L=L, SUB=sub,
                       num_warps=NUM_WARPS)
     if X:
         xsub = SUB_MAX
         nch = -(-X // xsub)
         gx = _grid(nch)
-        _enec_exc_pack[(gx,)](xpos, xexp, out, X, bases["exc_pos"], bases["exc_exp"], geo.pos_bits, E, nch, gx,
+        _enec_exc_pack[(gx,)](xpos, xexp, out, X, start["exc_pos"], start["exc_exp"], geo.pos_bits, ep.E, nch, gx,
                               SUB=xsub, num_warps=NUM_WARPS)
     return buf
 
@@ -516,23 +491,22 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch
     """qlccomm.enec.decode_section on the stream's device (same result, same errors, same `out`)."""
     geo, cod = sec.geo, sec.cod
     dev = data.device
-    N = geo.numel
     if cod.Kc == 0:
-        return torch.zeros(N, dtype=sec.dtype, device=dev) if out is None else out.view(-1).zero_()
-    pb = _PLAN_BITS[sec.dtype]
+        return sec.zeros(out, dev)
+    pb = common.plan_bits(sec.plan)
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
-    tab = enec.block_table(geo, cod, sec.exc_counts.numpy() if sec.X else None)
+    tab = sec.block_table()
     Kc = tab.shape[0]
-    zero = np.flatnonzero(sec.modes.numpy() == enec.MODE_ZERO).astype(np.int64)
+    zero = sec.zero_blocks()
     ztab = np.zeros((zero.size, enec.TAB_COLS), np.int64)       # groups 0: all-zero block
     ztab[:, enec.TAB_BLOCK] = zero
     ztab[:, enec.TAB_ELEMS] = np.where(zero == geo.K - 1, geo.Bt, geo.B)
     rows = np.concatenate([tab, ztab])
     tab_d = torch.from_numpy(rows).to(dev)
-    etab = torch.from_numpy(enec.code_tables(sec.b, sec.n, E)[2].astype(np.int32)).to(dev)
-    bases, ends = enec.plane_bases(sec.plane_bytes, sec.planes_offset)
+    etab = torch.from_numpy(sec.exponent_table().astype(np.int32)).to(dev)
+    start, end = sec.plane_bounds()
     data = data.contiguous()
-    flat = common.decode_target(N, sec.dtype, out, dev)
+    flat = common.decode_target(geo.numel, sec.dtype, out, dev)
     out = common.element_view(flat, pb)
     err = torch.zeros(1, dtype=torch.int32, device=dev)
     L = geo.L
@@ -542,7 +516,7 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch
     g = _grid(Kc)
     if use_flags:
         fcnt = torch.empty(Kc, dtype=torch.int32, device=dev)
-        _enec_flag_count[(g,)](data, tab_d, fcnt, bases["flags"], ends["flags"], Kc, g,
+        _enec_flag_count[(g,)](data, tab_d, fcnt, start["flags"], end["flags"], Kc, g,
                                SUB=_sub(geo.G), num_warps=NUM_WARPS)
         fo = torch.cumsum(fcnt, 0, dtype=torch.int64)
     else:                                  # never read
@@ -552,18 +526,18 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch
     gd = _grid(nrows)
     _enec_decode[(gd,)](data, tab_d, fo, fcnt, etab, out, err, geo.B, L, sec.m, sec.n - sec.m, sec.F,
                         int(use_flags), Kc, nrows, gd,
-                        bases["flags"], ends["flags"] if use_flags else bases["flags"], bases["low"], ends["low"],
-                        bases["high"], ends["high"], bases["raw"], ends["raw"], cod.Nr,
+                        start["flags"], end["flags"] if use_flags else start["flags"], start["low"], end["low"],
+                        start["high"], end["high"], start["raw"], end["raw"], cod.Nr,
                         SSH=pb.ssh, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, RAW_BITS=R, LP=LP, SUB=sub,
                         num_warps=NUM_WARPS)
     if sec.X:
         _enec_exc_apply[(g,)](data, tab_d, out, err, geo.B, sec.X, geo.pos_bits, E, Kc, g,
-                              bases["exc_pos"], ends["exc_pos"], bases["exc_exp"], ends["exc_exp"],
+                              start["exc_pos"], end["exc_pos"], start["exc_exp"], end["exc_exp"],
                               SSH=pb.ssh, EMASK=~(pb.smask << pb.ssh), SUB=SUB_MAX,
                               num_warps=NUM_WARPS)
     flags = int(err.item())
     if flags & ERR_FLAGS.value:
-        raise FormatError(f"flag plane has {int(fo[-1])} flagged groups, metadata says {sec.F}")
+        raise enec.flag_count_error(int(fo[-1]), sec.F)
     if flags & ERR_EXC.value:
-        raise FormatError("ENEC exception position outside its block")
+        raise enec.exception_position_error()
     return flat

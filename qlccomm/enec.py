@@ -1,4 +1,4 @@
-"""ENEC codec, torch path: block-based fixed-length exponent code (docs/format.md, "ENEC section").
+"""ENEC codec: block-based fixed-length exponent code (docs/format.md, "ENEC section").
 
 Each element splits (qlccomm.split plans bf16_exp / fp16_exp / fp32_exp) into an
 E-bit exponent `e` (E = 8, 5, 8) and raw bits (sign + mantissa, 8 / 11 / 24 bits).
@@ -30,6 +30,13 @@ ceil(flagged elements / L); otherwise the search is exact.  Candidates b are
 visited in order of a lower bound computed from the histogram (branch and
 bound), so the search stays exact while evaluating few b.  Ties go to the
 smallest (size, n, m, b).
+
+This module holds every host-side decision, once, for every backend: the geometry,
+the search, the code tables, the section's metadata and plane layout (EncodePlan,
+made by plan_encode) and the parsed, validated metadata of a stream (ENECSection,
+made by parse_section).  The backends run only the passes over the elements: the
+torch path here, and the fused kernels of qlccomm.kernels.native_enec (numba) and
+qlccomm.kernels.triton_enec (Triton).
 """
 from __future__ import annotations
 
@@ -41,12 +48,13 @@ import numpy as np
 import torch
 
 from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits, unpack_planes
-from .errors import FormatError
+from .errors import EncoderError, FormatError
 from .format import ByteSource, Header
 from .split import PLANS, Plan
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-_PLAN_OF = {torch.bfloat16: PLANS["bf16_exp"], torch.float16: PLANS["fp16_exp"], torch.float32: PLANS["fp32_exp"]}
+PLAN_OF: dict[torch.dtype, Plan] = {torch.bfloat16: PLANS["bf16_exp"], torch.float16: PLANS["fp16_exp"],
+                                    torch.float32: PLANS["fp32_exp"]}
 _INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 
 BLOCK_ELEMS = 16384          # elements per block (the writer's B)
@@ -73,9 +81,10 @@ def _unpack_u8(d: torch.Tensor, width: int, n: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Geometry:
-    """Blocks of one tensor.  The last block is a *tail* when it is shorter than B: it
-    has Gt = ceil(Bt / L) groups and is padded to L*Gt with virtual elements (y = 0)."""
+class Geometry:
+    """Blocks of one tensor (counts in elements, groups and blocks).  The last block is a
+    *tail* when it is shorter than B: it has Gt = ceil(Bt / L) groups and is padded to
+    L*Gt with virtual elements (y = 0)."""
 
     numel: int
     B: int
@@ -108,16 +117,23 @@ class _Geometry:
 
     @property
     def pos_bits(self) -> int:
+        """Bits of a block-local exception position."""
         return (self.B - 1).bit_length()
 
 
 @dataclass(frozen=True)
-class _Coded:
-    """Which blocks are coded; sizes of the coded part."""
+class Coded:
+    """Which blocks are coded (the others are all-zero); sizes of the coded part."""
 
-    geo: _Geometry
+    geo: Geometry
     coded_full: list[int]        # indices of coded full-size blocks
     tail_coded: bool
+
+    @classmethod
+    def from_modes(cls, geo: Geometry, modes) -> Coded:
+        """The coded blocks of block modes (integers [K], MODE_ZERO / MODE_CODED)."""
+        modes = np.asarray(modes)
+        return cls(geo, np.flatnonzero(modes[: geo.KA]).tolist(), bool(geo.tail and modes[-1]))
 
     @property
     def KcA(self) -> int:
@@ -145,8 +161,18 @@ class _Coded:
     def all_coded(self) -> bool:
         return self.KcA == self.geo.KA and (self.tail_coded or not self.geo.tail)
 
+    @property
+    def blocks(self) -> list[int]:
+        """Indices of the coded blocks, in block order."""
+        return list(self.coded_full) + ([self.geo.K - 1] if self.tail_coded else [])
 
-def _plane_sizes(geo: _Geometry, cod: _Coded, E: int, R: int, n: int, m: int, F: int, X: int) -> dict:
+
+# the names before they were public (tests outside the ENEC suite use them)
+_PLAN_OF, _Geometry, _Coded = PLAN_OF, Geometry, Coded
+
+
+def _plane_sizes(geo: Geometry, cod: Coded, E: int, R: int, n: int, m: int, F: int, X: int) -> dict[str, int]:
+    """Bytes of each plane, in stream order."""
     return {
         "flags": (cod.Gc + 7) // 8 if m < n else 0,
         "low": packed_nbytes(cod.Nv, m),
@@ -162,12 +188,12 @@ TAB_BLOCK, TAB_ELEMS, TAB_GROUPS, TAB_GORD, TAB_RORD, TAB_XOFF, TAB_XCNT, TAB_FO
 TAB_COLS = 8
 
 
-def block_table(geo: _Geometry, cod: _Coded, exc_block: np.ndarray | None = None) -> np.ndarray:
+def block_table(geo: Geometry, cod: Coded, exc_block: np.ndarray | None = None) -> np.ndarray:
     """Per coded block, in block order: block index, real elements, groups, coded groups and
     coded real elements before it (its offsets in the flag / low and raw planes), exceptions
     before it and in it (from exc_block, exceptions per block [K]; zeros without it).
     TAB_FOFF (flagged groups before it) is left 0: it needs the flags."""
-    blocks = np.asarray(list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else []), np.int64)
+    blocks = np.asarray(cod.blocks, np.int64)
     Kc = blocks.size
     tab = np.zeros((Kc, TAB_COLS), np.int64)
     tab[:, TAB_BLOCK] = blocks
@@ -187,8 +213,8 @@ def block_table(geo: _Geometry, cod: _Coded, exc_block: np.ndarray | None = None
     return tab
 
 
-def plane_bases(sizes: dict, start: int) -> tuple[dict, dict]:
-    """Absolute start and end offsets of the planes (sizes in stream order) from byte `start`."""
+def plane_bases(sizes: dict[str, int], start: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Start and end byte offsets of the planes (sizes in bytes, stream order) from byte `start`."""
     bases, ends, pos = {}, {}, start
     for name, size in sizes.items():
         bases[name] = pos
@@ -197,7 +223,7 @@ def plane_bases(sizes: dict, start: int) -> tuple[dict, dict]:
     return bases, ends
 
 
-def section_head(plan: Plan, b: int, n: int, m: int, geo: _Geometry, F: int, X: int, modes,
+def section_head(plan: Plan, b: int, n: int, m: int, geo: Geometry, F: int, X: int, modes,
                  exc_block=None) -> bytes:
     """The section's metadata: fixed fields, block modes (uint8 [K]) and, when X > 0, the
     exceptions of each block (integers [K], 0 for all-zero blocks) as u32."""
@@ -242,12 +268,11 @@ def _tables(E: int):
             "flag": flag, "nkeys": nkeys}
 
 
-def _nbytes_np(n, width):
-    return (width // 8) * n + (n * (width % 8) + 7) // 8
-
-
 @dataclass
-class _Choice:
+class Choice:
+    """The search's result: parameters, their exceptions X (elements), the section's size
+    (bytes; estimated when not exact) and how many bases b were evaluated."""
+
     b: int
     n: int
     m: int
@@ -279,9 +304,9 @@ def flagged_counts(sample: torch.Tensor, E: int, g_step: int = 4096) -> np.ndarr
     A group's key for base b is (OR of its members' bits pbit[b, e], min of qval[b, e]):
     from the group's exponent counts C [groups, 2^E], two matrix products with constant
     indicator tables say which bit lengths and which qvals occur, for every b.  About 25
-    small ops per step of `g_step` groups; scratch ~4 * g_step * 2^E * (2E + 1) bytes
-    (70 MiB for bfloat16).  For CUDA, where the host's pass over the sample costs far more than
-    the kernels; the counts equal those _search computes on the host (tests/test_enec.py)."""
+    small ops per step of `g_step` groups; scratch about 4 * g_step * 2^E * (2E + 1)
+    bytes.  For CUDA, where the sample need not come back to the host; the counts equal
+    those _search computes on the host (tests/test_enec.py)."""
     T = _tables(E)
     A = 1 << E
     dev = sample.device
@@ -302,8 +327,8 @@ def flagged_counts(sample: torch.Tensor, E: int, g_step: int = 4096) -> np.ndarr
     return F.round_().to(torch.int64).cpu().numpy()
 
 
-def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bool, geo: _Geometry,
-            cod: _Coded, E: int, flagged: np.ndarray | None = None) -> _Choice:
+def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bool, geo: Geometry,
+            cod: Coded, E: int, flagged: np.ndarray | None = None) -> Choice:
     """Pick (b, n, m).  hist: exponent histogram of the coded real elements (int64 [2^E]).
     sample: exponents of the sampled groups as a member-major [L, groups] uint8 array, or
     instead flagged = flagged_counts(sample) (computed on a device).  scale: coded groups /
@@ -323,11 +348,11 @@ def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bo
     nflag = np.where(pm < pn, (cp[:, pn] - cp[:, np.minimum(pm + 1, pn)]) + cq[:, pn], 0)
     f_lb = -(-nflag // L)
     w = pn - pm
-    base = np.where(pm < pn, (cod.Gc + 7) // 8, 0) + _nbytes_np(cod.Nv, pm)
-    exc = np.where(X > 0, 4 * geo.K + _nbytes_np(X, geo.pos_bits) + _nbytes_np(X, E), 0)
+    base = np.where(pm < pn, (cod.Gc + 7) // 8, 0) + packed_nbytes(cod.Nv, pm)
+    exc = np.where(X > 0, 4 * geo.K + packed_nbytes(X, geo.pos_bits) + packed_nbytes(X, E), 0)
 
     def cost(F):
-        hi = _nbytes_np(F * L, w) if exact else F * L * w / 8.0
+        hi = packed_nbytes(F * L, w) if exact else F * L * w / 8.0
         return base + hi + exc
 
     lb = cost(f_lb)                                   # [A, pairs]; exact where m == n
@@ -366,7 +391,7 @@ def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bo
             F = H[:, used] @ T["flag"][used]                    # flagged sampled groups [nb, pairs]
         if not exact:                                           # (integer matmul: no BLAS)
             F = np.maximum(F * scale, f_lb[bs])
-        c = base + (_nbytes_np(F * L, w) if exact else F * L * w / 8.0) + exc[bs]
+        c = base + (packed_nbytes(F * L, w) if exact else F * L * w / 8.0) + exc[bs]
         c = np.where(pm[None, :] < pn[None, :], c, lb[bs])     # m == n: no flags, exact
         done += len(bs)
         cc = c.ravel()
@@ -379,10 +404,10 @@ def _search(hist: np.ndarray, sample: np.ndarray | None, scale: float, exact: bo
             best = cand
             best_x = int(X[cand[3], pairs.index((cand[1], cand[2]))])
     cst, n, m, b = best
-    return _Choice(b, n, m, best_x, cst, exact, done)
+    return Choice(b, n, m, best_x, cst, exact, done)
 
 
-def sample_plan(cod: _Coded) -> tuple[list[int], bool]:
+def sample_plan(cod: Coded) -> tuple[list[int], bool]:
     """Which blocks the search reads: ordinals among the coded full blocks, and whether the
     search is exact (then every coded block is read, the coded tail included)."""
     exact = cod.Kc <= SAMPLE_BLOCKS
@@ -391,7 +416,7 @@ def sample_plan(cod: _Coded) -> tuple[list[int], bool]:
     return [((2 * i + 1) * cod.KcA) // (2 * SAMPLE_BLOCKS) for i in range(SAMPLE_BLOCKS)], False
 
 
-def sample_from_tensor(flat: torch.Tensor, geo: _Geometry, cod: _Coded,
+def sample_from_tensor(flat: torch.Tensor, geo: Geometry, cod: Coded,
                        device: torch.device | str | None = None) -> tuple[torch.Tensor, float, bool]:
     """The search's sample read from the tensor itself, for the fused paths (which never
     split every element): only the blocks `sample_plan` names are split, on `device`
@@ -409,8 +434,8 @@ def sample_from_tensor(flat: torch.Tensor, geo: _Geometry, cod: _Coded,
     return sample_tensor(rows_e, tail, geo, cod, exact)
 
 
-def sample_tensor(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
-                  cod: _Coded, exact: bool) -> tuple[torch.Tensor, float, bool]:
+def sample_tensor(rows: torch.Tensor, tail: torch.Tensor | None, geo: Geometry,
+                  cod: Coded, exact: bool) -> tuple[torch.Tensor, float, bool]:
     """The search's sample from the exponents of the blocks `sample_plan` names: rows
     [k, B] (full blocks, in that order), tail [Bt] (the coded tail when exact, else None).
     Returns member-major [L, groups] exponents on the rows' device, coded groups / sampled
@@ -427,12 +452,12 @@ def sample_tensor(rows: torch.Tensor, tail: torch.Tensor | None, geo: _Geometry,
     return torch.cat(cols, 1), cod.Gc / groups, exact
 
 
-def search(hist: np.ndarray, sample: torch.Tensor, scale: float, exact: bool, geo: _Geometry, cod: _Coded,
-           E: int, on_host: bool | None = None) -> _Choice:
+def search(hist: np.ndarray, sample: torch.Tensor, scale: float, exact: bool, geo: Geometry, cod: Coded,
+           E: int, on_host: bool | None = None) -> Choice:
     """_search on a sample tensor: on CUDA (or with on_host=False) the flagged groups of
-    every base are counted there (flagged_counts) and only those counts come back, since
-    the host's pass over the sample costs ~10 ms; elsewhere on the host (other devices'
-    float64 matmul and uint8 reductions are not to be relied on)."""
+    every base are counted there (flagged_counts) and only those counts come back, rather
+    than the sample; elsewhere on the host (other devices' float64 matmul and uint8
+    reductions are not to be relied on)."""
     if on_host is None:
         on_host = sample.device.type != "cuda"
     if on_host:
@@ -440,7 +465,7 @@ def search(hist: np.ndarray, sample: torch.Tensor, scale: float, exact: bool, ge
     return _search(hist, None, scale, exact, geo, cod, E, flagged=flagged_counts(sample, E))
 
 
-def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[torch.Tensor, float, bool]:
+def _sample_groups(ec: torch.Tensor, geo: Geometry, cod: Coded) -> tuple[torch.Tensor, float, bool]:
     """Member-major [L, groups] exponents of the groups the search looks at (on ec's device)."""
     B = geo.B
     pick, exact = sample_plan(cod)
@@ -448,6 +473,215 @@ def _sample_groups(ec: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[torch
     rows = full if exact else full.index_select(0, torch.tensor(pick, device=ec.device))
     tail = ec[cod.KcA * B :] if exact and cod.tail_coded else None
     return sample_tensor(rows, tail, geo, cod, exact)
+
+
+# ---------------------------------------------------------------------------------------------
+# the code: y and exponents
+# ---------------------------------------------------------------------------------------------
+
+def _exceptions(u: torch.Tensor, n: int, E: int) -> torch.Tensor:
+    """Positions (int64) of the exponents outside the window; u = (b - e) mod 2^E."""
+    if n == 0:
+        t = u.clamp_max(1)
+    else:
+        t = u + (1 << (n - 1))
+        if E < 8:
+            t &= (1 << E) - 1
+        t >>= n                    # non-zero exactly outside the window
+        t.clamp_max_(1)
+    return _nonzero01(t)
+
+
+def exponents_of(y: torch.Tensor, b: int, n: int, E: int) -> torch.Tensor:
+    """Exponents (uint8) of coded values y (uint8, < 2^n; consumed): e = (b - d) mod 2^E."""
+    mask = (1 << E) - 1
+    if n == 0:
+        return torch.full(y.shape, b, dtype=torch.uint8, device=y.device)
+    if n == E:
+        e = b - y
+    else:
+        e = y >> (n - 1)
+        e <<= n
+        e -= y
+        e += b
+    if E < 8:
+        e &= mask
+    return e
+
+
+def code_tables(b: int, n: int, E: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The code as lookup tables for the fused kernels, computed by the torch path's own
+    operations: by exponent e < 2^E, y (uint8, 0 for exceptions) and whether e is an
+    exception (bool); by y < 2^n (256 entries), the exponent it decodes to (uint8)."""
+    A = 1 << E
+    u = b - torch.arange(A, dtype=torch.uint8)
+    if E < 8:
+        u &= A - 1
+    exc = torch.zeros(A, dtype=torch.bool)
+    if n < E:
+        exc[_exceptions(u.clone(), n, E)] = True
+        u &= (1 << n) - 1
+    u[exc] = 0
+    etab = exponents_of(torch.arange(256, dtype=torch.int64).to(torch.uint8) & ((1 << n) - 1), b, n, E)
+    return u.numpy().copy(), exc.numpy().copy(), etab.numpy().copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# the encode plan: every host-side decision of an encoder, for every backend
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything of a section goes (byte offsets from the section's first byte)."""
+
+    head: bytes                  # the section's metadata
+    start: dict[str, int]        # plane -> its first byte, planes in stream order (none when nothing is coded)
+    end: dict[str, int]          # plane -> one past its last byte
+    nbytes: int                  # the whole section
+
+
+@dataclass
+class EncodePlan:
+    """The host's side of encoding one section, shared by every backend (the torch path
+    below, qlccomm.kernels.native_enec, qlccomm.kernels.triton_enec): the backends run
+    the passes over the elements and hand their results to the plan, stage by stage:
+
+        plan_encode(flat, B, L)     dtype and geometry checked (ValueError)
+        set_modes(modes)            after the statistics pass: block modes -> coded blocks,
+                                    block table
+        search(hist, sample) or     parameters b, n, m; code tables ytab / xtab; the
+        force(b, n, m, hist)        exceptions X, from the coded elements' histogram
+        count(exceptions, flagged)  after the counting pass: F, exceptions per block, the
+                                    block table's offsets; EncoderError where the counts
+                                    disagree with X
+        layout()                    the section's metadata and its planes' offsets
+
+    Counts are in elements (X), groups (F) and blocks; table is block_table's int64
+    [Kc, TAB_COLS]."""
+
+    plan: Plan
+    geo: Geometry
+    modes: np.ndarray | None = None          # uint8 [K]: MODE_ZERO / MODE_CODED per block
+    cod: Coded | None = None
+    table: np.ndarray | None = None          # int64 [Kc, TAB_COLS]
+    b: int = 0
+    n: int = 0
+    m: int = 0
+    choice: Choice | None = None             # the search's result (None when forced)
+    ytab: np.ndarray | None = None           # uint8 [2^E]: y by exponent (0 for exceptions)
+    xtab: np.ndarray | None = None           # bool [2^E]: whether an exponent is an exception
+    X: int = 0                               # exceptions
+    F: int = 0                               # flagged groups
+    exc_block: np.ndarray | None = None      # int64 [K]: exceptions per block, when X > 0
+
+    @property
+    def E(self) -> int:
+        """Exponent bits."""
+        return self.plan.symbol_bits
+
+    @property
+    def R(self) -> int:
+        """Raw bits per element."""
+        return self.plan.raw_bits
+
+    @property
+    def A(self) -> int:
+        """Exponent values, 2^E."""
+        return 1 << self.plan.symbol_bits
+
+    @property
+    def wh(self) -> int:
+        """High bits per member of a flagged group, n - m."""
+        return self.n - self.m
+
+    def set_modes(self, modes) -> None:
+        """Block modes (integers [K]) from the statistics pass: a block is MODE_ZERO when
+        every bit of every element is 0."""
+        self.modes = np.asarray(modes, np.uint8)
+        self.cod = Coded.from_modes(self.geo, self.modes)
+        self.table = block_table(self.geo, self.cod)
+
+    def search(self, hist: np.ndarray, sample: tuple[torch.Tensor, float, bool],
+               on_host: bool | None = None) -> None:
+        """Parameters by the search (`search`): hist, the coded real elements' exponent
+        histogram (integers [>= 2^E]); sample, (member-major [L, groups] exponents, coded
+        groups / sampled groups, exact) as sample_tensor returns it."""
+        hist = np.asarray(hist, np.int64)[: self.A]
+        self.choice = search(hist, *sample, self.geo, self.cod, self.E, on_host)
+        self._code(self.choice.b, self.choice.n, self.choice.m, hist)
+        if self.X != self.choice.X:
+            raise EncoderError(f"ENEC encoder: {self.X} exceptions by the code table, {self.choice.X} by the search")
+
+    def force(self, b: int, n: int, m: int, hist: np.ndarray) -> None:
+        """Parameters given by the caller (ValueError outside the declared space)."""
+        if not (0 <= b < self.A and 0 <= m <= n <= self.E):
+            raise ValueError(f"bad ENEC parameters b={b} n={n} m={m}")
+        self._code(b, n, m, np.asarray(hist, np.int64)[: self.A])
+
+    def _code(self, b: int, n: int, m: int, hist: np.ndarray) -> None:
+        self.b, self.n, self.m = b, n, m
+        self.ytab, self.xtab, _ = code_tables(b, n, self.E)
+        self.X = int(hist @ self.xtab.astype(np.int64))
+
+    def exceptions_of(self, hist: np.ndarray) -> np.ndarray:
+        """Exceptions of each histogram row (int64 [..., >= 2^E] -> [...])."""
+        return np.asarray(hist, np.int64)[..., : self.A] @ self.xtab.astype(np.int64)
+
+    def count(self, exceptions: np.ndarray | None = None, flagged: np.ndarray | int = 0) -> None:
+        """The counting pass's results per coded block, in block order: exceptions
+        (integers [Kc]; None: none) and flagged groups (integers [Kc], or only their
+        total).  Fills the block table's exception and flag offsets."""
+        tab = self.table
+        xc = np.zeros(len(tab), np.int64) if exceptions is None else np.asarray(exceptions, np.int64)
+        if int(xc.sum()) != self.X:
+            raise EncoderError(f"ENEC encoder: {int(xc.sum())} exceptions counted, {self.X} by the code table")
+        tab[:, TAB_XCNT] = xc
+        tab[:, TAB_XOFF] = np.cumsum(xc) - xc
+        self.exc_block = None
+        if self.X:
+            self.exc_block = np.zeros(self.geo.K, np.int64)
+            self.exc_block[tab[:, TAB_BLOCK]] = xc
+        if np.ndim(flagged):
+            fc = np.asarray(flagged, np.int64)
+            tab[:, TAB_FOFF] = np.cumsum(fc) - fc
+            flagged = fc.sum()
+        self.F = int(flagged)
+        if self.F and self.m == self.n:
+            raise EncoderError(f"ENEC encoder: {self.F} flagged groups with m == n")
+
+    def layout(self) -> Layout:
+        """The section's metadata and plane offsets (final once `count` has run)."""
+        head = section_head(self.plan, self.b, self.n, self.m, self.geo, self.F, self.X, self.modes, self.exc_block)
+        if not self.cod.Kc:
+            return Layout(head, {}, {}, len(head))
+        sizes = _plane_sizes(self.geo, self.cod, self.E, self.R, self.n, self.m, self.F, self.X)
+        start, end = plane_bases(sizes, len(head))
+        return Layout(head, start, end, end["raw"])
+
+    def info(self) -> dict:
+        """Facts for tests and benchmarks: geometry, coded, search (when searched), b, n, m, F, X."""
+        info = {"geometry": self.geo, "coded": self.cod, "b": self.b, "n": self.n, "m": self.m, "F": self.F,
+                "X": self.X}
+        if self.choice is not None:
+            info["search"] = self.choice
+        return info
+
+
+def plan_encode(flat: torch.Tensor, B: int | None = None, L: int | None = None) -> EncodePlan:
+    """The first stage of an EncodePlan for `flat` (1-D, >= 1 element) in blocks of B
+    elements and groups of L (None: the writer's BLOCK_ELEMS / GROUP_ELEMS, read at the
+    call): ValueError for a dtype ENEC does not code, a bad geometry, or more blocks
+    than a u32 counts."""
+    B = BLOCK_ELEMS if B is None else B
+    L = GROUP_ELEMS if L is None else L
+    if flat.dtype not in PLAN_OF:
+        raise ValueError(f"ENEC codes {SUPPORTED_DTYPES}, not {flat.dtype}")
+    if not (1 <= L <= MAX_GROUP_ELEMS and L <= B <= MAX_BLOCK_ELEMS and B % L == 0):
+        raise ValueError(f"bad ENEC block geometry B={B} L={L}")
+    geo = Geometry(flat.numel(), B, L)
+    if geo.K >= 1 << 32:
+        raise ValueError(f"ENEC cannot hold {geo.numel} elements in u32 blocks of {B}")
+    return EncodePlan(PLAN_OF[flat.dtype], geo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +767,7 @@ def _merge(e: torch.Tensor, raw: list[torch.Tensor], dtype: torch.dtype) -> torc
 # encode
 # ---------------------------------------------------------------------------------------------
 
-def _rows_select(x: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
+def _rows_select(x: torch.Tensor, geo: Geometry, cod: Coded) -> torch.Tensor:
     """The coded blocks' real elements of a per-element tensor, in block order."""
     if cod.all_coded:
         return x
@@ -546,7 +780,7 @@ def _rows_select(x: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
     return torch.cat(parts) if parts else x[:0]
 
 
-def _group_any(v: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
+def _group_any(v: torch.Tensor, geo: Geometry, cod: Coded) -> torch.Tensor:
     """uint8 [Gc]: non-zero where some member of the group is non-zero."""
     L, G, B = geo.L, geo.G, geo.B
     parts = []
@@ -557,7 +791,7 @@ def _group_any(v: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def _member_positions(gid: torch.Tensor, geo: _Geometry, cod: _Coded) -> tuple[torch.Tensor, torch.Tensor]:
+def _member_positions(gid: torch.Tensor, geo: Geometry, cod: Coded) -> tuple[torch.Tensor, torch.Tensor]:
     """For groups gid (int64, coded-group numbers): position of member 0 in the coded
     element order, and the distance between members (G, or Gt in the tail)."""
     G, B = geo.G, geo.B
@@ -586,7 +820,7 @@ def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return flat.view(rd).index_select(0, idx).view(torch.uint8).view(-1, width)
 
 
-def _to_group_major(v: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tensor:
+def _to_group_major(v: torch.Tensor, geo: Geometry, cod: Coded) -> torch.Tensor:
     """[Gc, L]: row g holds coded group g's members (virtual ones included)."""
     L, G, B = geo.L, geo.G, geo.B
     parts = []
@@ -597,7 +831,7 @@ def _to_group_major(v: torch.Tensor, geo: _Geometry, cod: _Coded) -> torch.Tenso
     return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
 
 
-def _or_group_major(y: torch.Tensor, rows: torch.Tensor, geo: _Geometry, cod: _Coded) -> None:
+def _or_group_major(y: torch.Tensor, rows: torch.Tensor, geo: Geometry, cod: Coded) -> None:
     """y (element order, coded, virtual included) |= rows ([Gc, L], group-major), in place."""
     L, G, B = geo.L, geo.G, geo.B
     if cod.KcA:
@@ -616,109 +850,89 @@ def _nonzero01(x: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(x).view(-1)
 
 
-def _exceptions(u: torch.Tensor, n: int, E: int) -> torch.Tensor:
-    """Positions (int64) of the exponents outside the window; u = (b - e) mod 2^E."""
-    if n == 0:
-        t = u.clamp_max(1)
+def _block_modes(flat: torch.Tensor, geo: Geometry) -> np.ndarray:
+    """uint8 [K]: MODE_CODED where some bit of some element of the block is set."""
+    ints = flat.view(_INT_VIEW[flat.dtype])
+    nz = []
+    if geo.KA:
+        rows = ints[: geo.KA * geo.B].view(geo.KA, geo.B)
+        nz.append(rows.amax(1).ne(0) | rows.amin(1).ne(0))
+    if geo.tail:
+        t = ints[geo.KA * geo.B :]
+        nz.append((t.amax().ne(0) | t.amin().ne(0)).view(1))
+    return torch.cat(nz).to(torch.uint8).cpu().numpy()
+
+
+def _code_planes(ep: EncodePlan, ec: torch.Tensor) -> list[torch.Tensor]:
+    """The flag, low, high and exception planes of the coded exponents ec (uint8 [Nr], the
+    coded blocks' real elements in block order) under the plan's parameters; hands the
+    exception and flagged-group counts to the plan."""
+    geo, cod = ep.geo, ep.cod
+    B, L, E, A, n, m = geo.B, geo.L, ep.E, ep.A, ep.n, ep.m
+    u = ep.b - ec                                # uint8 arithmetic: (b - e) mod 256
+    if E < 8:
+        u &= A - 1
+    pos = _exceptions(u, n, E) if n < E else u.new_empty(0, dtype=torch.int64)
+    y = u
+    if n < E:
+        y &= (1 << n) - 1
+    exc_planes, exc_counts = [], None
+    if pos.numel():
+        y.index_fill_(0, pos, 0)
+        rank = torch.div(pos, B, rounding_mode="floor")         # the coded block's ordinal
+        exc_counts = torch.bincount(rank, minlength=cod.Kc).cpu().numpy()
+        exc_planes = [pack_bits(pos - rank * B, geo.pos_bits), pack_bits(ec.index_select(0, pos), E)]
+    if cod.Nv > cod.Nr:                          # the tail's virtual elements: y = 0
+        y = torch.cat([y, y.new_zeros(cod.Nv - cod.Nr)])
+    planes = []
+    F = 0
+    if m < n:
+        hi = y >> m
+        flags = _group_any(hi, geo, cod).clamp_max_(1)
+        gid = _nonzero01(flags)
+        F = gid.numel()
+        planes.append(pack_bits(flags, 1))
+        y &= (1 << m) - 1
+        planes.append(pack_bits(y, m))
+        if F * _DENSE > cod.Gc:                  # many flagged groups: via group-major rows
+            rows = _take_rows(_to_group_major(hi, geo, cod), gid)
+            planes.append(pack_bits(rows.view(-1), n - m))
+        elif F:                                  # few: gather member by member
+            base, stride = _member_positions(gid, geo, cod)
+            rows_t = torch.empty(L, F, dtype=torch.uint8, device=ec.device)
+            for k in range(L):
+                rows_t[k] = hi.index_select(0, base)
+                base += stride
+            planes.append(pack_bits(rows_t.t().reshape(-1), n - m))
     else:
-        t = u + (1 << (n - 1))
-        if E < 8:
-            t &= (1 << E) - 1
-        t >>= n                    # non-zero exactly outside the window
-        t.clamp_max_(1)
-    return _nonzero01(t)
+        planes.append(pack_bits(y, m))
+    ep.count(exc_counts, F)
+    return planes + exc_planes
 
 
 def _encode(flat: torch.Tensor, B: int = BLOCK_ELEMS, L: int = GROUP_ELEMS,
             force: tuple[int, int, int] | None = None, reserve: int = 0,
             into: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The ENEC section of `flat` (after `reserve` bytes, see encode_section) and facts about
-    it; `force` = (b, n, m) skips the search."""
-    dev = flat.device
-    plan = _PLAN_OF[flat.dtype]
-    E, R = plan.symbol_bits, plan.raw_bits
-    A = 1 << E
-    geo = _Geometry(flat.numel(), B, L)
-    if not (1 <= L <= MAX_GROUP_ELEMS and L <= B <= MAX_BLOCK_ELEMS and B % L == 0):
-        raise ValueError(f"bad ENEC block geometry B={B} L={L}")
-    if geo.K >= 1 << 32:
-        raise ValueError(f"ENEC cannot hold {geo.numel} elements in u32 blocks of {B}")
-    # block modes: a block is all-zero when every bit of every element is 0
-    ints = flat.view(_INT_VIEW[flat.dtype])
-    nz = []
-    if geo.KA:
-        rows = ints[: geo.KA * B].view(geo.KA, B)
-        nz.append(rows.amax(1).ne(0) | rows.amin(1).ne(0))
-    if geo.tail:
-        t = ints[geo.KA * B :]
-        nz.append((t.amax().ne(0) | t.amin().ne(0)).view(1))
-    modes = torch.cat(nz).to(torch.uint8).cpu()
-    coded_full = torch.nonzero(modes[: geo.KA]).view(-1).tolist()
-    cod = _Coded(geo, coded_full, bool(geo.tail and modes[-1]))
-    info = {"geometry": geo, "coded": cod}
-    exc_block = None
+    it (EncodePlan.info); `force` = (b, n, m) skips the search."""
+    ep = plan_encode(flat, B, L)
+    geo = ep.geo
+    ep.set_modes(_block_modes(flat, geo))
+    cod = ep.cod
     planes = []
-    b = n = m = F = X = 0
     if cod.Kc:
         e, raw = _split(flat)
         ec = _rows_select(e, geo, cod)
-        rawc = [_rows_select(r, geo, cod) for r in raw]
+        hist = torch.bincount(ec, minlength=ep.A).cpu().numpy()
         if force is None:
-            hist = torch.bincount(ec, minlength=A).cpu().numpy().astype(np.int64)
-            sample, scale, exact = _sample_groups(ec, geo, cod)
-            ch = search(hist, sample, scale, exact, geo, cod, E)
-            b, n, m = ch.b, ch.n, ch.m
-            info["search"] = ch
+            ep.search(hist, _sample_groups(ec, geo, cod))
         else:
-            b, n, m = force
-            if not (0 <= b < A and 0 <= m <= n <= E):
-                raise ValueError(f"bad ENEC parameters b={b} n={n} m={m}")
-        u = b - ec                                   # uint8 arithmetic: (b - e) mod 256
-        if E < 8:
-            u &= A - 1
-        pos = _exceptions(u, n, E) if n < E else u.new_empty(0, dtype=torch.int64)
-        X = pos.numel()
-        y = u
-        if n < E:
-            y &= (1 << n) - 1
-        if X:
-            y.index_fill_(0, pos, 0)
-            rank = torch.div(pos, B, rounding_mode="floor")
-            counts = torch.zeros(geo.K, dtype=torch.int64)
-            coded_idx = torch.tensor(cod.coded_full + ([geo.K - 1] if cod.tail_coded else []), dtype=torch.int64)
-            counts[coded_idx] = torch.bincount(rank, minlength=cod.Kc).cpu()
-            exc_block = counts.numpy()
-            exc_planes = [pack_bits(pos - rank * B, geo.pos_bits), pack_bits(ec.index_select(0, pos), E)]
-        else:
-            exc_planes = []
-        if cod.Nv > cod.Nr:                          # the tail's virtual elements: y = 0
-            y = torch.cat([y, y.new_zeros(cod.Nv - cod.Nr)])
-        if m < n:
-            hi = y >> m
-            flags = _group_any(hi, geo, cod).clamp_max_(1)
-            gid = _nonzero01(flags)
-            F = gid.numel()
-            planes.append(pack_bits(flags, 1))
-            y &= (1 << m) - 1
-            planes.append(pack_bits(y, m))
-            if F * _DENSE > cod.Gc:                  # many flagged groups: via group-major rows
-                rows = _take_rows(_to_group_major(hi, geo, cod), gid)
-                planes.append(pack_bits(rows.view(-1), n - m))
-            elif F:                                  # few: gather member by member
-                base, stride = _member_positions(gid, geo, cod)
-                rows_t = torch.empty(L, F, dtype=torch.uint8, device=dev)
-                for k in range(L):
-                    rows_t[k] = hi.index_select(0, base)
-                    base += stride
-                planes.append(pack_bits(rows_t.t().reshape(-1), n - m))
-        else:
-            planes.append(pack_bits(y, m))
-        planes += exc_planes
-        planes += [r if i < R // 8 else pack_bits(r, R % 8) for i, r in enumerate(rawc)]
-    head = bytearray(section_head(plan, b, n, m, geo, F, X, modes.numpy(), exc_block))
-    info.update(b=b, n=n, m=m, F=F, X=X)
-    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev),
-                        torch.frombuffer(head, dtype=torch.uint8).to(dev)] + planes, into), info
+            ep.force(*force, hist)
+        rawc = [_rows_select(r, geo, cod) for r in raw]
+        R = ep.R
+        planes = _code_planes(ep, ec) + [r if i < R // 8 else pack_bits(r, R % 8) for i, r in enumerate(rawc)]
+    head = torch.frombuffer(bytearray(ep.layout().head), dtype=torch.uint8).to(flat.device)
+    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=flat.device), head] + planes, into), ep.info()
 
 
 def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
@@ -726,8 +940,6 @@ def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | No
     `reserve` bytes, left uninitialised, precede the section in the result: room for
     the caller's stream header without a copy.  `into`: a 1-D uint8 buffer to write the
     result into when it has room (the result is then its front)."""
-    if flat.dtype not in _PLAN_OF:
-        raise ValueError(f"ENEC codes {SUPPORTED_DTYPES}, not {flat.dtype}")
     return _encode(flat, reserve=reserve, into=into)[0]
 
 
@@ -737,31 +949,66 @@ def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | No
 
 @dataclass
 class ENECSection:
+    """A parsed, validated section: what every decoder backend reads before its passes."""
+
     plan: Plan
     dtype: torch.dtype
     b: int
     n: int
     m: int
-    F: int
-    X: int
-    geo: _Geometry
-    cod: _Coded
+    F: int                               # flagged groups
+    X: int                               # exceptions
+    geo: Geometry
+    cod: Coded
     modes: torch.Tensor                  # uint8 [K], host
-    exc_counts: torch.Tensor | None      # int64 [K], host
-    planes_offset: int                   # absolute offset of the first plane
-    plane_bytes: dict = field(default_factory=dict)
+    exc_counts: torch.Tensor | None      # int64 [K], host: exceptions per block, when X > 0
+    planes_offset: int                   # absolute byte offset of the first plane
+    plane_bytes: dict = field(default_factory=dict)      # plane -> bytes, stream order
+
+    def block_table(self) -> np.ndarray:
+        """block_table of the coded blocks, exception offsets and counts filled in."""
+        return block_table(self.geo, self.cod, self.exc_counts.numpy() if self.X else None)
+
+    def zero_blocks(self) -> np.ndarray:
+        """Indices (int64) of the all-zero blocks."""
+        return np.flatnonzero(self.modes.numpy() == MODE_ZERO).astype(np.int64)
+
+    def plane_bounds(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Absolute start and end byte offsets of the planes in the stream."""
+        return plane_bases(self.plane_bytes, self.planes_offset)
+
+    def exponent_table(self) -> np.ndarray:
+        """uint8 [256]: the exponent each y < 2^n decodes to (code_tables)."""
+        return code_tables(self.b, self.n, self.plan.symbol_bits)[2]
+
+    def zeros(self, out: torch.Tensor | None, device) -> torch.Tensor:
+        """The decoded tensor of a section with no coded block: `out` (viewed flat) zeroed,
+        or a fresh one."""
+        if out is not None:
+            return out.view(-1).zero_()
+        return torch.zeros(self.geo.numel, dtype=self.dtype, device=device)
+
+
+def flag_count_error(got: int, F: int) -> FormatError:
+    """The error of a flag plane whose set bits (`got`) differ from the metadata's F."""
+    return FormatError(f"flag plane has {got} flagged groups, metadata says {F}")
+
+
+def exception_position_error() -> FormatError:
+    """The error of an exception position at or past its block's real elements."""
+    return FormatError("ENEC exception position outside its block")
 
 
 def parse_section(src: ByteSource, start: int, header: Header) -> ENECSection:
     """Parse and validate the ENEC section's metadata at byte `start`; reads no plane."""
     dtype = header.dtype
-    if dtype not in _PLAN_OF:
+    if dtype not in PLAN_OF:
         raise FormatError(f"ENEC stream of dtype {dtype}, which ENEC does not code")
     N = header.numel
     if N == 0:
         raise FormatError("ENEC stream with no elements")
     plan_id, b, n, m, L, B, K, F, X = _HEAD.unpack(src.read(start, start + HEAD_BYTES))
-    plan = _PLAN_OF[dtype]
+    plan = PLAN_OF[dtype]
     if plan_id != plan.plan_id:
         raise FormatError(f"ENEC plan id {plan_id} does not code {dtype}")
     E, R = plan.symbol_bits, plan.raw_bits
@@ -769,7 +1016,7 @@ def parse_section(src: ByteSource, start: int, header: Header) -> ENECSection:
         raise FormatError(f"bad ENEC parameters b={b} n={n} m={m} for {E}-bit exponents")
     if not 1 <= L <= MAX_GROUP_ELEMS or not L <= B <= MAX_BLOCK_ELEMS or B % L:
         raise FormatError(f"bad ENEC block geometry B={B} L={L}")
-    geo = _Geometry(N, B, L)
+    geo = Geometry(N, B, L)
     if K != geo.K:
         raise FormatError(f"{K} blocks cannot hold {N} elements in blocks of {B}")
     pos = start + HEAD_BYTES
@@ -777,8 +1024,7 @@ def parse_section(src: ByteSource, start: int, header: Header) -> ENECSection:
     pos += K
     if int(modes.max()) > MODE_CODED:
         raise FormatError("unknown ENEC block mode")
-    coded_full = torch.nonzero(modes[: geo.KA]).view(-1).tolist()
-    cod = _Coded(geo, coded_full, bool(geo.tail and modes[-1]))
+    cod = Coded.from_modes(geo, modes.numpy())
     if m == n and F:
         raise FormatError("flagged groups in a stream with m == n")
     if F > cod.Gc:
@@ -816,7 +1062,7 @@ def describe(sec: ENECSection) -> dict:
 
 
 def _apply_high(y: torch.Tensor, hi: torch.Tensor, flags: torch.Tensor, gid: torch.Tensor, m: int,
-                geo: _Geometry, cod: _Coded) -> None:
+                geo: Geometry, cod: Coded) -> None:
     """y (coded elements, virtual included) |= the flagged groups' high values << m, in place.
     hi: [F, L] uint8 in group order; flags: uint8 [Gc]; gid: [F] int64 flagged group numbers."""
     F = hi.shape[0]
@@ -839,44 +1085,12 @@ def _apply_high(y: torch.Tensor, hi: torch.Tensor, flags: torch.Tensor, gid: tor
         base += stride
 
 
-def exponents_of(y: torch.Tensor, b: int, n: int, E: int) -> torch.Tensor:
-    """Exponents (uint8) of coded values y (uint8, < 2^n; consumed): e = (b - d) mod 2^E."""
-    mask = (1 << E) - 1
-    if n == 0:
-        return torch.full(y.shape, b, dtype=torch.uint8, device=y.device)
-    if n == E:
-        e = b - y
-    else:
-        e = y >> (n - 1)
-        e <<= n
-        e -= y
-        e += b
-    if E < 8:
-        e &= mask
-    return e
-
-
-def code_tables(b: int, n: int, E: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The code as lookup tables for the fused kernels, computed by the torch path's own
-    operations: by exponent e < 2^E, y (0 for exceptions) and whether e is an exception;
-    by y < 2^n (256 entries), the exponent it decodes to."""
-    A = 1 << E
-    u = b - torch.arange(A, dtype=torch.uint8)
-    if E < 8:
-        u &= A - 1
-    exc = torch.zeros(A, dtype=torch.bool)
-    if n < E:
-        exc[_exceptions(u.clone(), n, E)] = True
-        u &= (1 << n) - 1
-    u[exc] = 0
-    etab = exponents_of(torch.arange(256, dtype=torch.int64).to(torch.uint8) & ((1 << n) - 1), b, n, E)
-    return u.numpy().copy(), exc.numpy().copy(), etab.numpy().copy()
-
-
 def decode_section(sec: ENECSection, data: torch.Tensor, header: Header,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a parsed section; `data` is the whole stream on the target device.  Returns
     the flat tensor (`out` viewed flat when given: contiguous, the stream's dtype and count)."""
+    if sec.cod.Kc == 0:
+        return sec.zeros(out, data.device)
     flat = _decode_planes(sec, data)
     return flat if out is None else out.view(-1).copy_(flat)
 
@@ -887,13 +1101,8 @@ def _decode_planes(sec: ENECSection, data: torch.Tensor) -> torch.Tensor:
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     N, B = geo.numel, geo.B
     out_int = _INT_VIEW[sec.dtype]
-    if cod.Kc == 0:
-        return torch.zeros(N, dtype=sec.dtype, device=dev)
-    views = {}
-    off = sec.planes_offset
-    for name, size in sec.plane_bytes.items():
-        views[name] = data[off : off + size]
-        off += size
+    starts, ends = sec.plane_bounds()
+    views = {name: data[starts[name] : ends[name]] for name in starts}
     b, n, m = sec.b, sec.n, sec.m
     # y, then the exponent
     y = _unpack_u8(views["low"], m, cod.Nv)
@@ -901,15 +1110,14 @@ def _decode_planes(sec: ENECSection, data: torch.Tensor) -> torch.Tensor:
         flags = _unpack_u8(views["flags"], 1, cod.Gc)
         gid = _nonzero01(flags)
         if gid.numel() != sec.F:
-            raise FormatError(f"flag plane has {gid.numel()} flagged groups, metadata says {sec.F}")
+            raise flag_count_error(gid.numel(), sec.F)
         hi = _unpack_u8(views["high"], n - m, sec.F * geo.L).view(sec.F, geo.L)
         _apply_high(y, hi, flags, gid, m, geo, cod)
     e = exponents_of(y[: cod.Nr], b, n, E)
     if sec.X:
         local = unpack_bits(views["exc_pos"], geo.pos_bits, sec.X).to(torch.int64)
         exps = _unpack_u8(views["exc_exp"], E, sec.X)
-        coded_idx = list(cod.coded_full) + ([geo.K - 1] if cod.tail_coded else [])
-        counts = sec.exc_counts[torch.tensor(coded_idx, dtype=torch.int64)]
+        counts = sec.exc_counts[torch.tensor(cod.blocks, dtype=torch.int64)]
         # exceptions are listed block after block; a block's rank among the coded blocks is a
         # running sum of the rank steps placed at each non-empty block's first exception
         nonempty = torch.nonzero(counts).view(-1)
@@ -923,7 +1131,7 @@ def _decode_planes(sec: ENECSection, data: torch.Tensor) -> torch.Tensor:
         if n_tail and not bad:
             bad = bool((local[sec.X - n_tail :] >= geo.Bt).any())
         if bad:
-            raise FormatError("ENEC exception position outside its block")
+            raise exception_position_error()
         e.index_put_((rank * B + local,), exps)
     if R == 8:
         raw = [views["raw"]]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import qlccomm
 from qlccomm import enec
+from qlccomm.errors import EncoderError
 from qlccomm.format import CODEC_ENEC, Header
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -336,6 +337,32 @@ def test_sampled_search_round_trip_and_quality():
             assert sec.numel() <= enec._encode(t, force=alt)[0].numel() * 1.01
 
 
+def test_encode_plan_checks_the_backends_counts():
+    """The plan every backend shares: the counts a backend hands it must agree with its code
+    table, else EncoderError (no stream); the torch path's facts are the plan's."""
+    t = weights(B + 100, torch.bfloat16, seed=31)
+    t[[5, B + 7]] = float("inf")
+    ep = enec.plan_encode(t)
+    ep.set_modes(np.ones(ep.geo.K, np.uint8))
+    e = enec._split(t)[0].numpy()
+    per_block = np.stack([np.bincount(e[:B], minlength=256), np.bincount(e[B:], minlength=256)])
+    ep.force(120, 4, 4, per_block.sum(0))
+    exc = ep.exceptions_of(per_block)
+    assert ep.X == int(exc.sum()) >= 2
+    with pytest.raises(EncoderError):
+        ep.count()                               # no exceptions counted
+    with pytest.raises(EncoderError):
+        ep.count(exc, flagged=1)                 # flagged groups with m == n
+    ep.count(exc)
+    assert list(ep.exc_block) == list(exc) and ep.F == 0
+    sec, info = enec._encode(t, force=(120, 4, 4))
+    assert (info["X"], info["F"]) == (ep.X, 0) and bytes(sec.numpy()[: len(ep.layout().head)]) == ep.layout().head
+    with pytest.raises(ValueError):
+        enec.plan_encode(t.view(torch.int16))
+    with pytest.raises(ValueError):
+        enec.plan_encode(t, B=100, L=3)
+
+
 # ------------------------------------------------------------------------------------------------
 # corrupt, truncated and hostile streams
 # ------------------------------------------------------------------------------------------------
@@ -477,8 +504,8 @@ def test_device_flagged_counts_match_host_search(E, exact):
     and _search picks the same (b, n, m) from it as from the sample itself."""
     rng = np.random.default_rng(E + 10 * exact)
     A, L, Bs = 1 << E, 16, 1024
-    geo = enec._Geometry(6 * Bs + 100, Bs, L)
-    cod = enec._Coded(geo, list(range(geo.KA)), True)
+    geo = enec.Geometry(6 * Bs + 100, Bs, L)
+    cod = enec.Coded(geo, list(range(geo.KA)), True)
     T = enec._tables(E)
     for trial in range(4):
         centre = int(rng.integers(A))
