@@ -161,7 +161,7 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
     torch.set_num_threads(1)
     x = make_data(data, int(mib * (1 << 20)), torch.bfloat16)
     cb = qlccomm.fit_codebook(x)
-    plan, pb, chunk = cb.plan_obj, common.plan_bits(cb.plan_obj), qlc.CHUNK_ELEMS
+    plan, pb, chunk = cb.plan_obj, cb.plan_obj, qlc.CHUNK_ELEMS
     xa = nq._elements(x, pb)
     n = xa.shape[0]
     K = -(-n // chunk)
@@ -181,7 +181,7 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
     pairs = nq._pair_table(cb, pb)
 
     def encode(raw_bits, ptab=pairs):
-        nq.qlc_encode(xa, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, raw_bits, enc, ptab,
+        nq.qlc_encode(xa, chunk, pb.ssh, pb.smask, pb.rsh, pb.rhi, pb.rlo, pb.symbol_bits, raw_bits, enc, ptab,
                       lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
 
     blob = qlccomm.compress(x, codebook=cb)
@@ -195,7 +195,7 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
     d, e = dl.bases, dl.ends
 
     def decode(raw_bits):
-        nq.qlc_decode(blob.numpy(), out, chunk, pb.ssh, pb.rsh, pb.rhi, pb.rlo, pb.sym_bits, raw_bits, dtab, w4,
+        nq.qlc_decode(blob.numpy(), out, chunk, pb.ssh, pb.rsh, pb.rhi, pb.rlo, pb.symbol_bits, raw_bits, dtab, w4,
                       tabs["wpack"], dl.table, d["prefix"], e["prefix"], d["symbol"], e["symbol"], d["suffix"],
                       d["raw"], e["raw"], dl.n_nz, flags)
 

@@ -38,7 +38,7 @@ enec_flags only when m < n, enec_write) plus torch's split of the <= 8 sampled b
 and qlccomm.bitpack for the exception planes; decode 1 (enec_decode).
 
 Specialisations: one per element width (16 / 32 bits) per kernel; everything about
-the plan is integer shifts and masks (kernels/common.PlanBits).  `cache=True` keeps
+the plan is integer shifts and masks (qlccomm.split.Plan).  `cache=True` keeps
 the compiled kernels in kernels/__pycache__.
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ from numba.extending import intrinsic
 from qlccomm import enec
 from qlccomm.bitpack import pack_bits
 from qlccomm.errors import EncoderError
+from qlccomm.split import Plan
 
 from . import common
 from .native_qlc import (_LOCK, _UNSIGNED, ParallelKernel, _enc_raw_planes, _load_le, _raw8_merge, _store_le, _threads,
@@ -522,7 +523,7 @@ def enec_decode(data, out, B, tab, zero_blocks, L, b, n, m, F, X, P, E, ssh, sma
 
 # ---------------------------------------------------------------------------------------------------
 # host side: the passes over enec.EncodePlan / enec.ENECSection
-def _elements(flat: torch.Tensor, pb: common.PlanBits) -> np.ndarray:
+def _elements(flat: torch.Tensor, pb: Plan) -> np.ndarray:
     """The tensor's elements as unsigned integers of their width (no copy)."""
     return common.element_view(flat, pb).numpy().view(_UNSIGNED[pb.kind])
 
@@ -532,7 +533,7 @@ def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | No
     ep = enec.plan_encode(flat)
     geo = ep.geo
     B, L, K = geo.B, geo.L, geo.K
-    pb = common.plan_bits(ep.plan)
+    pb = ep.plan
     x = _elements(flat, pb)
     nz = np.zeros(K, np.bool_)
     hist = np.zeros((K, 256), np.int32)                 # exponent histogram per block
@@ -586,7 +587,7 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch
     geo, cod = sec.geo, sec.cod
     if cod.Kc == 0:
         return sec.zeros(out, "cpu")
-    pb = common.plan_bits(sec.plan)
+    pb = sec.plan
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     tab = sec.block_table()
     start, end = sec.plane_bounds()

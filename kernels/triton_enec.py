@@ -78,7 +78,7 @@ rows): values are read at arbitrary bit offsets with masked two-byte loads bound
 their plane, so corrupt planes cannot reach outside; parse_section validated the
 metadata and plane sizes.
 
-Specialisations: one per dtype (shifts and masks of kernels/common.PlanBits) and step
+Specialisations: one per dtype (shifts and masks of qlccomm.split.Plan) and step
 size per kernel; the decoder also per tile height (16 for the writer's L).  The widths
 m, n - m, the exception position and exponent widths are runtime values.
 
@@ -96,6 +96,7 @@ import triton
 import triton.language as tl
 
 from qlccomm import enec
+from qlccomm.split import Plan
 
 from . import common
 from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _pack_store, _store_raw
@@ -393,7 +394,7 @@ def _sub(n: int, floor: int = 8) -> int:
     return max(floor, min(SUB_MAX, triton.next_power_of_2(max(n, 1))))
 
 
-def _stats(x: torch.Tensor, geo: enec.Geometry, pb: common.PlanBits) -> tuple[np.ndarray, np.ndarray]:
+def _stats(x: torch.Tensor, geo: enec.Geometry, pb: Plan) -> tuple[np.ndarray, np.ndarray]:
     """(block modes uint8 [K], exponent histogram of the coded blocks int64 [256])."""
     K = geo.K
     g = _grid(K, STATS_PROGRAMS)
@@ -438,7 +439,7 @@ def encode_section(flat: torch.Tensor, reserve: int = 0, into: torch.Tensor | No
     dev = flat.device
     geo = ep.geo
     B, L = geo.B, geo.L
-    pb = common.plan_bits(ep.plan)
+    pb = ep.plan
     x = common.element_view(flat, pb)
     modes, hist = _stats(x, geo, pb)
     ep.set_modes(modes)
@@ -493,7 +494,7 @@ def decode_section(sec: enec.ENECSection, data: torch.Tensor, header, out: torch
     dev = data.device
     if cod.Kc == 0:
         return sec.zeros(out, dev)
-    pb = common.plan_bits(sec.plan)
+    pb = sec.plan
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     tab = sec.block_table()
     Kc = tab.shape[0]

@@ -50,12 +50,11 @@ import torch
 from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits, unpack_planes
 from .errors import EncoderError, FormatError
 from .format import ByteSource, Header
-from .split import PLANS, Plan
+from .dtypes import ENEC_DTYPES, TRAITS
+from .split import Plan, enec_plan
 
-SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-PLAN_OF: dict[torch.dtype, Plan] = {torch.bfloat16: PLANS["bf16_exp"], torch.float16: PLANS["fp16_exp"],
-                                    torch.float32: PLANS["fp32_exp"]}
-_INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = ENEC_DTYPES
+PLAN_OF: dict[torch.dtype, Plan] = {d: enec_plan(d) for d in ENEC_DTYPES}
 
 BLOCK_ELEMS = 16384          # elements per block (the writer's B)
 GROUP_ELEMS = 16             # members per group (the writer's L)
@@ -165,10 +164,6 @@ class Coded:
     def blocks(self) -> list[int]:
         """Indices of the coded blocks, in block order."""
         return list(self.coded_full) + ([self.geo.K - 1] if self.tail_coded else [])
-
-
-# the names before they were public (tests outside the ENEC suite use them)
-_PLAN_OF, _Geometry, _Coded = PLAN_OF, Geometry, Coded
 
 
 def _plane_sizes(geo: Geometry, cod: Coded, E: int, R: int, n: int, m: int, F: int, X: int) -> dict[str, int]:
@@ -852,7 +847,7 @@ def _nonzero01(x: torch.Tensor) -> torch.Tensor:
 
 def _block_modes(flat: torch.Tensor, geo: Geometry) -> np.ndarray:
     """uint8 [K]: MODE_CODED where some bit of some element of the block is set."""
-    ints = flat.view(_INT_VIEW[flat.dtype])
+    ints = flat.view(TRAITS[flat.dtype].int_view)
     nz = []
     if geo.KA:
         rows = ints[: geo.KA * geo.B].view(geo.KA, geo.B)
@@ -1100,7 +1095,7 @@ def _decode_planes(sec: ENECSection, data: torch.Tensor) -> torch.Tensor:
     geo, cod = sec.geo, sec.cod
     E, R = sec.plan.symbol_bits, sec.plan.raw_bits
     N, B = geo.numel, geo.B
-    out_int = _INT_VIEW[sec.dtype]
+    out_int = TRAITS[sec.dtype].int_view
     starts, ends = sec.plane_bounds()
     views = {name: data[starts[name] : ends[name]] for name in starts}
     b, n, m = sec.b, sec.n, sec.m

@@ -59,11 +59,6 @@ class Plan:
         return (self.rhi | self.rlo).bit_length()
 
     @property
-    def sym_bits(self) -> int:
-        """symbol_bits, as the kernels spell it (kernels/common.PlanBits)."""
-        return self.symbol_bits
-
-    @property
     def kind(self) -> int:
         """Word width as the kernels' specialisation key: 0 = 8-bit, 1 = 16-bit, 2 = 32-bit."""
         return (self.item_bits // 8).bit_length() - 1

@@ -56,14 +56,14 @@ def test_compiles_for_cuda_sm90():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process runs Triton's interpreter")
     mod = importlib.import_module(MODULE)
-    from qlccomm.kernels import common
+    from qlccomm.split import PLANS
 
     target = GPUTarget("cuda", 90, 32)
     i64 = "i64"
     for name in ("bf16_exp", "fp16_exp", "fp32_exp", "byte"):
-        pb = common.PLAN_BITS[name]
+        pb = PLANS[name]
         elem = {0: "*u8", 1: "*i16", 2: "*i32"}[pb.kind]
-        plan_c = dict(SSH=pb.ssh, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, SYM_BITS=pb.sym_bits, RAW_BITS=pb.raw_bits,
+        plan_c = dict(SSH=pb.ssh, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, SYM_BITS=pb.symbol_bits, RAW_BITS=pb.raw_bits,
                       SUB=1024)
         specs = [
             (mod._qlc_stats, dict(x_ptr=elem, enc_ptr="*i32", stat_ptr="*i32", sym_ptr="*u8", n=i64, chunk="i32",
@@ -95,13 +95,13 @@ def test_enec_compiles_for_cuda_sm90():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process runs Triton's interpreter")
     mod = importlib.import_module(ENEC_MODULE)
-    from qlccomm.kernels import common
+    from qlccomm.split import PLANS
 
     target = GPUTarget("cuda", 90, 32)
     i64, i32 = "i64", "i32"
     sub = mod.SUB_MAX
     for name in ("bf16_exp", "fp16_exp", "fp32_exp"):
-        pb = common.PLAN_BITS[name]
+        pb = PLANS[name]
         elem = {1: "*i16", 2: "*i32"}[pb.kind]
         split = dict(SSH=pb.ssh, RSH=pb.rsh, RHI=pb.rhi, RLO=pb.rlo, RAW_BITS=pb.raw_bits)
         specs = [
@@ -150,9 +150,9 @@ def test_enec_device_search_matches_host_search(blocks):
 
     for dtype in kc.ENEC_DTYPES:
         t = kc.specials(kc.weights(blocks * enec.BLOCK_ELEMS + 77, dtype, seed=blocks), seed=1)
-        geo = enec._Geometry(t.numel(), enec.BLOCK_ELEMS, enec.GROUP_ELEMS)
-        cod = enec._Coded(geo, list(range(geo.KA)), bool(geo.tail))
-        E = enec._PLAN_OF[dtype].symbol_bits
+        geo = enec.Geometry(t.numel(), enec.BLOCK_ELEMS, enec.GROUP_ELEMS)
+        cod = enec.Coded(geo, list(range(geo.KA)), bool(geo.tail))
+        E = enec.PLAN_OF[dtype].symbol_bits
         hist = np.bincount(enec._split(t)[0].numpy(), minlength=1 << E).astype(np.int64)
         a = te._search(t, hist, geo, cod, E, on_host=True)
         b = te._search(t, hist, geo, cod, E, on_host=False)
