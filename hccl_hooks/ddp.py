@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import qlccomm
-from qlccomm.codebook import Codebook, fit_codebook
+from qlccomm.codebook import ADAPTIVE, DEFAULT, Codebook, check_codebook_arg, fit_codebook, resolve_codebook
 from qlccomm.collectives import DEFAULT_MIN_COMPRESS_BYTES, WireStats, reference_all_reduce
 from qlccomm.split import candidate_plans
 from qlccomm.transport import all_gather_fixed
@@ -83,8 +83,10 @@ class QLCState:
 
     process_group: the group to reduce over (None: the default group).
     codebook: "adaptive" (each slice embeds a code fitted to it), "default" (the
-        built-in per-dtype codebooks), a Codebook, a {dtype: Codebook} dict, or a
-        codebook file.  Every rank must use the same; a mismatch raises on every rank.
+        built-in per-dtype codebooks), a Codebook, a {dtype: Codebook-or-path} dict, or a
+        codebook file (what qlccomm.codebook.resolve_codebook takes; TypeError here for
+        anything else).  It applies to the buckets coded with QLC.  Every rank must use
+        the same; a mismatch raises on every rank.
     min_compress_bytes: buckets smaller than this travel uncoded.
     refit_every: every that many hook calls, fit a codebook on the averaged gradient of
         the current bucket (identical on every rank, so the digests agree) and use it,
@@ -108,6 +110,7 @@ class QLCState:
                  deterministic=False, log_every=0, link_gbps=None):
         if refit_every < 0 or start_compress_iter < 0 or log_every < 0:
             raise ValueError("refit_every, start_compress_iter and log_every must be >= 0")
+        check_codebook_arg(codebook)
         self.process_group = process_group
         self.codebook = codebook
         self.min_compress_bytes = min_compress_bytes
@@ -130,16 +133,18 @@ class QLCState:
         if dtype in self.fitted:
             return self.fitted[dtype]
         cb = self.codebook
-        if cb is None or isinstance(cb, (Codebook, dict)) or cb in ("adaptive", "default"):
-            return cb
+        if cb is None or isinstance(cb, (Codebook, dict)) or (isinstance(cb, str) and cb in (ADAPTIVE, DEFAULT)):
+            return cb                 # the collective resolves it (and leaves it unused for ENEC or raw buckets)
         if dtype not in self._loaded:
-            self._loaded[dtype] = Codebook.load(cb, dtype=dtype)
+            self._loaded[dtype] = resolve_codebook(cb, dtype)
         return self._loaded[dtype]
 
     def refit(self, tensor):
         """Fit the codebook for `tensor.dtype` on `tensor` (call with data identical on every rank)."""
         if candidate_plans(tensor.dtype) and tensor.numel():
-            self.fitted[tensor.dtype] = fit_codebook(tensor.detach().reshape(-1))
+            # transient: every rank passes its own to the all-reduce, so it need not be registered for
+            # digest look-ups (refits would otherwise pile up there over a long job)
+            self.fitted[tensor.dtype] = fit_codebook(tensor.detach().reshape(-1), transient=True)
 
     def end_of_bucket(self, bucket) -> None:
         """Count iterations (an iteration ends with the last bucket) and log every `log_every`."""

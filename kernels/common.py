@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import threading
-from collections import OrderedDict
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 
 from qlccomm import qlc
-from qlccomm.codebook import ALPHABET, N_AREAS, PREFIX_BITS, Codebook
+from qlccomm.codebook import ALPHABET, N_AREAS, PREFIX_BITS, Codebook, cache_table, cached_table
 from qlccomm.split import PLANS, Plan
 
 # Columns of the per-chunk table the kernels read (int64 [K, TAB_COLS]).
@@ -34,15 +32,8 @@ TAB_COLS = 8            # one column spare: rows of 64 bytes
 
 
 # The kernels take a plan's shifts and masks (ssh, smask, rsh, rhi, rlo; qlccomm.split.Plan)
-# as integers and specialise on its word width (`kind`): the Plan itself is their PlanBits.
-PlanBits = Plan
-PLAN_BITS: dict[str, Plan] = PLANS
+# as integers and specialise on its word width (`kind`).
 KIND_DTYPES = {p.kind: p.word for p in PLANS.values()}      # 0: uint8, 1: int16, 2: int32
-
-
-def plan_bits(plan: Plan) -> Plan:
-    """The plan as the kernels take it: the plan itself."""
-    return plan
 
 
 def element_view(flat: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -116,13 +107,9 @@ def decode_target(numel: int, dtype: torch.dtype, out: torch.Tensor | None, devi
 
 
 # -- codebook tables -------------------------------------------------------------------------------
-_TABLES: "OrderedDict[tuple, dict]" = OrderedDict()
-_TABLES_LOCK = threading.Lock()         # callers may encode from several threads
-_TABLES_MAX = 64
-
-
 def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> dict:
-    """Kernel tables of a codebook, cached by digest (and device when given).
+    """Kernel tables of a codebook, in the codebook module's one bounded cache, by digest
+    (and device when given).
 
     enc:   int32 [256] by symbol: suffix | area << 8 | suffix width << 12
     wsuf:  uint8 [256] by symbol: suffix width
@@ -130,7 +117,7 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
     widths, masks: int64 [8] by area;  wpack: the 8 widths as 4-bit fields of one int
     Host (numpy) arrays without `device`, torch tensors on `device` with it.
     """
-    key = (cb.digest, None if device is None else str(device))
+    key = (cb.digest, None if device is None else str(device), "kernel")
     t = cached_table(key)
     if t is not None:
         return t
@@ -155,24 +142,6 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
         t = {k: (torch.from_numpy(v).to(dev) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
     cache_table(key, t)
     return t
-
-
-def cached_table(key: tuple):
-    """A table cache_table kept under `key`, or None."""
-    with _TABLES_LOCK:
-        t = _TABLES.get(key)
-        if t is not None:
-            _TABLES.move_to_end(key)
-        return t
-
-
-def cache_table(key: tuple, t) -> None:
-    """Keep a table derived from a codebook (key: its digest and what the table is); the
-    least recently used go once there are more than _TABLES_MAX."""
-    with _TABLES_LOCK:
-        _TABLES[key] = t
-        while len(_TABLES) > _TABLES_MAX:
-            _TABLES.popitem(last=False)
 
 
 # Error marks in the native decoder's symbol table (bit 31 set = an error; valid entries,

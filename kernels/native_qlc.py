@@ -51,7 +51,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from qlccomm import qlc
-from qlccomm.codebook import Codebook
+from qlccomm.codebook import Codebook, derived_table
 from qlccomm.split import Plan
 
 from . import common
@@ -611,13 +611,11 @@ _NO_PAIRS = np.zeros(0, np.int32)
 
 
 def _pair_table(cb: Codebook, plan: Plan) -> np.ndarray:
-    key = (cb.digest, "native-pairs")
-    t = common.cached_table(key)
-    if t is None:
+    def build() -> np.ndarray:
         t = np.empty(1 << (2 * plan.symbol_bits), np.int32)
         _fill_pair_table(common.codebook_tables(cb)["enc"], plan.symbol_bits, t)
-        common.cache_table(key, t)
-    return t
+        return t
+    return derived_table((cb.digest, None, "native-pairs"), build)
 
 
 def _wide(table: np.ndarray, plan: Plan) -> np.ndarray:

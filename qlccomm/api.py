@@ -1,4 +1,4 @@
-"""compress / decompress / inspect: one entry point over the raw, QLC and ENEC codecs."""
+"""compress / decompress / inspect: one entry point over the codecs of qlccomm.codecs."""
 from __future__ import annotations
 
 import os
@@ -6,59 +6,31 @@ import struct
 
 import torch
 
-from . import kernels, qlc
-from .codebook import Codebook, default_codebook, fit_codebook
+from . import codecs, memlimits
+from .codebook import Codebook, check_codebook_arg, names_codebook, resolve_codebook
+from .dtypes import ENEC_DTYPES
 from .errors import FormatError
-from .format import (CODEC_ENEC, CODEC_IDS, CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES,
-                     ByteSource, Header, parse_header, stream_crc, stored_crc)
-from .split import candidate_plans
+from .format import CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES, ByteSource, Header, parse_header, \
+    stream_crc, stored_crc
 
-CodebookArg = Codebook | str | os.PathLike | None
-
-
-def _enec():
-    from . import enec  # imported lazily: the ENEC codec is optional for QLC-only users
-    return enec
-
-
-def _codec_impl(codec: str, device: torch.device):
-    """The module that encodes/decodes `codec` on `device`: a fused kernel set from
-    qlccomm.kernels when one serves that device, else the torch path (same bytes)."""
-    fused = kernels.implementation(codec, device)
-    if fused is not None:
-        return fused
-    return qlc if codec == "qlc" else _enec()
-
-
-def _resolve_codebook(codebook: CodebookArg, dtype: torch.dtype) -> Codebook | None:
-    if codebook is None or codebook == "adaptive":
-        return None
-    if codebook == "default":
-        return default_codebook(dtype)
-    if isinstance(codebook, Codebook):
-        if codebook.dtype != dtype:
-            raise ValueError(f"codebook is for {codebook.dtype}, tensor is {dtype}")
-        return codebook
-    return Codebook.load(codebook, dtype=dtype)
+CodebookArg = Codebook | str | os.PathLike | dict | None
+"""What `codebook=` takes everywhere (qlccomm.codebook.resolve_codebook): None or "adaptive",
+"default", a Codebook, a codebook file path, or a {torch.dtype: one of those} dict."""
 
 
 def pick_codec(dtype: torch.dtype, codec: str) -> str:
-    """The codec `compress` uses for `dtype` when asked for `codec`."""
-    if codec not in ("auto", "raw", "qlc", "enec"):
-        raise ValueError(f"unknown codec {codec!r}; choose auto, qlc, enec or raw")
-    if codec == "enec":
-        enec = _enec()
-        if dtype not in enec.SUPPORTED_DTYPES:
-            names = ", ".join(str(d).removeprefix("torch.") for d in enec.SUPPORTED_DTYPES)
-            raise ValueError(f"ENEC codes {names}; not {dtype}")
-        return codec
+    """The codec `compress` uses for `dtype` when asked for `codec` ("auto", "raw", "qlc", "enec")."""
+    if codec not in ("auto", *codecs.names()):
+        raise ValueError(f"unknown codec {codec!r}; choose auto, {', '.join(codecs.names())}")
     if codec == "auto":  # the speed codec for the wide floats, QLC for 1-byte dtypes, else raw
-        if dtype in (torch.bfloat16, torch.float16, torch.float32):
-            return "enec"
-        return "qlc" if candidate_plans(dtype) else "raw"
-    if codec == "qlc" and not candidate_plans(dtype):
-        return "raw"  # dtypes with no coded plan are stored raw behind the same header
-    return codec
+        codec = "enec" if dtype in ENEC_DTYPES else "qlc"
+    chosen = codecs.get(codec)
+    if chosen.codes(dtype):
+        return codec
+    if codec == "qlc":
+        return "raw"     # dtypes with no coded plan are stored raw behind the same header
+    names = ", ".join(str(d).removeprefix("torch.") for d in ENEC_DTYPES)
+    raise ValueError(f"ENEC codes {names}; not {dtype}")
 
 
 def max_compressed_bytes(t: torch.Tensor) -> int:
@@ -73,7 +45,11 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "raw", or "auto"
         (ENEC for bfloat16/float16/float32, QLC for 1-byte dtypes, raw otherwise).
     codebook: None/"adaptive" fits the tensor's own histogram and embeds the code;
-        a Codebook, a codebook file path, or "default" references it by digest.
+        a Codebook, a codebook file path, "default", or a {dtype: any of those} dict
+        (a dtype it does not list: adaptive) references it by digest.  TypeError for
+        anything else; ValueError for a codebook of another dtype, and for a codebook
+        with codec="enec" (ENEC takes no codebook; with "auto" a codebook applies to the
+        dtypes it codes with QLC).
     checksum: store a CRC32 of the stream; decompress then detects every bit flip.
     out: a 1-D contiguous uint8 tensor on t.device of at least `max_compressed_bytes(t)`
         bytes; the stream is written to its front and the result is that view (no
@@ -84,28 +60,21 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
         raise TypeError(f"compress takes a tensor, not {type(t).__name__}")
     if t.dtype not in DTYPE_CODES:
         raise TypeError(f"qlccomm cannot store dtype {t.dtype}")
+    check_codebook_arg(codebook)
     if out is not None:
         _check_buffer(out, max_compressed_bytes(t), t.device)
-    flat = t.detach().contiguous().reshape(-1)
     name = pick_codec(t.dtype, codec)
-    header = Header(CODEC_IDS[name], t.dtype, tuple(t.shape), checksum)
+    if codec == "enec" and names_codebook(codebook, t.dtype):
+        raise ValueError("ENEC takes no codebook: pass codebook=None, or codec=\"qlc\" to code with one")
+    cb = resolve_codebook(codebook, t.dtype) if name == "qlc" else None
+    flat = t.detach().contiguous().reshape(-1)
+    chosen = codecs.get(name)
+    header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum)
     hlen = header.nbytes            # the codecs leave this much room in front of their section
-    blob = None
-    if flat.numel() and name == "qlc":
-        cb = _resolve_codebook(codebook, t.dtype)
-        adaptive = cb is None
-        if adaptive and len(candidate_plans(t.dtype)) > 1:
-            cb = fit_codebook(flat, transient=True)  # measures every plan (float16) and keeps the better
-        plan = cb.plan_obj if cb is not None else candidate_plans(t.dtype)[0]
-        blob = _codec_impl("qlc", flat.device).encode_section(flat, plan, cb, embed=adaptive, reserve=hlen,
-                                                               into=out)
-    elif flat.numel() and name == "enec":
-        blob = _codec_impl("enec", flat.device).encode_section(flat, reserve=hlen, into=out)
+    blob = chosen.encode(flat, cb, reserve=hlen, into=out) if flat.numel() and name != "raw" else None
     if blob is None or blob.numel() - hlen >= header.raw_bytes:  # never expand: store raw
         header = Header(CODEC_RAW, t.dtype, tuple(t.shape), checksum)
-        size = hlen + header.raw_bytes
-        blob = out[:size] if out is not None else torch.empty(size, dtype=torch.uint8, device=t.device)
-        blob[hlen:] = flat.view(torch.uint8)
+        blob = codecs.get("raw").encode(flat, None, reserve=hlen, into=out)
     blob[:hlen] = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(t.device)
     if out is not None and blob.data_ptr() != out.data_ptr():   # an encoder that needed more room
         blob = out[:blob.numel()].copy_(blob)
@@ -115,7 +84,7 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     return blob
 
 
-def _parse(src: ByteSource, codebook: Codebook | None = None):
+def _parse(src: ByteSource, codebook: CodebookArg = None):
     head_fixed = src.read(0, min(len(src), 21))
     header = parse_header(head_fixed + src.read(len(head_fixed), min(len(src), 21 + 8 * head_fixed[20]))
                           if len(head_fixed) == 21 else head_fixed)
@@ -123,23 +92,9 @@ def _parse(src: ByteSource, codebook: Codebook | None = None):
         whole = src.host_all()
         if stream_crc(whole) != stored_crc(whole):
             raise FormatError("CRC32 mismatch: the stream is corrupt")
-    start = header.nbytes
-    if header.codec == CODEC_RAW:
-        if len(src) != start + header.raw_bytes:
-            raise FormatError(f"raw stream is {len(src)} bytes, expected {start + header.raw_bytes}")
-        return header, None
-    if header.codec == CODEC_QLC:
-        if not candidate_plans(header.dtype):
-            raise FormatError(f"QLC stream of dtype {header.dtype}, which QLC does not code")
-        if header.numel == 0:
-            raise FormatError("QLC stream with no elements")
-        sec = qlc.parse_section(src, start, header.numel, header.dtype, codebook)
-        if sec.plan not in candidate_plans(header.dtype):
-            raise FormatError(f"plan {sec.plan.name} does not code {header.dtype}")
-        return header, sec
-    if header.codec == CODEC_ENEC:
-        return header, _enec().parse_section(src, start, header)
-    raise FormatError(f"unknown codec {header.codec}")
+    codec = codecs.by_id(header.codec)
+    hint = resolve_codebook(codebook, header.dtype, strict=False) if header.codec == CODEC_QLC else None
+    return header, codec.parse(src, header.nbytes, header, hint)
 
 
 def _check_buffer(buf: torch.Tensor, nbytes: int, device: torch.device) -> None:
@@ -163,20 +118,26 @@ def _check_out(out: torch.Tensor, header: Header, device: torch.device) -> None:
                           f"out= has {out.numel()} of {out.dtype}")
 
 
-def decompress(blob, device: torch.device | str | None = None, codebook: Codebook | None = None,
+def decompress(blob, device: torch.device | str | None = None, codebook: CodebookArg = None,
                max_output_bytes: int | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a stream from :func:`compress`; bit-exact, same dtype and shape.
 
     blob: a uint8 tensor (the result lands on its device, or on `device`) or
         bytes-like (the result lands on the CPU, or on `device`).
     codebook: needed only for streams that reference a codebook this process has
-        not created or loaded.
-    max_output_bytes: refuse streams that declare a larger tensor (FormatError).
+        not created or loaded; takes what compress takes (TypeError for anything
+        else).  One of another dtype, or one the stream does not reference, is unused.
+    max_output_bytes: refuse streams that declare a larger tensor, in bytes (FormatError).
     out: a contiguous tensor of the stream's dtype and element count on the decoding
         device to decode into (FormatError if the stream holds anything else); the
         result is then `out` itself, whatever its shape.
-    Raises FormatError for corrupt, truncated or foreign streams.
+    Raises FormatError for corrupt, truncated or foreign streams, and MemoryError
+    naming the declared size (in bytes) for an output that cannot be allocated:
+    more than the decoding device can hold, checked before anything is allocated, or
+    an allocation that fails.  For untrusted streams see docs/format.md, "Decoding
+    untrusted streams".
     """
+    check_codebook_arg(codebook)
     src = ByteSource(blob, device)
     header, sec = _parse(src, codebook)
     if max_output_bytes is not None and header.raw_bytes > max_output_bytes:
@@ -184,17 +145,20 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     data = src.tensor
     if out is not None:
         _check_out(out, header, data.device)
-    if header.codec == CODEC_RAW:
-        raw = data[header.nbytes :]
-        if out is not None:
-            out.view(-1).view(torch.uint8).copy_(raw)
-            return out
-        flat = raw.clone().view(header.dtype) if header.numel else \
-            torch.empty(0, dtype=header.dtype, device=data.device)
     else:
-        flat = _codec_impl(CODEC_NAMES[header.codec], data.device).decode_section(sec, data, header, out=out)
-        if out is not None:
-            return out
+        limit = memlimits.allocatable_bytes(data.device)
+        if limit is not None and header.raw_bytes > limit:
+            raise MemoryError(f"stream declares {header.raw_bytes} bytes of output, more than {data.device} can "
+                              f"hold ({limit} bytes)")
+    try:
+        flat = codecs.by_id(header.codec).decode(sec, data, header, out)
+    except (MemoryError, RuntimeError) as e:
+        if not memlimits.allocation_failed(e):
+            raise
+        raise MemoryError(f"stream declares {header.raw_bytes} bytes of output; allocating for it on "
+                          f"{data.device} failed: {e}") from e
+    if out is not None:
+        return out
     return flat.reshape(header.shape)
 
 
@@ -209,8 +173,5 @@ def inspect(blob) -> dict:
         "header_bytes": header.nbytes, "ratio": header.raw_bytes / len(src) if len(src) else 0.0,
         "checksum": header.checksum,
     }
-    if header.codec == CODEC_QLC:
-        info.update(qlc.describe(sec))
-    elif header.codec == CODEC_ENEC:
-        info.update(_enec().describe(sec))
+    info.update(codecs.by_id(header.codec).describe(sec))
     return info

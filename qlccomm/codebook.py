@@ -15,10 +15,12 @@ import hashlib
 import heapq
 import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -33,7 +35,57 @@ MAX_WIDTH = 8
 PREFIX_BITS = 3
 EMBEDDED_BYTES = N_AREAS + ALPHABET  # widths, then rank -> symbol
 
+CODEBOOK_FILE_VERSION = 1
+"""The version of the codebook file format (JSON) that `Codebook.load` / `from_json` read."""
+
+# Codebooks that streams may reference by digest: the ones this process created or loaded
+# (never the transient ones: codes fitted to one tensor and embedded in its stream, and
+# those read back from streams).  The shipped ones join on the first unknown digest.
 _REGISTRY: dict[str, "Codebook"] = {}
+
+TABLE_CACHE_ENTRIES = 64
+"""How many tables derived from codebooks (device tables: one per codebook and device)
+are kept at once; the least recently used go first."""
+_TABLE_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
+_TABLE_CACHE_LOCK = threading.Lock()        # callers may code from several threads
+_T = TypeVar("_T")
+
+
+def cached_table(key: tuple):
+    """The table `cache_table` kept under `key`, or None (a hit makes it the most recent)."""
+    with _TABLE_CACHE_LOCK:
+        t = _TABLE_CACHE.get(key)
+        if t is not None:
+            _TABLE_CACHE.move_to_end(key)
+        return t
+
+
+def cache_table(key: tuple, table) -> None:
+    """Keep a table derived from a codebook under `key` = (its digest, the device or None
+    for host tables, what the table is); beyond TABLE_CACHE_ENTRIES the least recently
+    used is dropped."""
+    with _TABLE_CACHE_LOCK:
+        _TABLE_CACHE[key] = table
+        _TABLE_CACHE.move_to_end(key)
+        while len(_TABLE_CACHE) > TABLE_CACHE_ENTRIES:
+            _TABLE_CACHE.popitem(last=False)
+
+
+def derived_table(key: tuple, build: Callable[[], _T]) -> _T:
+    """The table under `key` in the one bounded cache of codebook tables, built on a miss."""
+    t = cached_table(key)
+    if t is None:
+        t = build()
+        cache_table(key, t)
+    return t
+
+
+class _NoCodebookForDtype(KeyError, ValueError):
+    """A codebook file holds no codebook for the dtype asked for (a KeyError, as it always
+    was, and a ValueError, like a Codebook object of the wrong dtype)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @lru_cache(maxsize=None)
@@ -109,9 +161,11 @@ def code_cost_bits(sorted_counts, widths) -> int:
 class Codebook:
     """A QLC code: plan (which bits form the symbol), dtype, 8 area widths, rank -> symbol table.
 
-    Codebooks are registered by digest (so streams that reference one decode) unless
-    `transient`: the codes fitted to one tensor and embedded in its stream, and the
-    ones read back from such streams, which would otherwise pile up over a long job.
+    Codebooks are registered by digest (so streams that reference one decode: see
+    `lookup`) unless `transient`: the codes fitted to one tensor and embedded in its
+    stream, and the ones read back from such streams, which would otherwise pile up
+    over a long job.  Registered or not, a codebook keeps no device tables: those live
+    in one bounded cache (`device_tables`).
     """
 
     dtype: torch.dtype
@@ -171,26 +225,28 @@ class Codebook:
             self._tables["np"] = t
         return t
 
-    def device_tables(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """Encode/decode tables on `device` (cached), in the narrow dtypes the codecs use.
+    def device_tables(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Encode/decode tables on `device`, in the narrow dtypes the codecs use.
 
         length, area, suffix: uint8 [256] indexed by symbol; widths_u8, masks (int32):
         [8] indexed by area; decode: int16 [8 * 256] indexed by area * 256 + suffix,
-        the symbol, or -1 where the rank is past the table.
+        the symbol, or -1 where the rank is past the table.  They come from the one
+        bounded cache keyed by (digest, device) (`TABLE_CACHE_ENTRIES`), never from the
+        codebook object: codebooks with equal content share them, and none stays alive
+        or keeps its tables because it was used once.
         """
-        key = str(device)
-        t = self._tables.get(key)
-        if t is None:
+        dev = torch.device(device)
+
+        def build():
             n = self._numpy_tables()
-            u8 = lambda a: torch.from_numpy(np.asarray(a, np.uint8)).to(device)  # noqa: E731
-            t = {
+            u8 = lambda a: torch.from_numpy(np.asarray(a, np.uint8)).to(dev)  # noqa: E731
+            return {
                 "length": u8(n["length"]), "area": u8(n["area"]), "suffix": u8(n["suffix"]),
                 "widths_u8": u8(self.widths),
-                "masks": torch.tensor([(1 << w) - 1 for w in self.widths], dtype=torch.int32, device=device),
-                "decode": torch.from_numpy(n["decode"]).to(device),
+                "masks": torch.tensor([(1 << w) - 1 for w in self.widths], dtype=torch.int32, device=dev),
+                "decode": torch.from_numpy(n["decode"]).to(dev),
             }
-            self._tables[key] = t
-        return t
+        return derived_table((self.digest, str(dev), "device_tables"), build)
 
     # -- identity and persistence ---------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -221,11 +277,25 @@ class Codebook:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Codebook":
+        """The codebook of one `to_json` object (registered for digest look-ups).
+        Raises FormatError for anything else, a file format version other than
+        CODEBOOK_FILE_VERSION included."""
         try:
-            if obj.get("format") != "qlccomm-codebook":
+            if not isinstance(obj, dict) or obj.get("format") != "qlccomm-codebook":
                 raise FormatError("not a qlccomm codebook")
-            cb = cls(getattr(torch, obj["dtype"]), obj["plan"], tuple(obj["widths"]), tuple(obj["symbols"]))
-        except (KeyError, TypeError, AttributeError) as e:
+            if obj.get("version") != CODEBOOK_FILE_VERSION:
+                raise FormatError(f"codebook file version {obj.get('version')!r}; this qlccomm reads version "
+                                  f"{CODEBOOK_FILE_VERSION}")
+            dtype = getattr(torch, obj["dtype"], None)
+            if not isinstance(dtype, torch.dtype):
+                raise FormatError(f"unknown dtype {obj['dtype']!r}")
+            widths, symbols = obj["widths"], obj["symbols"]
+            if not all(isinstance(v, list) and all(type(x) is int for x in v) for v in (widths, symbols)):
+                raise FormatError("widths and symbols must be lists of integers")
+            cb = cls(dtype, obj["plan"], tuple(widths), tuple(symbols))
+        except FormatError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise FormatError(f"malformed codebook: {e}") from None
         if obj.get("digest", cb.digest) != cb.digest:
             raise FormatError(f"codebook digest {obj['digest']} does not match its content ({cb.digest})")
@@ -237,21 +307,40 @@ class Codebook:
 
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> "Codebook":
-        """Load a codebook file; for a file holding several (one per dtype), pick `dtype`."""
-        with open(path) as f:
-            obj = json.load(f)
-        if "codebooks" in obj:
-            books = [cls.from_json(o) for o in obj["codebooks"]]
-            if dtype is None and len(books) == 1:
-                return books[0]
-            for b in books:
-                if b.dtype == dtype:
-                    return b
-            raise KeyError(f"{path} holds codebooks for {[dtype_name(b.dtype) for b in books]}, not {dtype}")
-        cb = cls.from_json(obj)
-        if dtype is not None and cb.dtype != dtype:
-            raise KeyError(f"{path} holds a {dtype_name(cb.dtype)} codebook, not {dtype}")
-        return cb
+        """Load a codebook file; for a file holding several (one per dtype), pick `dtype`.
+
+        Raises FormatError naming the file for anything but a codebook file of version
+        CODEBOOK_FILE_VERSION (binary content, bad JSON, another version, a bad codebook),
+        KeyError (also a ValueError) when it holds no codebook for `dtype`, OSError when
+        it cannot be read."""
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            try:
+                obj = json.loads(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise FormatError("not a codebook file: binary content, not JSON text") from None
+            except json.JSONDecodeError as e:
+                raise FormatError(f"not a codebook file: bad JSON ({e})") from None
+            if isinstance(obj, dict) and "codebooks" in obj:
+                if not isinstance(obj["codebooks"], list) or not obj["codebooks"]:
+                    raise FormatError("'codebooks' is not a list of codebooks")
+                books = [cls.from_json(o) for o in obj["codebooks"]]
+            else:
+                books = [cls.from_json(obj)]
+        except FormatError as e:
+            raise type(e)(f"codebook file {os.fspath(path)}: {e}") from None
+        if "codebooks" not in obj:
+            cb = books[0]
+            if dtype is not None and cb.dtype != dtype:
+                raise _NoCodebookForDtype(f"{path} holds a {dtype_name(cb.dtype)} codebook, not {dtype}")
+            return cb
+        if dtype is None and len(books) == 1:
+            return books[0]
+        for b in books:
+            if b.dtype == dtype:
+                return b
+        raise _NoCodebookForDtype(f"{path} holds codebooks for {[dtype_name(b.dtype) for b in books]}, not {dtype}")
 
     # -- measures --------------------------------------------------------------------
     def expected_bits(self, t: torch.Tensor) -> float:
@@ -263,7 +352,9 @@ class Codebook:
 
 def lookup(digest: str) -> Codebook:
     """The codebook with this digest: one this process has created or loaded, or a shipped one
-    (the current defaults and those they replaced, qlccomm/codebooks/{,previous/}*.json)."""
+    (the current defaults and those they replaced, qlccomm/codebooks/{,previous/}*.json).
+    Never a transient one (a code embedded in a stream) nor a decoder's codebook= hint:
+    `decompress` uses those directly."""
     if digest not in _REGISTRY:
         _load_shipped()
     try:
@@ -272,6 +363,100 @@ def lookup(digest: str) -> Codebook:
         raise CodebookError(
             f"stream was coded with codebook {digest}, which this process does not know; "
             "pass codebook= to decompress or load it first") from None
+
+
+ADAPTIVE, DEFAULT = "adaptive", "default"
+_CODEBOOK_ARG = ("None, 'adaptive', 'default', a Codebook, a codebook file path (str or os.PathLike) "
+                 "or a {torch.dtype: one of those} dict")
+
+
+def check_codebook_arg(arg) -> None:
+    """Raise TypeError unless `arg` is something `resolve_codebook` takes (reads no file)."""
+    if isinstance(arg, dict):
+        for k, v in arg.items():
+            if not isinstance(k, torch.dtype):
+                raise TypeError(f"a codebook dict maps torch dtypes to codebooks; its key {k!r} is not a dtype")
+            if not (v is None or isinstance(v, (str, os.PathLike, Codebook))):
+                raise TypeError(f"codebook dict entry {k}: takes None, 'adaptive', 'default', a Codebook or "
+                                f"a codebook file path, not {type(v).__name__}")
+        return
+    if not (arg is None or isinstance(arg, (str, os.PathLike, Codebook))):
+        raise TypeError(f"codebook= takes {_CODEBOOK_ARG}, not {type(arg).__name__}")
+
+
+def names_codebook(arg, dtype: torch.dtype) -> bool:
+    """Whether `arg` asks for a codebook (not adaptive coding) for tensors of `dtype`;
+    reads no file."""
+    check_codebook_arg(arg)
+    if isinstance(arg, dict):
+        arg = arg.get(dtype)
+    return not (arg is None or (isinstance(arg, str) and arg == ADAPTIVE))
+
+
+def resolve_codebook(arg, dtype: torch.dtype, *, strict: bool = True) -> Codebook | None:
+    """The codebook that `arg` names for tensors of `dtype`, or None for adaptive coding
+    (each stream embeds a code fitted to its tensor).  The one reading of `codebook=`
+    for compress, decompress, the collectives, point-to-point and the hooks.
+
+    arg: None or "adaptive" (None); "default" (the built-in codebook of `dtype`); a
+        Codebook; a codebook file path (str or os.PathLike, see `Codebook.load`; files
+        are read again only when they change); or a {torch.dtype: any of those} dict
+        (a dtype it does not list: None).
+    strict: a Codebook or file of another dtype, or "default" for a dtype that QLC does
+        not code, raises ValueError; with strict=False (a decoder's hint: the stream
+        names the codebook it needs) they resolve to None.
+    Raises TypeError for anything else (numbers, bytes, lists, ...); FormatError or
+    OSError for a file that is not a codebook file or cannot be read.
+    """
+    check_codebook_arg(arg)
+    if isinstance(arg, dict):
+        arg = arg.get(dtype)
+    if arg is None or (isinstance(arg, str) and arg == ADAPTIVE):
+        return None
+    if isinstance(arg, str) and arg == DEFAULT:
+        if not strict and not candidate_plans(dtype):
+            return None
+        return default_codebook(dtype)
+    if isinstance(arg, Codebook):
+        cb = arg
+    else:
+        try:
+            cb = _load_file(arg, dtype)
+        except _NoCodebookForDtype:
+            if strict:
+                raise
+            return None
+    if cb.dtype != dtype:
+        if not strict:
+            return None
+        raise ValueError(f"codebook {cb.digest} is for {cb.dtype}, the tensor is {dtype}")
+    return cb
+
+
+_LOADED: "OrderedDict[tuple, tuple]" = OrderedDict()   # (path, dtype) -> (file stamp, Codebook)
+_LOADED_LOCK = threading.Lock()
+_LOADED_ENTRIES = 16
+
+
+def _load_file(path, dtype: torch.dtype) -> Codebook:
+    """Codebook.load(path, dtype), read again only when the file's inode, size or mtime change
+    (a collective given a path resolves it on every call)."""
+    name = os.fspath(path)
+    st = os.stat(name)
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (os.path.abspath(name), dtype)
+    with _LOADED_LOCK:
+        hit = _LOADED.get(key)
+        if hit is not None and hit[0] == stamp:
+            _LOADED.move_to_end(key)
+            return hit[1]
+    cb = Codebook.load(name, dtype=dtype)
+    with _LOADED_LOCK:
+        _LOADED[key] = (stamp, cb)
+        _LOADED.move_to_end(key)
+        while len(_LOADED) > _LOADED_ENTRIES:
+            _LOADED.popitem(last=False)
+    return cb
 
 
 def symbol_histogram(t: torch.Tensor, plan: Plan) -> np.ndarray:

@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from . import costmodel, schedules
 from .api import pick_codec
-from .codebook import Codebook, default_codebook
+from .codebook import check_codebook_arg, resolve_codebook
 from .costmodel import CostModel
 from .format import DTYPE_CODES
 from .reduction import OP_AVG, Accumulator, accumulate_dtype, opcode, reference_all_reduce
@@ -139,32 +139,19 @@ def _options(compress, min_compress_bytes, deterministic, link_gbps, slice_bytes
     return _Options(mode, min_bytes, det, int(slice_bytes), costmodel.forced_link_Bps(link_gbps))
 
 
-def _resolve_codebook(codebook, dtype: torch.dtype) -> Codebook | None:
-    if codebook is None or (isinstance(codebook, str) and codebook == "adaptive"):
-        return None
-    if isinstance(codebook, str) and codebook == "default":
-        return default_codebook(dtype)
-    if isinstance(codebook, dict):
-        return _resolve_codebook(codebook.get(dtype), dtype)
-    if isinstance(codebook, Codebook):
-        if codebook.dtype != dtype:
-            raise ValueError(f"codebook {codebook.digest} is for {codebook.dtype}, the tensor is {dtype}")
-        return codebook
-    if isinstance(codebook, (str, os.PathLike)):
-        return Codebook.load(codebook, dtype=dtype)
-    raise TypeError(f"codebook must be None, 'adaptive', 'default', a Codebook, a dict or a path, "
-                    f"not {type(codebook).__name__}")
-
-
 def _resolve_coding(dtype: torch.dtype, codec: str, codebook, device: torch.device | None = None
                     ) -> tuple[Coding, bytes]:
     """The coding every rank must agree on for `dtype` on `device`, and its codebook tag.
 
     "auto" is QLC on CPU tensors (the native QLC encoder codes a 1 MiB slice several times
     faster than ENEC's, whose parameter search costs ~10 ms a call there) and qlccomm's
-    per-dtype choice (ENEC for the wide floats) on accelerators."""
+    per-dtype choice (ENEC for the wide floats) on accelerators.  `codebook` is read by
+    qlccomm.codebook.resolve_codebook (TypeError for what it does not take, whatever the
+    codec); it applies where the coding is QLC and is unused where it is ENEC or raw (the
+    hooks pass theirs for every bucket; only `compress(codec="enec")` refuses one)."""
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(_CODECS)}")
+    check_codebook_arg(codebook)            # TypeError whatever the codec (codebook.resolve_codebook)
     raw = Coding("raw"), NO_TAG
     if dtype not in DTYPE_CODES or codec == "raw":
         return raw
@@ -181,7 +168,7 @@ def _resolve_coding(dtype: torch.dtype, codec: str, codebook, device: torch.devi
         return raw
     if name == "enec":
         return Coding("enec"), NO_TAG
-    cb = _resolve_codebook(codebook, dtype)
+    cb = resolve_codebook(codebook, dtype)
     return Coding("qlc", cb), ADAPTIVE_TAG if cb is None else digest_tag(cb.digest)
 
 

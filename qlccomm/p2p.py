@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from . import costmodel
 from .api import compress
-from .codebook import lookup
+from .codebook import lookup, resolve_codebook
 from .collectives import MAX_CHUNK_BYTES, _group_state, _options, _resolve_coding, _slice_elems, _Totals
 from .errors import CodebookError, FormatError
 from .format import DTYPES_BY_CODE
@@ -600,7 +600,8 @@ def _digest_coded(sender_row: list[int]) -> bool:
 
 def _has_codebook(m: _Message) -> int:
     """Receiver: 1 when it can decode with the sender's codebook (given to irecv, or known)."""
-    if getattr(m.options.get("codebook"), "digest", None) == m.codebook_digest:
+    given = resolve_codebook(m.options.get("codebook"), m.tensor.dtype, strict=False)
+    if given is not None and given.digest == m.codebook_digest:
         return 1
     try:
         lookup(m.codebook_digest)
