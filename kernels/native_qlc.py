@@ -52,6 +52,7 @@ from numba.extending import intrinsic
 
 from qlccomm import qlc
 from qlccomm.codebook import Codebook, derived_table
+from qlccomm.errors import EncoderError
 from qlccomm.split import Plan
 
 from . import common
@@ -592,7 +593,7 @@ def optimal_widths_native(sorted_counts, n_areas: int = 8, max_width: int = 8) -
         raise ValueError("the areas cannot cover the alphabet")
     widths, start = _optimal_widths(counts, n_areas, max_width)
     if start != 0:
-        raise RuntimeError("dynamic programme did not start at rank 0")
+        raise EncoderError("native codebook fitter: the dynamic programme did not start at rank 0")
     return tuple(widths.tolist())
 
 
@@ -663,7 +664,7 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
                    lay.n_nz, check)
     coded = lay.table[:, TAB_MODE] == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):      # the two passes must agree
-        raise RuntimeError("the tensor changed while it was being encoded (suffix bits differ between passes)")
+        raise EncoderError("the tensor changed while it was being encoded (suffix bits differ between passes)")
     return out
 
 

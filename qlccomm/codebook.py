@@ -25,7 +25,7 @@ from typing import Callable, Iterable, TypeVar
 import numpy as np
 import torch
 
-from .errors import CodebookError, FormatError
+from .errors import CodebookError, EncoderError, FormatError
 from .format import DTYPE_CODES, dtype_name
 from .split import PLANS, Plan, candidate_plans
 
@@ -142,7 +142,7 @@ def optimal_widths(sorted_counts, n_areas: int = N_AREAS, max_width: int = MAX_W
         widths.append(int(choice_b[k, pos]))
         pos = int(choice_p[k, pos])
     if pos != 0:
-        raise AssertionError("dynamic programme did not start at rank 0")
+        raise EncoderError("codebook fitter: the dynamic programme did not start at rank 0")
     return tuple(reversed(widths))
 
 

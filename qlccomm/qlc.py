@@ -165,7 +165,7 @@ def decode_error(flags: int, plan: Plan) -> FormatError:
         return FormatError("code names a rank past the table (corrupt stream)")
     if flags & ERR_SYMBOL:
         return FormatError(f"decoded symbol exceeds {plan.symbol_bits} bits (corrupt stream or codebook)")
-    raise AssertionError(f"no decode error flag in {flags}")
+    raise ValueError(f"decode_error called without an error flag ({flags:#x})")
 
 
 def adaptive_codebook(hist, dtype: torch.dtype, plan: Plan) -> Codebook:
