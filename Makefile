@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qlccomm-installed
 NPROC  ?= 2
 
-.PHONY: install demo test test-serial test-mpi test-torchrun bench clean
+.PHONY: install demo test test-serial test-mpi test-torchrun bench fuzz clean
 
 # torch==2.13.0 is the CPU wheel of PyTorch; pyproject itself accepts torch>=2.6
 $(STAMP): pyproject.toml
@@ -29,6 +29,10 @@ test-serial: install
 bench: install
 	$(VENV)/bin/qlccomm bench --codec qlc --dtype bf16
 	$(VENV)/bin/qlccomm bench --codec qlc --dtype e4m3
+
+# a long mutation campaign over every codec, dtype and codebook mode; reproducers of bad cases in fuzz-out/
+fuzz: install
+	$(PY) -m qlccomm.fuzz --streams 1000000 --workers $(NPROC) --out fuzz-out
 
 clean:
 	rm -rf $(VENV) build *.egg-info

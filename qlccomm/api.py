@@ -9,7 +9,7 @@ import torch
 from . import codecs, memlimits
 from .codebook import Codebook, check_codebook_arg, names_codebook, resolve_codebook
 from .dtypes import ENEC_DTYPES
-from .errors import FormatError
+from .errors import FormatError, OutputTooLargeError
 from .format import CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES, ByteSource, Header, parse_header, \
     stream_crc, stored_crc
 
@@ -131,7 +131,7 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     out: a contiguous tensor of the stream's dtype and element count on the decoding
         device to decode into (FormatError if the stream holds anything else); the
         result is then `out` itself, whatever its shape.
-    Raises FormatError for corrupt, truncated or foreign streams, and MemoryError
+    Raises FormatError for corrupt, truncated or foreign streams, and OutputTooLargeError (a MemoryError)
     naming the declared size (in bytes) for an output that cannot be allocated:
     more than the decoding device can hold, checked before anything is allocated, or
     an allocation that fails.  For untrusted streams see docs/format.md, "Decoding
@@ -148,14 +148,14 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     else:
         limit = memlimits.allocatable_bytes(data.device)
         if limit is not None and header.raw_bytes > limit:
-            raise MemoryError(f"stream declares {header.raw_bytes} bytes of output, more than {data.device} can "
+            raise OutputTooLargeError(f"stream declares {header.raw_bytes} bytes of output, more than {data.device} can "
                               f"hold ({limit} bytes)")
     try:
         flat = codecs.by_id(header.codec).decode(sec, data, header, out)
     except (MemoryError, RuntimeError) as e:
         if not memlimits.allocation_failed(e):
             raise
-        raise MemoryError(f"stream declares {header.raw_bytes} bytes of output; allocating for it on "
+        raise OutputTooLargeError(f"stream declares {header.raw_bytes} bytes of output; allocating for it on "
                           f"{data.device} failed: {e}") from e
     if out is not None:
         return out

@@ -12,3 +12,8 @@ class CodebookError(FormatError):
 class EncoderError(RuntimeError):
     """An encoder's own invariant failed (a bug, or a tensor changed while it was being coded):
     no stream was written."""
+
+
+class OutputTooLargeError(MemoryError):
+    """A stream declares an output (its size in bytes is in the message) that cannot be
+    allocated: more than the decoding device can hold, or the allocation failed."""
