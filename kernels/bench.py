@@ -1,38 +1,41 @@
-"""Kernel-level benchmark of the QLC backends on CPU tensors (``python -m qlccomm.kernels.bench``).
+"""Kernel-level benchmark of the QLC backends (``python -m qlccomm.kernels.bench``).
 
-Goes through the public API (``qlccomm.compress`` / ``qlccomm.decompress``), with
-the backend chosen by ``QLCCOMM_KERNELS`` for each measurement, and also times the
-codec section alone (``encode_section`` / ``decode_section``: no stream header, no
-copy in ``compress``, no parsing).  Measures in *interleaved rounds*: every round
-times the memory copies, zstd level 1 and each codec once, on the same bytes, so
-load from other processes hits all of them alike.  Reports medians over rounds of
-GB/s (uncompressed bytes per second) by wall clock and by process CPU time (with one
-thread, CPU time is immune to time-slicing on a shared machine), and of the speed
-relative to `clone` (allocate + copy) in the same round.
+Built on the harness in qlccomm/bench.py (interleaved rounds, wall and process-CPU
+timing, the reference cases, the tables); what is here is kernel-specific.
 
-References: `copy_` copies into an existing tensor (memory bandwidth); `clone`
-allocates and copies (what an out-of-place result costs: fresh pages fault in).
+Default mode: each backend (``--backends``, forced through ``QLCCOMM_KERNELS`` for
+each call) through the public API (``qlccomm.compress`` / ``qlccomm.decompress``) with
+a referenced codebook and an adaptive one, and its codec section alone
+(``encode_section`` / ``decode_section``: no stream header, no copy in ``compress``,
+no parsing), against `clone`, `copy_` and (on the CPU) zstd level 1 of the same
+bytes in the same rounds.  Reports medians over rounds (``--best``: also the best
+round) of GB/s (uncompressed bytes per second) by wall clock and by process CPU time
+(with one thread, CPU time is immune to time-slicing on a shared machine), and of
+the speed relative to `clone` in the same round.
+
+``--parts``: the native QLC kernels one by one (bf16, CPU), milliseconds and GB/s.
+``--host-planning``: the host time per call that the fused paths spend planning,
+in milliseconds.
 
 Data (``--data``): ``qlccomm.datagen.synthetic`` (its docstring documents the
 distributions), ``weights`` its weight-like and ``grads`` its gradient-like kind,
-seed 0.
-
-This is not the user-facing ``qlccomm bench`` (qlccomm/cli.py): it measures the
-kernels on one core, section by section; docs/benchmarks.md holds the figures.
+seed 0.  docs/benchmarks.md holds the figures.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
 import qlccomm
+from qlccomm.bench import (Case, Column, assert_bit_exact, clone_case, copy_case, format_table, gbps, host_bytes,
+                           interleaved, tensor_bytes, zstd_case)
 from qlccomm.datagen import synthetic
 
 DATA_KINDS = {"weights": "weight", "grads": "grad"}
+PICKS = {"median": (statistics.median, statistics.median), "best": (min, max)}   # (seconds, speed ratios)
 
 
 def make_data(kind: str, nbytes: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -42,126 +45,112 @@ def make_data(kind: str, nbytes: int, dtype: torch.dtype, seed: int = 0) -> torc
     return synthetic(DATA_KINDS[kind], dtype, nbytes // dtype.itemsize, seed)
 
 
-_SYNC = [lambda: None]
+def _use(backend: str) -> None:
+    os.environ["QLCCOMM_KERNELS"] = backend
 
 
-def _timed(fn):
-    _SYNC[0]()
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    _SYNC[0]()
-    return time.perf_counter() - t0, time.process_time() - c0, out
+def _section(blob: torch.Tensor, x: torch.Tensor, cb):
+    """(header, parsed QLC section) of `blob`, the stream of `x` with codebook `cb`."""
+    from qlccomm import qlc
+    from qlccomm.format import ByteSource, parse_header
+
+    src = ByteSource(blob)
+    header = parse_header(src.read(0, 21 + 8 * x.dim()))
+    return header, qlc.parse_section(src, header.nbytes, header.numel, x.dtype, cb)
 
 
-def _backend(name: str):
-    os.environ["QLCCOMM_KERNELS"] = name
+def backend_cases(x: torch.Tensor, cb, backends: tuple[str, ...], adaptive: bool) -> list[Case]:
+    """Per backend: the API with codebook `cb` (and adaptive), then the section calls alone."""
+    from qlccomm import kernels, qlc
+
+    n = tensor_bytes(x)
+    cases = []
+    modes = [("codebook", cb)] + ([("adaptive", None)] if adaptive else [])
+    for b in backends:
+        for mode, c in modes:
+            _use(b)
+            blob = qlccomm.compress(x, codebook=c)
+            assert_bit_exact(qlccomm.decompress(blob, codebook=cb), x, f"qlc/{b}/{mode}")
+            cases.append(Case(f"qlc/{b}/{mode}", n,
+                              lambda c=c, b=b: (_use(b), qlccomm.compress(x, codebook=c)),
+                              lambda blob=blob, b=b: (_use(b), qlccomm.decompress(blob, codebook=cb)),
+                              blob.numel()))
+    flat = x.reshape(-1)
+    for b in backends:
+        _use(b)
+        impl = kernels.implementation("qlc", x.device) or qlc
+        blob = qlccomm.compress(x, codebook=cb)
+        header, sec = _section(blob, x, cb)
+        cases.append(Case(f"qlc/{b}/codebook/section", n,
+                          lambda impl=impl: impl.encode_section(flat, cb.plan_obj, cb),
+                          lambda impl=impl, sec=sec, header=header, blob=blob: impl.decode_section(sec, blob, header),
+                          blob.numel()))
+    return cases
 
 
 def run(mib: float = 64, rounds: int = 7, threads: int = 1, data: str = "weights",
-        dtype: torch.dtype = torch.bfloat16, backends=("native", "torch"), adaptive: bool = True,
-        device: str = "cpu", best: bool = False):
+        dtype: torch.dtype = torch.bfloat16, backends: tuple[str, ...] = ("native", "torch"),
+        adaptive: bool = True, device: str = "cpu", best: bool = False) -> None:
+    """Print the default-mode tables for `mib` MiB of `data` on `device`: `rounds`
+    interleaved rounds, GB/s by wall clock and CPU time, and speed relative to `clone`."""
     torch.set_num_threads(threads)
     x = make_data(data, int(mib * (1 << 20)), dtype).to(device)
-    if x.device.type == "cuda":
-        _SYNC[0] = torch.cuda.synchronize
-    elif x.device.type != "cpu" and hasattr(getattr(torch, x.device.type, None), "synchronize"):
-        _SYNC[0] = getattr(torch, x.device.type).synchronize
-    nbytes = x.numel() * x.element_size()
     cb = qlccomm.fit_codebook(x)
-    raw = x.view(torch.uint8).cpu().numpy() if x.device.type == "cpu" else None
-
-    cases = {}                                   # name -> (encode fn, decode fn)
-    y = torch.empty_like(x)
-    cases["clone"] = (lambda: x.clone(), None)
-    cases["copy_"] = (lambda: y.copy_(x), None)
-    zblob = None
-    try:
-        import zstandard
-        if raw is not None:                      # zstd only where the bytes are: on the CPU
-            zc, zd = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
-            zblob = zc.compress(raw)
-            cases["zstd-1"] = (lambda: zc.compress(raw), lambda: zd.decompress(zblob))
-    except ImportError:
-        pass
-    blobs = {}
-    for b in backends:
-        for mode in (("codebook", "adaptive") if adaptive else ("codebook",)):
-            _backend(b)
-            c = cb if mode == "codebook" else None
-            blob = qlccomm.compress(x, codebook=c)
-            assert torch.equal(qlccomm.decompress(blob, codebook=cb).view(torch.uint8), x.view(torch.uint8))
-            name = f"qlc/{b}/{mode}"
-            blobs[name] = blob
-            cases[name] = ((lambda c=c, b=b: (_backend(b), qlccomm.compress(x, codebook=c))),
-                           (lambda blob=blob, b=b: (_backend(b), qlccomm.decompress(blob, codebook=cb))))
-    # the codec section alone (no stream header, no torch.cat in compress, no parse)
-    from qlccomm import kernels, qlc
-    from qlccomm.format import ByteSource, parse_header
-    for b in backends:
-        _backend(b)
-        impl = kernels.implementation("qlc", x.device) or qlc
-        blob = qlccomm.compress(x, codebook=cb)
-        src = ByteSource(blob)
-        header = parse_header(src.read(0, 21 + 8 * x.dim()))
-        sec = qlc.parse_section(src, header.nbytes, header.numel, x.dtype, cb)
-        flat = x.reshape(-1)
-        name = f"qlc/{b}/codebook/section"
-        blobs[name] = blob
-        cases[name] = ((lambda impl=impl: impl.encode_section(flat, cb.plan_obj, cb)),
-                       (lambda impl=impl, sec=sec, header=header, blob=blob: impl.decode_section(sec, blob, header)))
-    sizes = {"clone": nbytes, "copy_": nbytes, **({"zstd-1": len(zblob)} if zblob is not None else {}),
-             **{k: v.numel() for k, v in blobs.items()}}
-
-    wall = {k: {"enc": [], "dec": []} for k in cases}
-    cpu = {k: {"enc": [], "dec": []} for k in cases}
-    rel = {k: {"enc": [], "dec": []} for k in cases}
-    for _ in range(rounds):
-        t_copy, c_copy, _ = _timed(cases["clone"][0])
-        wall["clone"]["enc"].append(t_copy)
-        cpu["clone"]["enc"].append(c_copy)
-        rel["clone"]["enc"].append(1.0)
-        for name, (enc, dec) in cases.items():
-            if name == "clone":
-                continue
-            for what, fn in (("enc", enc), ("dec", dec)):
-                if fn is None:
-                    continue
-                t, c, _ = _timed(fn)
-                wall[name][what].append(t)
-                cpu[name][what].append(c)
-                rel[name][what].append(t_copy / t)
+    clone = clone_case(x)
+    cases = [clone, copy_case(x)]
+    if x.device.type == "cpu":                   # zstd only where the bytes are: on the CPU
+        cases.append(zstd_case(host_bytes(x), 1))
+    cases += backend_cases(x, cb, backends, adaptive)
+    # no warm-up round: the round trips above already ran every codec once
+    interleaved(cases, rounds, x.device, warmup=0)
     os.environ.pop("QLCCOMM_KERNELS", None)
 
-    for label, pick, pick_rel in (("median", statistics.median, statistics.median), ("best", min, max)):
-        if label == "best" and not best:
-            continue
-        rate = (lambda ts: f"{nbytes / pick(ts) / 1e9:8.3f}" if ts else f"{'-':>8}")
-        relf = (lambda rs: f"{pick_rel(rs):8.3f}" if rs else f"{'-':>8}")
+    columns = [Column("case", 28, align="<"), Column("ratio", 7), Column("enc GB/s", 10), Column("dec GB/s", 9),
+               Column("enc cpu", 10), Column("dec cpu", 9), Column("enc/clone", 11), Column("dec/clone", 10)]
+    for label in ("median", "best") if best else ("median",):
+        pick, pick_rel = PICKS[label]
+
+        def rel(wall: list[float]) -> float | None:
+            return pick_rel([c / t for c, t in zip(clone.enc.wall, wall)]) if wall else None
+
         print(f"# {mib} MiB {str(dtype).removeprefix('torch.')} {data} on {x.device}, {threads} CPU thread(s), "
               f"{label} of {rounds} interleaved rounds; GB/s = uncompressed bytes / s")
-        print(f"{'case':<28}{'ratio':>7}  {'enc GB/s':>8}{'dec GB/s':>9}  {'enc cpu':>8}{'dec cpu':>9}"
-              f"  {'enc/clone':>9}{'dec/clone':>10}")
-        for name in cases:
-            print(f"{name:<28}{nbytes / sizes[name]:>7.3f}  {rate(wall[name]['enc'])}{rate(wall[name]['dec']):>9}"
-                  f"  {rate(cpu[name]['enc'])}{rate(cpu[name]['dec']):>9}  {relf(rel[name]['enc']):>9}"
-                  f"{relf(rel[name]['dec']):>10}")
+        rows = [[c.name, c.ratio(), gbps(c.in_bytes, c.enc.wall, pick), gbps(c.in_bytes, c.dec.wall, pick),
+                 gbps(c.in_bytes, c.enc.cpu, pick), gbps(c.in_bytes, c.dec.cpu, pick), rel(c.enc.wall),
+                 rel(c.dec.wall)] for c in cases]
+        print("\n".join(format_table(columns, rows)))
+
+
+def _print_ms(title: str, cases: list[Case], gb: bool) -> None:
+    """`title`, then the median and best milliseconds of each case's encode (each with GB/s if `gb`)."""
+    columns = [Column("case", 30, align="<")]
+    for label in PICKS:
+        columns += [Column(f"{label} ms", 10, ".2f")] + ([Column("GB/s", 9)] if gb else [])
+    rows = []
+    for c in cases:
+        row: list[object] = [c.name]
+        for pick, _ in PICKS.values():
+            s = pick(c.enc.wall)
+            row += [s * 1e3] + ([gbps(c.in_bytes, [s])] if gb else [])
+        rows.append(row)
+    print(title)
+    print("\n".join(format_table(columns, rows)))
 
 
 def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
     """Where the native QLC encode and decode time goes, one thread, referenced codebook:
-    each kernel timed alone (interleaved rounds, medians), outputs into already-touched
-    buffers, against the whole section calls (fresh output)."""
+    each kernel timed alone (interleaved rounds), outputs into already-touched buffers,
+    against the whole section calls (fresh output) and zstd-1; milliseconds and GB/s."""
     import numpy as np
 
     from qlccomm import qlc
-    from qlccomm.format import ByteSource, parse_header
 
     from . import common, native_qlc as nq
 
     torch.set_num_threads(1)
     x = make_data(data, int(mib * (1 << 20)), torch.bfloat16)
     cb = qlccomm.fit_codebook(x)
-    plan, pb, chunk = cb.plan_obj, cb.plan_obj, qlc.CHUNK_ELEMS
+    pb, chunk = cb.plan_obj, qlc.CHUNK_ELEMS
     xa = nq._elements(x, pb)
     n = xa.shape[0]
     K = -(-n // chunk)
@@ -174,10 +163,9 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
         nq.qlc_stats(xa, chunk, pb.ssh, pb.smask, wsuf, False, bits, nz, no_hist)
 
     stats()
-    lay = common.encode_layout(n, chunk, plan, cb, False, bits, nz)
+    lay = common.encode_layout(n, chunk, pb, cb, False, bits, nz)
     o = np.zeros(lay.total, np.uint8)
     b = lay.bases
-
     pairs = nq._pair_table(cb, pb)
 
     def encode(raw_bits, ptab=pairs):
@@ -185,9 +173,7 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
                       lay.table, o, b["prefix"], b["symbol"], b["suffix"], b["raw"], lay.n_nz, check)
 
     blob = qlccomm.compress(x, codebook=cb)
-    src = ByteSource(blob)
-    header = parse_header(src.read(0, 21 + 8 * x.dim()))
-    sec = qlc.parse_section(src, header.nbytes, header.numel, x.dtype, cb)
+    header, sec = _section(blob, x, cb)
     dl = common.decode_layout(sec)
     dtab, w4 = common.decode_tables(cb, pb)
     out = np.zeros(n, np.uint16)
@@ -199,70 +185,58 @@ def parts(mib: float = 64, rounds: int = 9, data: str = "weights") -> None:
                       tabs["wpack"], dl.table, d["prefix"], e["prefix"], d["symbol"], e["symbol"], d["suffix"],
                       d["raw"], e["raw"], dl.n_nz, flags)
 
-    cases = {
+    nb = tensor_bytes(x)
+    kernels = {
         "qlc_stats (suffix bits)": stats,
         "qlc_encode": lambda: encode(pb.raw_bits),
         "qlc_encode, no raw plane": lambda: encode(0),
         "qlc_encode, 1 code per lookup": lambda: encode(pb.raw_bits, nq._NO_PAIRS),
-        "encode_section (fresh out)": lambda: nq.encode_section(x, plan, cb),
+        "encode_section (fresh out)": lambda: nq.encode_section(x, pb, cb),
         "qlc_decode": lambda: decode(pb.raw_bits),
         "qlc_decode, no raw merge": lambda: decode(0),
         "decode_section (fresh out)": lambda: nq.decode_section(sec, blob, header),
-        "zstd-1 compress": None,
     }
-    try:
-        import zstandard
-        raw = x.view(torch.uint8).numpy()
-        zc = zstandard.ZstdCompressor(level=1)
-        cases["zstd-1 compress"] = lambda: zc.compress(raw)
-    except ImportError:
-        del cases["zstd-1 compress"]
-    times = {k: [] for k in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(rounds):
-        for k, fn in cases.items():
-            t, _, _ = _timed(fn)
-            times[k].append(t)
-    nbytes = x.numel() * 2
-    print(f"# {mib} MiB bfloat16 {data}, 1 thread, {rounds} interleaved rounds: median and best (least disturbed)")
-    for k, ts in times.items():
-        t, b = statistics.median(ts), min(ts)
-        print(f"{k:<30}{t * 1e3:8.1f} ms{nbytes / t / 1e9:8.3f} GB/s   best{b * 1e3:8.1f} ms{nbytes / b / 1e9:8.3f} GB/s")
+    cases = [Case(name, nb, fn) for name, fn in kernels.items()]
+    zstd = zstd_case(host_bytes(x), 1)
+    if zstd.encode is not None:
+        cases.append(Case("zstd-1 compress", nb, zstd.encode))
+    interleaved(cases, rounds)
+    _print_ms(f"# {mib} MiB bfloat16 {data}, 1 thread, {rounds} interleaved rounds: median and best "
+              "(least disturbed); GB/s = uncompressed bytes / s", cases, gb=True)
 
 
 def host_planning(mib: float = 256, rounds: int = 9) -> None:
     """Host time per call that the fused paths spend outside their kernels on a bf16 tensor
-    of `mib` MiB (chunk planning from per-chunk statistics; parsing and planning a stream):
-    a floor under every backend's time per call, whatever the device."""
+    of `mib` MiB (chunk planning from per-chunk statistics; parsing and planning a stream),
+    in milliseconds: a floor under every backend's time per call, whatever the device."""
     import numpy as np
 
     from qlccomm import qlc
-    from qlccomm.format import ByteSource, parse_header
+    from qlccomm.format import ByteSource
 
     from . import common
 
     x = make_data("weights", int(mib * (1 << 20)), torch.bfloat16)
     cb = qlccomm.fit_codebook(x)
     blob = qlccomm.compress(x, codebook=cb)
-    header = parse_header(ByteSource(blob).read(0, 21 + 8 * x.dim()))
-    sec = qlc.parse_section(ByteSource(blob), header.nbytes, header.numel, x.dtype, cb)
+    header, sec = _section(blob, x, cb)
     K = sec.layout.modes.numel()
     bits = sec.layout.suffix_len.numpy().astype(np.int64) * 8
     nz = np.ones(K, np.bool_)
-    cases = {
-        "encode_layout": lambda: common.encode_layout(x.numel(), qlc.CHUNK_ELEMS, cb.plan_obj, cb, False, bits, nz),
-        "parse_section": lambda: qlc.parse_section(ByteSource(blob), header.nbytes, header.numel, x.dtype, cb),
-        "decode_layout": lambda: common.decode_layout(sec),
-    }
-    print(f"# host planning, {mib} MiB bfloat16 weights ({K} chunks), median and best of {rounds}")
-    for name, fn in cases.items():
-        fn()
-        ts = [_timed(fn)[0] for _ in range(rounds)]
-        print(f"{name:<16}{statistics.median(ts) * 1e3:8.2f} ms   best{min(ts) * 1e3:8.2f} ms")
+    nb = tensor_bytes(x)
+    cases = [
+        Case("encode_layout", nb,
+             lambda: common.encode_layout(x.numel(), qlc.CHUNK_ELEMS, cb.plan_obj, cb, False, bits, nz)),
+        Case("parse_section", nb,
+             lambda: qlc.parse_section(ByteSource(blob), header.nbytes, header.numel, x.dtype, cb)),
+        Case("decode_layout", nb, lambda: common.decode_layout(sec)),
+    ]
+    interleaved(cases, rounds)
+    _print_ms(f"# host planning, {mib} MiB bfloat16 weights ({K} chunks), median and best of {rounds} "
+              "interleaved rounds", cases, gb=False)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=float, default=64)
     p.add_argument("--rounds", type=int, default=7)
