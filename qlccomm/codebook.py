@@ -146,17 +146,6 @@ def optimal_widths(sorted_counts, n_areas: int = N_AREAS, max_width: int = MAX_W
     return tuple(reversed(widths))
 
 
-def code_cost_bits(sorted_counts, widths) -> int:
-    """Total coded bits (prefix + suffix) of the sorted counts under `widths`."""
-    counts = np.asarray(sorted_counts, dtype=np.int64)
-    total, first = 0, 0
-    for w in widths:
-        seg = counts[first : first + (1 << w)]
-        total += int(seg.sum()) * (PREFIX_BITS + w)
-        first += 1 << w
-    return total
-
-
 @dataclass(frozen=True)
 class Codebook:
     """A QLC code: plan (which bits form the symbol), dtype, 8 area widths, rank -> symbol table.

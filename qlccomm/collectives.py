@@ -143,9 +143,9 @@ def _resolve_coding(dtype: torch.dtype, codec: str, codebook, device: torch.devi
                     ) -> tuple[Coding, bytes]:
     """The coding every rank must agree on for `dtype` on `device`, and its codebook tag.
 
-    "auto" is QLC on CPU tensors (the native QLC encoder codes a 1 MiB slice several times
-    faster than ENEC's, whose parameter search costs ~10 ms a call there) and qlccomm's
-    per-dtype choice (ENEC for the wide floats) on accelerators.  `codebook` is read by
+    "auto" is QLC on CPU tensors (there ENEC's per-call parameter search makes a slice
+    slower to code than QLC's; docs/benchmarks.md) and qlccomm's per-dtype choice (ENEC
+    for the wide floats) on accelerators.  `codebook` is read by
     qlccomm.codebook.resolve_codebook (TypeError for what it does not take, whatever the
     codec); it applies where the coding is QLC and is unused where it is ENEC or raw (the
     hooks pass theirs for every bucket; only `compress(codec="enec")` refuses one)."""

@@ -11,9 +11,21 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import qlccomm
-from qlccomm.codebook import (ALPHABET, Codebook, code_cost_bits, codebook_from_histogram, entropy_bits,
+from qlccomm.codebook import (ALPHABET, PREFIX_BITS, Codebook, codebook_from_histogram, entropy_bits,
                               huffman_bits, optimal_widths)
 from qlccomm.split import PLANS
+
+
+def code_cost_bits(sorted_counts, widths) -> int:
+    """Total coded bits (prefix + suffix) of the sorted counts under `widths`: the oracle the
+    fitter's dynamic programme is checked against."""
+    counts = np.asarray(sorted_counts, dtype=np.int64)
+    total, first = 0, 0
+    for w in widths:
+        seg = counts[first : first + (1 << w)]
+        total += int(seg.sum()) * (PREFIX_BITS + w)
+        first += 1 << w
+    return total
 
 
 @settings(max_examples=150, deadline=None)
