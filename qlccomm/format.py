@@ -116,7 +116,9 @@ def _check_shape(shape: tuple[int, ...], numel: int) -> None:
     """FormatError unless torch can build `shape` and it holds exactly `numel` elements.
 
     torch takes each dimension as an int64 and multiplies them in order in 64 unsigned
-    bits, refusing a product that overflows even when a later dimension is zero.
+    bits, refusing a product that overflows even when a later dimension is zero.  An
+    empty shape must also be one torch can give an empty tensor (its strides must fit in
+    int64): asked of torch itself, which allocates nothing for it.
     """
     prod = 1
     for d in shape:
@@ -127,6 +129,13 @@ def _check_shape(shape: tuple[int, ...], numel: int) -> None:
             raise FormatError(f"shape {shape}: the product of its dimensions overflows 64 bits")
     if prod != numel:
         raise FormatError(f"shape {shape} does not hold {numel} elements")
+    if numel >= 1 << 63:
+        raise FormatError(f"shape {shape}: {numel} elements do not fit in int64")
+    if numel == 0 and len(shape) > 1:
+        try:
+            torch.empty(0, dtype=torch.uint8).reshape(shape)
+        except RuntimeError as e:
+            raise FormatError(f"shape {shape}: torch cannot make a tensor of it ({e})") from None
 
 
 def stream_crc(buf: bytes | bytearray | memoryview) -> int:

@@ -163,12 +163,25 @@ def test_shape_product_overflow_raises(codec, shape):
     _refused(_header(codec, 10, 0, shape))
 
 
+@pytest.mark.parametrize("codec", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(3, 0, 1 << 62, 2), (0, 1 << 31, 1 << 31, 2),
+                                   (4294983680, 0, 903, 144396663052797697, 795458214266537220, 1374179596971150604,
+                                    1952900979675763988, 2531622362380377372, 3110343745084990756,
+                                    3689065127789604140, 4267786510494217524, 4846507893198830908,
+                                    5425229275903444292, 6003950658608057676, 6582672041312671060,
+                                    7161393424017284444)])
+def test_empty_shape_whose_strides_overflow_raises(codec, shape):
+    """Empty shapes whose product fits but whose strides do not (torch: "Stride calculation
+    overflowed"); the last is the header of a spliced stream the fuzzer found."""
+    _refused(_header(codec, 10, 0, shape))
+
+
 @pytest.mark.parametrize("numel, shape", [(10, (3, 3)), (0, (5,)), (5, (5, 0)), (2, ()), (0, ()), (1 << 40, (1 << 20,))])
 def test_shape_disagreeing_with_element_count_raises(numel, shape):
     _refused(_header(0, 1, numel, shape) + bytes(min(numel, 16)))
 
 
-@pytest.mark.parametrize("shape", [(1 << 62, 2, 0), (0, (1 << 63) - 1), (5, 0, 7), (0,)])
+@pytest.mark.parametrize("shape", [(1 << 62, 2, 0), (0, (1 << 63) - 1), (5, 0, 7), (0,), (0, 1 << 40, 1 << 30)])
 def test_empty_tensors_of_large_shapes_round_trip(shape):
     """Shapes torch can hold stay accepted, however large their non-zero dimensions."""
     t = torch.empty(0, dtype=torch.bfloat16).reshape(shape)
