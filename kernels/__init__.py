@@ -18,12 +18,20 @@ on CPU tensors runs only under ``TRITON_INTERPRET=1`` (how the tests run it).
 Which codecs each backend implements is the FUSED table; a codec a backend does
 not implement runs on the torch path there (forced or not).  Both codecs have
 Triton (triton_qlc, triton_enec) and native (native_qlc, native_enec) kernels.
+
+Two notices, once per process each: a `TorchPathWarning` the first time CPU tensors
+fall back to the torch path because the native kernels cannot be imported (numba
+missing or broken; not when QLCCOMM_KERNELS chose the backend), and a log line
+(WARNING, logger ``qlccomm.kernels``) when the native kernels are first imported
+with numba's on-disk cache empty, i.e. before numba compiles them.
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import os
+import sys
+import warnings
 
 import torch
 
@@ -40,6 +48,42 @@ FUSED: dict[str, dict[str, str]] = {
 
 _modules: dict[str, object] = {}        # module name -> imported module, or the import error
 _logged: set[tuple] = set()
+_notified: set[str] = set()             # notices already given in this process: "torch-cpu", "compile"
+
+COMPILE_NOTICE = ("qlccomm: compiling the CPU kernels (numba) once, a minute or two; cached afterwards "
+                  "(`qlccomm warmup` does it ahead of time)")
+
+
+class TorchPathWarning(RuntimeWarning):
+    """CPU tensors run on the torch reference path because the native kernels cannot be imported."""
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel for the first frame outside qlccomm and hccl_hooks (the user's call)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("qlccomm", "hccl_hooks"):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def _cache_is_cold(mod) -> bool:
+    """Whether numba's on-disk cache holds nothing for any kernel of `mod` (so its first calls
+    compile).  False where that cannot be told (caching off, numba internals changed)."""
+    try:
+        seen = False
+        for obj in vars(mod).values():
+            for disp in (obj, getattr(obj, "parallel", None), getattr(obj, "serial", None)):
+                cache_file = getattr(getattr(disp, "_cache", None), "_cache_file", None)
+                if cache_file is None or getattr(disp, "py_func", None) is None:
+                    continue
+                if getattr(disp.py_func, "__module__", None) != mod.__name__:
+                    continue                    # a kernel imported from another module (common, native_qlc)
+                seen = True
+                if cache_file._load_index():   # {} when absent, stale or of another numba version
+                    return False
+        return seen
+    except Exception:                           # pragma: no cover - depends on numba's internals
+        return False
 
 
 def _load(backend: str, codec: str = "qlc"):
@@ -54,6 +98,10 @@ def _load(backend: str, codec: str = "qlc"):
         except Exception as e:   # ImportError, or a broken install (OSError, RuntimeError, ...)
             log.debug("qlccomm.kernels: %s (%s backend) unavailable: %r", name, backend, e)
             _modules[name] = e
+        else:
+            if backend == "native" and "compile" not in _notified and _cache_is_cold(_modules[name]):
+                _notified.add("compile")
+                log.warning(COMPILE_NOTICE)
     return _modules[name]
 
 
@@ -90,6 +138,13 @@ def backend_for(device: torch.device | str, codec: str = "qlc") -> str:
         backend = "triton" if available("triton", codec) else "torch"
     elif dtype == "cpu":
         backend = "native" if available("native", codec) else "torch"
+        if backend == "torch" and FUSED.get(codec, {}).get("native") and "torch-cpu" not in _notified:
+            _notified.add("torch-cpu")
+            warnings.warn(
+                f"qlccomm: the native CPU kernels cannot be imported ({_load('native', codec)!r}); "
+                f"CPU tensors use the torch reference path, several times slower.  Install numba "
+                f"(`pip install numba`, a dependency of qlccomm) or set {ENV}=torch to choose that path.",
+                TorchPathWarning, stacklevel=_caller_level())
     else:
         backend = "torch"
     key = (str(device), codec, backend)

@@ -13,9 +13,10 @@ import kernel_cases as kc
 
 @pytest.fixture
 def fresh(monkeypatch):
-    """A clean slate: no forced backend, no remembered log lines, imports restorable."""
+    """A clean slate: no forced backend, no remembered log lines or notices, imports restorable."""
     monkeypatch.delenv("QLCCOMM_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_logged", set())
+    monkeypatch.setattr(kernels, "_notified", set())
     monkeypatch.setattr(kernels, "_modules", dict(kernels._modules))
     return monkeypatch
 
@@ -36,9 +37,94 @@ def test_auto_choice_per_device(fresh):
 def test_missing_backends_fall_back_to_torch(fresh):
     _unavailable(fresh, "native")
     _unavailable(fresh, "triton")
-    for dev in ("cpu", "cuda", "npu"):
-        assert kernels.backend_for(dev) == "torch"
-        assert kernels.implementation("qlc", dev) is None
+    with pytest.warns(kernels.TorchPathWarning):
+        for dev in ("cpu", "cuda", "npu"):
+            assert kernels.backend_for(dev) == "torch"
+            assert kernels.implementation("qlc", dev) is None
+
+
+def test_cpu_fallback_to_torch_warns_once(fresh):
+    """Without the native kernels, the first CPU choice warns (naming the import error and
+    the fix); later choices, other codecs and other devices do not warn again."""
+    _unavailable(fresh, "native")
+    _unavailable(fresh, "triton")
+    kernels._modules[kernels.FUSED["enec"]["native"]] = ImportError("no native enec here (test)")
+    with pytest.warns(kernels.TorchPathWarning) as record:
+        for _ in range(3):
+            for codec in ("qlc", "enec"):
+                assert kernels.backend_for("cpu", codec) == "torch"
+                assert kernels.implementation(codec, "cpu") is None
+            assert kernels.backend_for("cuda") == "torch"
+    assert len(record) == 1
+    msg = str(record[0].message)
+    assert "torch reference path" in msg and "no native here (test)" in msg and "numba" in msg
+
+
+def test_no_fallback_warning_when_chosen_or_not_cpu(fresh, recwarn):
+    """No warning where the torch path is what was asked for (QLCCOMM_KERNELS=torch), where
+    CPU has no fused kernels for the codec, or on devices other than CPU."""
+    _unavailable(fresh, "native")
+    _unavailable(fresh, "triton")
+    fresh.setitem(kernels.FUSED, "other", {})
+    assert kernels.backend_for("cpu", "other") == "torch"
+    assert kernels.backend_for("meta") == "torch"
+    assert kernels.backend_for("cuda") == "torch"
+    fresh.setenv("QLCCOMM_KERNELS", "torch")
+    assert kernels.backend_for("cpu") == "torch"
+    assert not [w for w in recwarn if issubclass(w.category, kernels.TorchPathWarning)]
+
+
+def test_no_fallback_warning_with_native_kernels(fresh, recwarn):
+    pytest.importorskip("numba")
+    assert kernels.backend_for("cpu") == "native"
+    assert kernels.backend_for("cpu", "enec") == "native"
+    assert not [w for w in recwarn if issubclass(w.category, kernels.TorchPathWarning)]
+
+
+def _compile_notices(caplog):
+    return [r for r in caplog.records if r.getMessage() == kernels.COMPILE_NOTICE]
+
+
+def test_compile_notice_once_when_the_cache_is_cold(fresh, caplog):
+    """Importing the native kernels with numba's cache empty logs the one-line notice (WARNING),
+    once per process; with the cache warm, nothing."""
+    pytest.importorskip("numba")
+    for name in ("native_qlc", "native_enec"):
+        fresh.delitem(kernels._modules, name, raising=False)
+    fresh.setattr(kernels, "_cache_is_cold", lambda mod: True)
+    with caplog.at_level(logging.WARNING, logger="qlccomm.kernels"):
+        assert kernels.available("native", "qlc") and kernels.available("native", "enec")
+        kernels.implementation("qlc", "cpu")
+    notices = _compile_notices(caplog)
+    assert len(notices) == 1 and notices[0].levelno == logging.WARNING
+    assert "\n" not in kernels.COMPILE_NOTICE and "once" in kernels.COMPILE_NOTICE
+
+
+def test_no_compile_notice_when_the_cache_is_warm(fresh, caplog):
+    pytest.importorskip("numba")
+    for name in ("native_qlc", "native_enec"):
+        fresh.delitem(kernels._modules, name, raising=False)
+    fresh.setattr(kernels, "_cache_is_cold", lambda mod: False)
+    with caplog.at_level(logging.WARNING, logger="qlccomm.kernels"):
+        assert kernels.available("native", "qlc") and kernels.available("native", "enec")
+    assert not _compile_notices(caplog)
+
+
+def test_cache_is_cold_reads_numba_index(fresh, tmp_path):
+    """_cache_is_cold: a module whose kernels have an index on disk is warm; one with no index
+    (a fresh cache directory) is cold; a module without numba kernels is not 'cold'."""
+    pytest.importorskip("numba")
+    import importlib.util
+    import types
+    src = tmp_path / "qlccomm_cold_probe.py"
+    src.write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    spec = importlib.util.spec_from_file_location("qlccomm_cold_probe", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert kernels._cache_is_cold(mod)
+    assert mod.f(1) == 2                 # compiles and writes the index next to the source
+    assert not kernels._cache_is_cold(mod)
+    assert not kernels._cache_is_cold(types.ModuleType("empty"))
 
 
 @pytest.mark.parametrize("forced", ["torch", "TORCH", " torch "])
