@@ -6,12 +6,13 @@ import struct
 
 import torch
 
-from . import codecs, memlimits
+from . import codecs, memlimits, qlc
 from .codebook import Codebook, check_codebook_arg, names_codebook, resolve_codebook
 from .dtypes import ENEC_DTYPES
-from .errors import FormatError, OutputTooLargeError
+from .errors import CodebookError, FormatError, OutputTooLargeError
 from .format import CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES, ByteSource, Header, parse_header, \
     stream_crc, stored_crc
+from .split import candidate_plans
 
 CodebookArg = Codebook | str | os.PathLike | dict | None
 """What `codebook=` takes everywhere (qlccomm.codebook.resolve_codebook): None or "adaptive",
@@ -57,7 +58,8 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     The result is never larger than the raw tensor plus the header.
     """
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"compress takes a tensor, not {type(t).__name__}")
+        hint = ": pass torch.from_numpy(a)" if type(t).__module__ == "numpy" else ""
+        raise TypeError(f"compress takes a tensor, not {type(t).__name__}{hint}")
     if t.dtype not in DTYPE_CODES:
         raise TypeError(f"qlccomm cannot store dtype {t.dtype}")
     check_codebook_arg(codebook)
@@ -84,7 +86,10 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     return blob
 
 
-def _parse(src: ByteSource, codebook: CodebookArg = None):
+def _parse(src: ByteSource, codebook: CodebookArg = None, *, need_codebook: bool = True):
+    """(header, section) of a stream, validated; no plane is read.  need_codebook=False
+    (inspect only): a QLC section that references an unknown codebook is still parsed,
+    its digest recorded and its codebook left None (it cannot be decoded)."""
     head_fixed = src.read(0, min(len(src), 21))
     header = parse_header(head_fixed + src.read(len(head_fixed), min(len(src), 21 + 8 * head_fixed[20]))
                           if len(head_fixed) == 21 else head_fixed)
@@ -94,7 +99,16 @@ def _parse(src: ByteSource, codebook: CodebookArg = None):
             raise FormatError("CRC32 mismatch: the stream is corrupt")
     codec = codecs.by_id(header.codec)
     hint = resolve_codebook(codebook, header.dtype, strict=False) if header.codec == CODEC_QLC else None
-    return header, codec.parse(src, header.nbytes, header, hint)
+    try:
+        return header, codec.parse(src, header.nbytes, header, hint)
+    except CodebookError:
+        if need_codebook or header.codec != CODEC_QLC:
+            raise
+    # the codec's own checks (dtype, element count) passed before the codebook was looked up
+    sec = qlc.parse_section(src, header.nbytes, header.numel, header.dtype, hint, need_codebook=False)
+    if sec.plan not in candidate_plans(header.dtype):
+        raise FormatError(f"plan {sec.plan.name} does not code {header.dtype}")
+    return header, sec
 
 
 def _check_buffer(buf: torch.Tensor, nbytes: int, device: torch.device) -> None:
@@ -162,10 +176,17 @@ def decompress(blob, device: torch.device | str | None = None, codebook: Codeboo
     return flat.reshape(header.shape)
 
 
-def inspect(blob) -> dict:
-    """Describe a stream without decoding it: codec, dtype, shape, sizes in bytes, codec facts."""
+def inspect(blob, codebook: CodebookArg = None) -> dict:
+    """Describe a stream without decoding it: codec, dtype, shape, sizes in bytes, codec facts.
+
+    Every stream is described from its header and section metadata alone.  A QLC
+    stream that references a codebook by digest reports the digest ("codebook") and
+    whether this process knows that codebook ("codebook_known"); `codebook` (what
+    `decompress` takes) supplies it, and with it its area widths.
+    """
+    check_codebook_arg(codebook)
     src = ByteSource(blob)
-    header, sec = _parse(src)
+    header, sec = _parse(src, codebook, need_codebook=False)
     info = {
         "codec": CODEC_NAMES[header.codec], "format_version": header.version,
         "dtype": str(header.dtype).removeprefix("torch."), "shape": list(header.shape),

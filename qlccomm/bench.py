@@ -15,9 +15,35 @@ The core:
   `clone_case`) run on the bytes of the measured tensor;
 * `gbps` turns timings into GB/s = uncompressed bytes / s / 1e9 (the median of the
   rounds by default), and `format_table` lays out the rows.
+
+Does coding pay on a link (`qlccomm bench --link-gbps L`)?  A simple model of one
+send of S uncompressed bytes from one process to another, using what the bench
+measured for each codec: ratio r, encode and decode throughputs E and D (uncompressed
+bytes/s, median wall clock).  A link of L Gbit/s moves B = L * 1e9 / 8 bytes/s.
+
+    t_raw   = S / B
+    stages  = (t_enc, t_wire, t_dec) = (S / E, S / (r * B), S / D)
+    t_coded = max(stages) + (sum(stages) - max(stages)) / k
+
+The coded send is pipelined over k equal pieces (`--pieces`): the slowest stage sets
+the pace, and the fill is the other stages' time for one piece (the first piece is
+encoded before anything moves, the last decoded after it crossed).  Latency,
+per-message overheads and contention between the stages are left out.  Coding pays
+where t_coded < t_raw, by the factor t_raw / t_coded.
+
+The break-even link speed L* solves t_raw = t_coded.  With x = 1 / B (seconds per
+byte on the link), a = 1 / E, d = 1 / D, m = max(a, d), and r > 1:
+
+    wire-bound there (x / r >= m):   x* = (a + d) / (k * (1 - 1 / r))
+    codec-bound there (x / r < m):   x* = (m + (a + d - m) / k) / (1 - 1 / (r * k))
+    L* = 8 / (x* * 1e9) Gbit/s
+
+t_coded - t_raw falls strictly as x grows (its slope is 1/r - 1 or 1/(r k) - 1), so
+L* is unique and coding pays on every link slower than L*; with r <= 1 it never pays.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -85,17 +111,26 @@ def timed(fn: Call, device: torch.device | str = "cpu") -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def interleaved_calls(cases: Sequence[Case], rounds: int, warmup: int = 1) -> int:
+    """How many calls `interleaved(cases, rounds, warmup=warmup)` makes (for a progress bar)."""
+    per_round = sum((c.encode is not None) + (c.decode is not None and c.encode is not None) for c in cases)
+    return per_round * (warmup + rounds)
+
+
 def interleaved(cases: Sequence[Case], rounds: int, device: torch.device | str = "cpu",
-                warmup: int = 1) -> None:
+                warmup: int = 1, progress: Callable[[], object] | None = None) -> None:
     """Time `cases` in `rounds` interleaved rounds after `warmup` untimed ones.
 
     Each round calls every case's encode then its decode once, in the order given,
     and appends the seconds to `case.enc` / `case.dec`, so index i of every list is
-    round i.
+    round i.  `progress`, if given, is called after every call (outside the timing).
+    A case whose encode is None is skipped.
     """
     device = torch.device(device)
     for r in range(warmup + rounds):
         for case in cases:
+            if case.encode is None:
+                continue
             for fn, into in ((case.encode, case.enc), (case.decode, case.dec)):
                 if fn is None:
                     continue
@@ -103,6 +138,8 @@ def interleaved(cases: Sequence[Case], rounds: int, device: torch.device | str =
                 if r >= warmup:
                     into.wall.append(wall)
                     into.cpu.append(cpu)
+                if progress is not None:
+                    progress()
 
 
 def gbps(nbytes: int, seconds: Sequence[float],
@@ -215,20 +252,37 @@ def codec_case(t: torch.Tensor, codec: str) -> Case:
                 blob.numel(), note=api.inspect(blob)["codec"])
 
 
-def run(t: torch.Tensor, codecs: list[str], repeat: int = 5) -> tuple[list[Case], dict]:
+def run(t: torch.Tensor, codecs: list[str], repeat: int = 5,
+        progress: Callable[[int, int], object] | None = None) -> tuple[list[Case], dict]:
     """Time `codecs` on tensor `t` (any device) against the references on its bytes.
 
     Returns the cases, timed in `repeat` interleaved rounds after one warm-up, and
     `bits_bound(t)`.  zstd, lz4 and memcpy run on a host copy of the bytes; off the
-    CPU a `clone` on the device is added.
+    CPU a `clone` on the device is added.  `progress(done, total)`, if given, is
+    called as the timed calls proceed.
     """
     host = host_bytes(t)
     cases = [codec_case(t, c) for c in codecs]
     cases += [zstd_case(host, 1), zstd_case(host, 3), lz4_case(host), memcpy_case(host)]
     if t.device.type != "cpu":
         cases.append(clone_case(t, f"clone ({t.device.type})"))
-    interleaved(cases, repeat, t.device)
+    total, done = interleaved_calls(cases, repeat), [0]
+
+    def step() -> None:
+        done[0] += 1
+        progress(done[0], total)
+
+    interleaved(cases, repeat, t.device, progress=step if progress is not None else None)
     return cases, bits_bound(t)
+
+
+def report_rows(rows: list[Case]) -> list[dict]:
+    """The cases as JSON-ready dicts: ratio, share saved, encode and decode GB/s (median, wall)."""
+    def num(v):
+        return v if v is None or math.isfinite(v) else None
+    return [{"codec": c.name, "ratio": c.ratio(), "saved": 1 - 1 / c.ratio() if c.ratio() else None,
+             "encode_gbps": num(gbps(c.in_bytes, c.enc.wall)), "decode_gbps": num(gbps(c.in_bytes, c.dec.wall)),
+             "note": c.note} for c in rows]
 
 
 def format_report(rows: list[Case], bound: dict, title: str) -> str:
@@ -246,3 +300,133 @@ def format_report(rows: list[Case], bound: dict, title: str) -> str:
               gbps(c.in_bytes, c.enc.wall), gbps(c.in_bytes, c.dec.wall),
               f"  ({c.note})" if c.note and c.note != c.name else ""] for c in rows]
     return "\n".join(lines + format_table(columns, table))
+
+
+# -- does coding pay on a link? (qlccomm bench --link-gbps) ------------------------
+
+def link_Bps(link_gbps: float) -> float:
+    """Bytes/s of a link of `link_gbps` Gbit/s."""
+    return link_gbps * 1e9 / 8
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """What the link model takes of one codec: ratio and encode / decode uncompressed bytes/s."""
+    name: str
+    ratio: float
+    encode_Bps: float
+    decode_Bps: float
+
+    @classmethod
+    def of(cls, case: Case) -> "Speeds | None":
+        """From a timed case; None for one without a ratio or a decode (a copy, a missing library)."""
+        enc, dec = gbps(case.in_bytes, case.enc.wall), gbps(case.in_bytes, case.dec.wall)
+        if case.ratio() is None or enc is None or dec is None:
+            return None
+        return cls(case.name, case.ratio(), enc * 1e9, dec * 1e9)
+
+
+def raw_seconds(nbytes: float, link_gbps: float) -> float:
+    """t_raw: `nbytes` sent as they are."""
+    return nbytes / link_Bps(link_gbps)
+
+
+def coded_stages(nbytes: float, link_gbps: float, sp: Speeds) -> tuple[float, float, float]:
+    """(t_enc, t_wire, t_dec) of `nbytes` coded with `sp` over the link."""
+    return nbytes / sp.encode_Bps, nbytes / (sp.ratio * link_Bps(link_gbps)), nbytes / sp.decode_Bps
+
+
+def coded_seconds(nbytes: float, link_gbps: float, sp: Speeds, pieces: int) -> float:
+    """t_coded: encode, send and decode pipelined over `pieces` equal pieces."""
+    stages = coded_stages(nbytes, link_gbps, sp)
+    slow = max(stages)
+    return slow + (sum(stages) - slow) / pieces
+
+
+def bound_by(nbytes: float, link_gbps: float, sp: Speeds) -> str:
+    """The stage that sets the pace: "encode", "wire" or "decode"."""
+    stages = coded_stages(nbytes, link_gbps, sp)
+    return ("encode", "wire", "decode")[stages.index(max(stages))]
+
+
+def break_even_gbps(sp: Speeds, pieces: int) -> float | None:
+    """The link speed (Gbit/s) where t_coded = t_raw; coding pays on slower links.
+    None where coding never pays (ratio <= 1)."""
+    r, k = sp.ratio, pieces
+    if not r > 1:
+        return None
+    a, d = 1 / sp.encode_Bps, 1 / sp.decode_Bps
+    m = max(a, d)
+    x = (a + d) / (k * (1 - 1 / r))                     # wire-bound at the break-even
+    if x / r < m:                                       # codec-bound there instead
+        x = (m + (a + d - m) / k) / (1 - 1 / (r * k))
+    return 8 / (x * 1e9)
+
+
+def pays(nbytes: int, speeds: Sequence[Speeds], links: Sequence[float], pieces: int) -> dict:
+    """The link model for `nbytes` per codec and link: JSON-ready.
+
+    {"pieces": k, "links": [{"link_gbps", "raw_s", "codecs": [{"codec", "coded_s", "speedup",
+    "pays", "bound_by"}]}], "break_even_gbps": {codec: Gbit/s or None}}
+    """
+    out = {"pieces": pieces, "links": [], "break_even_gbps": {sp.name: break_even_gbps(sp, pieces) for sp in speeds}}
+    for link in links:
+        raw = raw_seconds(nbytes, link)
+        rows = []
+        for sp in speeds:
+            t = coded_seconds(nbytes, link, sp, pieces)
+            rows.append({"codec": sp.name, "coded_s": t, "speedup": raw / t, "pays": t < raw,
+                         "bound_by": bound_by(nbytes, link, sp)})
+        out["links"].append({"link_gbps": link, "raw_s": raw, "codecs": rows})
+    return out
+
+
+def format_pays(model: dict) -> str:
+    """The human table of `pays`: per link and codec the raw and coded milliseconds."""
+    columns = [Column("link Gbit/s", 12, ".4g"), Column("  codec", 16, align="<"), Column("raw ms", 11),
+               Column("coded ms", 11), Column("speedup", 9, ".2f"), Column("  pays", 7, align="<"),
+               Column("bound by", 9, align="<")]
+    table = [[lk["link_gbps"], f"  {c['codec']}", lk["raw_s"] * 1e3, c["coded_s"] * 1e3, c["speedup"],
+              "  yes" if c["pays"] else "  no", c["bound_by"]] for lk in model["links"] for c in lk["codecs"]]
+    be = ", ".join(f"{name} {'never' if v is None else f'below {v:.4g} Gbit/s'}"
+                   for name, v in model["break_even_gbps"].items())
+    return "\n".join([f"does coding pay (pipelined over {model['pieces']} pieces; see qlccomm.bench):"]
+                     + format_table(columns, table) + [f"coding pays: {be}"])
+
+
+def plot_pays(groups: Sequence[tuple[str, int, Sequence[Speeds]]], links: Sequence[float], pieces: int,
+              path: str) -> None:
+    """Draw, per (title, nbytes, speeds) group, time against link speed for raw and every codec,
+    break-even points marked and the links asked about as dotted lines; write `path` (PNG).
+    matplotlib is imported here, on first use."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 4.5 * len(groups)), squeeze=False)
+    for ax, (title, nbytes, speeds) in zip(axes[:, 0], groups):
+        marks = [v for v in (break_even_gbps(sp, pieces) for sp in speeds) if v] + list(links)
+        lo = max(min(marks, default=10.0) / 10, 1e-3)
+        hi = max(max(marks, default=100.0) * 10, lo * 100)
+        xs = np.geomspace(lo, hi, 200)
+        ax.plot(xs, [raw_seconds(nbytes, x) * 1e3 for x in xs], "k-", lw=2, label="raw")
+        for sp in speeds:
+            line, = ax.plot(xs, [coded_seconds(nbytes, x, sp, pieces) * 1e3 for x in xs],
+                            label=f"{sp.name} (ratio {sp.ratio:.3f})")
+            be = break_even_gbps(sp, pieces)
+            if be:
+                ax.plot([be], [raw_seconds(nbytes, be) * 1e3], "o", color=line.get_color())
+                ax.annotate(f"{be:.3g}", (be, raw_seconds(nbytes, be) * 1e3), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8, color=line.get_color())
+        for link in links:
+            ax.axvline(link, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("link Gbit/s")
+        ax.set_ylabel("ms to send")
+        ax.set_title(f"{title} (pipelined over {pieces} pieces; dots: break-even)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -22,7 +22,7 @@ import torch
 
 from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
 from .codebook import EMBEDDED_BYTES, PREFIX_BITS, Codebook, codebook_from_histogram, lookup
-from .errors import FormatError
+from .errors import CodebookError, FormatError
 from .format import ByteSource, Header
 from .split import PLANS_BY_ID, Plan
 
@@ -305,14 +305,19 @@ class QLCSection:
     layout: ChunkLayout
     planes_offset: int          # byte offset of the prefix plane within the section
     plane_bytes: dict           # name -> bytes
+    digest: str = ""            # the digest a by-digest stream names (set even where `codebook` is None)
 
 
 def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
-                  codebook: Codebook | None = None) -> QLCSection:
+                  codebook: Codebook | None = None, *, need_codebook: bool = True) -> QLCSection:
     """Parse and validate the QLC section's metadata at byte `start`; no plane is read yet.
 
     Every size is checked against the stream's length before anything of that size
     is allocated; the section must end exactly where the stream ends.
+    A stream that references a codebook by digest needs it: `codebook` when its digest
+    matches, else one this process knows (`lookup`: CodebookError otherwise).  With
+    need_codebook=False (describing a stream, `qlccomm.inspect`) an unknown digest is
+    recorded and the section's codebook left None: such a section cannot be decoded.
     """
     head = src.read(start, start + 2)
     plan_id, cb_mode = head[0], head[1]
@@ -325,8 +330,13 @@ def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
         pos += EMBEDDED_BYTES
     elif cb_mode == CB_DIGEST:
         digest = src.read(pos, pos + DIGEST_BYTES).hex()
-        cb = codebook if codebook is not None and codebook.digest == digest else lookup(digest)
-        if cb.dtype != dtype or cb.plan != plan.name:
+        try:
+            cb = codebook if codebook is not None and codebook.digest == digest else lookup(digest)
+        except CodebookError:
+            if need_codebook:
+                raise
+            cb = None
+        if cb is not None and (cb.dtype != dtype or cb.plan != plan.name):
             raise FormatError(f"codebook {digest} codes {cb.dtype}/{cb.plan}, stream is {dtype}/{plan.name}")
         pos += DIGEST_BYTES
     else:
@@ -354,19 +364,21 @@ def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
     end = pos + sum(planes.values())
     if len(src) != end:
         raise FormatError(f"stream is {len(src)} bytes, its QLC metadata says {end}")
-    return QLCSection(plan, cb, cb_mode == CB_EMBEDDED, layout, pos, planes)
+    return QLCSection(plan, cb, cb_mode == CB_EMBEDDED, layout, pos, planes, digest if cb_mode == CB_DIGEST else "")
 
 
 def describe(sec: QLCSection) -> dict:
     """Section facts for `qlccomm.inspect`."""
     m = sec.layout.modes
+    known = {} if sec.codebook is None else {"codebook_widths": list(sec.codebook.widths)}
     return {
-        "plan": sec.plan.name, "codebook": sec.codebook.digest, "codebook_embedded": sec.embedded,
+        "plan": sec.plan.name, "codebook": sec.digest or sec.codebook.digest, "codebook_embedded": sec.embedded,
+        "codebook_known": sec.codebook is not None,
         "chunk_elems": sec.layout.chunk, "chunks": sec.layout.nchunks,
         "chunks_zero": int((m == MODE_ZERO).sum()), "chunks_coded": int((m == MODE_CODED).sum()),
         "chunks_raw": int((m == MODE_RAW).sum()), "plane_bytes": dict(sec.plane_bytes),
         "metadata_bytes": sec.planes_offset,
-    }
+    } | known
 
 
 def decode_section(sec: QLCSection, section: torch.Tensor, header: Header,

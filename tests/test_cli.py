@@ -1,17 +1,31 @@
-"""The qlccomm command line: fit, inspect, bench (real files, real subprocess-free calls)."""
-import json
-import struct
+"""The qlccomm command line: fit, inspect, bench, warmup.
 
+Most tests run the installed console script (the `qlccomm` next to this Python) in a
+subprocess, as a user would; a few call `qlccomm.cli.main` in-process.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 import qlccomm
-from qlccomm.cli import main
+from qlccomm import bench
+from qlccomm.cli import kernel_note, main
+from qlccomm.codebook import fit_codebook
 from qlccomm.datagen import synthetic
+
+QLCCOMM = Path(sys.executable).with_name("qlccomm")
 
 
 def write_safetensors(path, tensors: dict):
     """A minimal .safetensors writer (u64 header length, JSON header, data)."""
-    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3"}
+    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3",
+             torch.int64: "I64"}
     header, blobs, offset = {}, [], 0
     for name, t in tensors.items():
         data = t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
@@ -22,54 +36,274 @@ def write_safetensors(path, tensors: dict):
     path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def test_fit_safetensors_and_pt(tmp_path, capsys):
-    st = tmp_path / "model.safetensors"
+def run_cli(*args, env=None, timeout=180):
+    """The installed `qlccomm` with `args`; QLCCOMM_DEBUG unset unless `env` sets it."""
+    e = {k: v for k, v in os.environ.items() if k != "QLCCOMM_DEBUG"}
+    e.update(env or {})
+    return subprocess.run([str(QLCCOMM), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def assert_one_line_error(p, code: int, *words: str):
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qlccomm: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A .safetensors file of bf16, fp32 and e4m3 tensors (plus an int64 one), and a .pt file."""
+    d = tmp_path_factory.mktemp("model")
+    st = d / "model.safetensors"
     write_safetensors(st, {"w1": synthetic("weight", torch.bfloat16, 30000, 1).reshape(100, 300),
                            "w2": synthetic("weight", torch.bfloat16, 5000, 2),
-                           "q": synthetic("weight", torch.float8_e4m3fn, 8000, 3)})
-    pt = tmp_path / "grads.pt"
+                           "f": synthetic("weight", torch.float32, 20000, 7),
+                           "q": synthetic("weight", torch.float8_e4m3fn, 8000, 3),
+                           "ids": torch.arange(10)})
+    pt = d / "grads.pt"
     torch.save({"layer": {"g": synthetic("grad", torch.bfloat16, 7000, 4)}, "step": 3}, pt)
+    return st, pt
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory):
+    """Stream files: adaptive, by digest of a codebook only a file holds, truncated; the codebook files."""
+    d = tmp_path_factory.mktemp("streams")
+    t = synthetic("grad", torch.bfloat16, 20000, 5).reshape(200, 100)
+    own = fit_codebook(t, transient=True)                 # not registered: this process does not know it
+    (d / "own.json").write_text(json.dumps(own.to_json()))
+    other = fit_codebook(synthetic("weight", torch.bfloat16, 20000, 9), transient=True)
+    (d / "other.json").write_text(json.dumps(other.to_json()))
+    adaptive = qlccomm.compress(t).numpy().tobytes()
+    (d / "adaptive.qlc").write_bytes(adaptive)
+    (d / "truncated.qlc").write_bytes(adaptive[:-10])
+    (d / "ref.qlc").write_bytes(qlccomm.compress(t, codebook=own).numpy().tobytes())
+    return d, own
+
+
+# -- conventions: --version, help, one-line errors and exit codes ----------------
+
+def test_version_and_help():
+    p = run_cli("--version")
+    assert p.returncode == 0 and p.stdout.startswith(f"qlccomm {qlccomm.__version__}"), p
+    p = run_cli("bench", "--help")
+    assert p.returncode == 0 and "(default: 16.0)" in p.stdout and "--link-gbps" in p.stdout
+    assert "(default: cpu)" in p.stdout and "(default: 8)" in p.stdout
+
+
+def test_usage_errors_exit_2(tmp_path, model):
+    st, _ = model
+    assert_one_line_error(run_cli("fit", tmp_path / "missing.safetensors", "-o", tmp_path / "cb.json"), 2,
+                          "no such file", "missing.safetensors")
+    assert_one_line_error(run_cli("bench", "--dtype", "fp64"), 2, "--dtype", "fp64")
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    assert_one_line_error(run_cli("bench", "--device", device), 2, "--device")
+    assert_one_line_error(run_cli("bench", "--repeat", "0"), 2, "--repeat")
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["bench", "--link-gbps", "fast"], "--link-gbps"), (["bench", "--codec", "zip"], "zip"),
+    (["bench", "--size-mib", "-1"], "--size-mib"), (["bench", "--dtype", "int64"], "int64"),
+    (["fit", "--dtype", "bf16"], "required"), (["inspect"], "required"), (["frobnicate"], "frobnicate")])
+def test_more_usage_errors_in_process(argv, word, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qlccomm: error: ") and word in err[0], err
+
+
+def test_failures_exit_1(tmp_path, streams):
+    d, _ = streams
+    p = run_cli("inspect", d / "truncated.qlc")
+    assert_one_line_error(p, 1, "truncated.qlc")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\xff" * 64)
+    assert_one_line_error(run_cli("fit", junk, "-o", tmp_path / "cb.json"), 1, "junk.safetensors")
+    assert not (tmp_path / "cb.json").exists()
+    p = run_cli("inspect", d / "truncated.qlc", env={"QLCCOMM_DEBUG": "1"})   # developers get the traceback
+    assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+def test_fit_output_folder_checked_before_work(tmp_path, model):
+    st, _ = model
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\xff" * 64)            # reading it would fail: the folder check comes first
+    p = run_cli("fit", st, junk, "-o", tmp_path / "no" / "such" / "cb.json")
+    assert_one_line_error(p, 2, "-o", "does not exist")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):        # root writes anywhere
+            assert_one_line_error(run_cli("fit", st, "-o", ro / "cb.json"), 2, "cannot write")
+    finally:
+        ro.chmod(0o700)
+
+
+# -- fit -------------------------------------------------------------------------
+
+def test_fit_table_and_json(tmp_path, model):
+    st, pt = model
     out = tmp_path / "cb.json"
-    assert main(["fit", str(st), str(pt), "-o", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "bfloat16: 3 tensors" in text and "float8_e4m3fn: 1 tensors" in text
-    assert "entropy" in text and "Huffman" in text and "ratio" in text
-    bf = qlccomm.Codebook.load(out, dtype=torch.bfloat16)
-    e4 = qlccomm.Codebook.load(out, dtype=torch.float8_e4m3fn)
-    assert bf.dtype == torch.bfloat16 and e4.dtype == torch.float8_e4m3fn
+    p = run_cli("fit", st, pt, "-o", out)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""                      # no progress bar: stderr is not a terminal
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["tensor", "file", "dtype", "elements", "bits/symbol", "ratio"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[1:6]}
+    assert set(rows) == {"w1", "w2", "f", "q", "layer.g"}
+    assert rows["w1"][1:4] == ["model.safetensors", "bfloat16", "30000"]
+    assert rows["layer.g"][1:4] == ["grads.pt", "bfloat16", "7000"]
+    assert 1.0 < float(rows["f"][5]) < 2.0 and float(rows["q"][4]) > 0
+    assert "skipped 1 tensor: 1 int64 not coded" in p.stdout
+    assert "bfloat16: 3 tensors" in p.stdout and "float8_e4m3fn: 1 tensors" in p.stdout
+    for dtype in (torch.bfloat16, torch.float32, torch.float8_e4m3fn):
+        assert qlccomm.Codebook.load(out, dtype=dtype).dtype == dtype
 
-    only = tmp_path / "bf.json"
-    assert main(["fit", str(st), "--dtype", "bf16", "-o", str(only)]) == 0
-    assert qlccomm.Codebook.load(only).dtype == torch.bfloat16
+    p = run_cli("fit", st, "--dtype", "bf16,fp32", "-o", out, "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["output"] == str(out)
+    assert {c["dtype"] for c in info["codebooks"]} == {"bfloat16", "float32"}
+    assert [t["name"] for t in info["tensors"]] == ["w1", "w2", "f"]
+    assert {s["name"]: s["reason"] for s in info["skipped"]} == {"q": "not --dtype", "ids": "dtype not coded"}
+    assert all(t["ratio"] > 1 and t["bits_per_symbol"] > 0 for t in info["tensors"])
 
 
-def test_fit_many_tensors_shows_progress(tmp_path, capsys):
+def test_fit_in_process_and_progress(tmp_path, capsys):
     st = tmp_path / "many.safetensors"
     write_safetensors(st, {f"t{i}": synthetic("weight", torch.float16, 200, i) for i in range(25)})
-    assert main(["fit", str(st), "-o", str(tmp_path / "cb.json")]) == 0
-    assert "25/25" in capsys.readouterr().err
+    assert main(["fit", str(st), "-o", str(tmp_path / "cb.json"), "--progress", "always"]) == 0
+    cap = capsys.readouterr()
+    assert "reading" in cap.err and "t24" in cap.out
+    only = tmp_path / "bf.json"
+    assert main(["fit", str(st), "--dtype", "fp16", "-o", str(only), "--progress", "never"]) == 0
+    assert capsys.readouterr().err == ""
+    assert qlccomm.Codebook.load(only).dtype == torch.float16
 
 
-def test_inspect(tmp_path, capsys):
-    blob = qlccomm.compress(synthetic("grad", torch.bfloat16, 20000, 5).reshape(200, 100))
-    path = tmp_path / "t.qlc"
-    path.write_bytes(blob.numpy().tobytes())
-    assert main(["inspect", str(path)]) == 0
-    info = json.loads(capsys.readouterr().out)
+# -- inspect ---------------------------------------------------------------------
+
+def test_inspect_without_and_with_codebook(streams):
+    d, own = streams
+    p = run_cli("inspect", d / "ref.qlc")                       # a codebook this process has never seen
+    assert p.returncode == 0, p.stderr
+    assert own.digest in p.stdout and "not known here" in p.stdout and "5 chunks of 4096" in p.stdout
+    p = run_cli("inspect", d / "ref.qlc", "--json")
+    info = json.loads(p.stdout)
     assert info["codec"] == "qlc" and info["shape"] == [200, 100] and info["dtype"] == "bfloat16"
+    assert info["codebook"] == own.digest and not info["codebook_embedded"] and not info["codebook_known"]
+    assert info["chunks"] == 5 and info["chunks_coded"] == 5 and "codebook_widths" not in info
+    assert sum(info["plane_bytes"].values()) + info["metadata_bytes"] == info["compressed_bytes"]
+
+    p = run_cli("inspect", d / "ref.qlc", "--codebook", d / "own.json", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["codebook_known"] and info["codebook_widths"] == list(own.widths)
+    p = run_cli("inspect", d / "ref.qlc", "--codebook", d / "own.json")
+    assert "known here" in p.stdout and "area widths" in p.stdout
+    assert_one_line_error(run_cli("inspect", d / "ref.qlc", "--codebook", d / "other.json"), 1, own.digest)
+
+    p = run_cli("inspect", d / "adaptive.qlc")
+    assert p.returncode == 0 and "(embedded)" in p.stdout and "area widths" in p.stdout
 
 
-def test_bench_small(capsys, tmp_path):
+def test_api_inspect_unknown_codebook():
+    t = synthetic("grad", torch.bfloat16, 9000, 11)
+    cb = fit_codebook(t, transient=True)
+    blob = qlccomm.compress(t, codebook=cb)
+    info = qlccomm.inspect(blob)
+    assert info["codebook"] == cb.digest and info["codebook_known"] is False and info["chunks"] == 3
+    with pytest.raises(qlccomm.CodebookError):                  # decoding still needs it
+        qlccomm.decompress(blob)
+    info = qlccomm.inspect(blob, codebook=cb)
+    assert info["codebook_known"] and info["codebook_widths"] == list(cb.widths)
+    assert torch.equal(qlccomm.decompress(blob, codebook=cb).view(torch.int16), t.view(torch.int16))
+    with pytest.raises(TypeError):
+        qlccomm.inspect(blob, codebook=3)
+
+
+# -- bench -----------------------------------------------------------------------
+
+def test_bench_file_every_dtype(model):
+    st, _ = model
+    p = run_cli("bench", "--file", st, "--repeat", "1", "--codec", "qlc", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    groups = {g["dtype"]: g for g in info["groups"]}
+    assert set(groups) == {"bfloat16", "float32", "float8_e4m3fn"}    # no --dtype: every coded dtype
+    assert groups["bfloat16"]["elements"] == 35000 and groups["float32"]["elements"] == 20000
+    for g in groups.values():
+        names = [r["codec"] for r in g["rows"]]
+        assert names[0] == "qlc" and "zstd-1" in names and "memcpy (host)" in names
+        assert g["rows"][0]["ratio"] > 1 and g["rows"][0]["encode_gbps"] > 0
+    p = run_cli("bench", "--file", st, "--dtype", "fp32", "--repeat", "1", "--codec", "qlc,enec")
+    assert p.returncode == 0, p.stderr
+    assert "1 float32 tensor from" in p.stdout and "bfloat16" not in p.stdout
+    for word in ("qlc", "enec", "zstd-1", "zstd-3", "lz4", "memcpy", "entropy", "Huffman"):
+        assert word in p.stdout
+    assert_one_line_error(run_cli("bench", "--file", st, "--dtype", "fp16"), 1, "no float16 tensors")
+    assert_one_line_error(run_cli("bench", "--file", st, "--dtype", "e4m3", "--codec", "enec"), 2, "--codec")
+
+
+def test_bench_pays_and_plot(tmp_path):
+    png = tmp_path / "pays.png"
+    p = run_cli("bench", "--dtype", "bf16", "--size-mib", "1", "--repeat", "1", "--link-gbps", "1,400",
+                "--link-gbps", "10", "--plot", png, "--json")
+    assert p.returncode == 0, p.stderr
+    (group,) = json.loads(p.stdout)["groups"]
+    model = group["pays"]
+    assert [lk["link_gbps"] for lk in model["links"]] == [1, 400, 10]
+    codecs = [c["codec"] for c in model["links"][0]["codecs"]]
+    assert codecs[:2] == ["qlc", "enec"] and "memcpy (host)" not in codecs
+    for lk in model["links"]:
+        assert lk["raw_s"] == pytest.approx(group["bytes"] / (lk["link_gbps"] * 1e9 / 8))
+        for c in lk["codecs"]:
+            assert c["pays"] == (c["speedup"] > 1) and c["bound_by"] in ("encode", "wire", "decode")
+    assert set(model["break_even_gbps"]) == set(codecs)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    p = run_cli("bench", "--size-mib", "0.25", "--repeat", "1", "--codec", "qlc", "--link-gbps", "25")
+    assert p.returncode == 0, p.stderr
+    assert "does coding pay" in p.stdout and "coding pays: qlc " in p.stdout and "Gbit/s" in p.stdout
+
+
+def test_pays_model_break_even():
+    for enc, dec, ratio in ((1e9, 4e9, 1.4), (50e9, 80e9, 1.3), (2e9, 1e9, 3.0)):
+        sp = bench.Speeds("c", ratio, enc, dec)
+        for k in (1, 4, 16):
+            be = bench.break_even_gbps(sp, k)
+            assert bench.coded_seconds(1e6, be, sp, k) == pytest.approx(bench.raw_seconds(1e6, be), rel=1e-9)
+            assert bench.coded_seconds(1e6, be / 2, sp, k) < bench.raw_seconds(1e6, be / 2)    # pays below
+            assert bench.coded_seconds(1e6, be * 2, sp, k) > bench.raw_seconds(1e6, be * 2)
+    assert bench.break_even_gbps(bench.Speeds("raw", 1.0, 1e9, 1e9), 4) is None
+
+
+def test_bench_small_in_process(capsys, tmp_path):
     assert main(["bench", "--codec", "qlc", "--dtype", "e4m3", "--size-mib", "0.25", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     for word in ("qlc", "zstd-1", "zstd-3", "lz4", "memcpy", "entropy", "Huffman"):
         assert word in out
     pt = tmp_path / "w.pt"
     torch.save({"w": synthetic("weight", torch.bfloat16, 10000, 6)}, pt)
-    assert main(["bench", "--codec", "qlc", "--dtype", "bf16", "--file", str(pt), "--repeat", "1"]) == 0
-    assert "from" in capsys.readouterr().out
+    assert main(["bench", "--codec", "qlc", "--file", str(pt), "--repeat", "1"]) == 0
+    assert "1 bfloat16 tensor from" in capsys.readouterr().out
 
+
+# -- warmup ----------------------------------------------------------------------
 
 def test_warmup(capsys):
     assert main(["warmup"]) == 0
     assert "cpu kernels" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # the kernels' own TorchPathWarning
+def test_warmup_names_the_slow_path(monkeypatch):
+    monkeypatch.setenv("QLCCOMM_KERNELS", "torch")
+    assert "slow torch reference path" in kernel_note()
+    monkeypatch.delenv("QLCCOMM_KERNELS")
+    from qlccomm import kernels
+    monkeypatch.setattr(kernels, "available", lambda backend, codec="qlc": backend == "torch")
+    note = kernel_note()
+    assert "numba" in note and "pip install numba" in note
