@@ -25,6 +25,7 @@ from typing import Callable, Iterable, TypeVar
 import numpy as np
 import torch
 
+from .dtypes import parse_dtype
 from .errors import CodebookError, EncoderError, FormatError
 from .format import DTYPE_CODES, dtype_name
 from .split import PLANS, Plan, candidate_plans
@@ -165,6 +166,8 @@ class Codebook:
     transient: bool = field(default=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
+        if isinstance(self.dtype, str):             # a dtype name ("bf16", "float16", ...)
+            object.__setattr__(self, "dtype", parse_dtype(self.dtype))
         if self.plan not in PLANS:
             raise FormatError(f"unknown plan {self.plan!r}")
         if len(self.widths) != N_AREAS or any(not 0 <= w <= MAX_WIDTH for w in self.widths):
@@ -177,6 +180,10 @@ class Codebook:
             raise FormatError(f"plan {self.plan} does not code {self.dtype}")
         if not self.transient:
             _REGISTRY.setdefault(self.digest, self)
+
+    def __repr__(self) -> str:
+        return (f"Codebook({dtype_name(self.dtype)}, plan={self.plan}, widths={tuple(self.widths)}, "
+                f"digest={self.digest})")
 
     # -- derived tables -------------------------------------------------------------
     @property
@@ -295,13 +302,16 @@ class Codebook:
             json.dump(self.to_json(), f, indent=1)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> "Codebook":
-        """Load a codebook file; for a file holding several (one per dtype), pick `dtype`.
+    def load(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = None) -> "Codebook":
+        """Load a codebook file; for a file holding several (one per dtype), pick `dtype`
+        (a torch dtype or one of its names, qlccomm.dtypes.DTYPE_ALIASES: "bf16", "float16", ...).
 
         Raises FormatError naming the file for anything but a codebook file of version
         CODEBOOK_FILE_VERSION (binary content, bad JSON, another version, a bad codebook),
         KeyError (also a ValueError) when it holds no codebook for `dtype`, OSError when
-        it cannot be read."""
+        it cannot be read; ValueError for an unknown dtype name."""
+        if dtype is not None:
+            dtype = parse_dtype(dtype)
         with open(path, "rb") as f:
             data = f.read()
         try:
@@ -482,15 +492,18 @@ def total_bits(hist, cb: Codebook) -> int:
     return int((hist * cb.code_lengths()).sum()) + int(hist.sum()) * cb.plan_obj.raw_bits
 
 
-def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dtype | None = None, *,
+def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dtype | str | None = None, *,
                  transient: bool = False) -> Codebook:
-    """Fit the optimal codebook to sample tensors of one dtype.
+    """Fit the optimal codebook to sample tensors of one dtype (`dtype`: a torch dtype or one of
+    its names, qlccomm.dtypes.DTYPE_ALIASES; by default the samples' dtype).
 
     For float16 both plans (high byte, 5-bit exponent) are measured and the one
     with fewer total bits (coded + raw) is kept.  `transient`: do not register it for
     digest look-ups (a code that will only travel embedded in a stream).
     """
     tensors = [samples] if isinstance(samples, torch.Tensor) else list(samples)
+    if dtype is not None:
+        dtype = parse_dtype(dtype)
     if dtype is None:
         if not tensors:
             raise ValueError("fit_codebook needs samples or a dtype")
@@ -513,9 +526,13 @@ def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dt
     return cb if transient else Codebook(cb.dtype, cb.plan, cb.widths, cb.symbols)
 
 
-def default_codebook(dtype: torch.dtype) -> Codebook:
-    """The built-in codebook for `dtype`, fitted on qlccomm's synthetic weights and gradients
-    (and activations for bfloat16 and float16: qlccomm.datagen.default_codebook_samples)."""
+def default_codebook(dtype: torch.dtype | str) -> Codebook:
+    """The built-in codebook for `dtype` (a torch dtype or one of its names,
+    qlccomm.dtypes.DTYPE_ALIASES: "bf16", "fp16", "float8_e4m3fn", ...), fitted on qlccomm's
+    synthetic weights and gradients (and activations for bfloat16 and float16:
+    qlccomm.datagen.default_codebook_samples).  ValueError for an unknown name and for a
+    dtype QLC stores raw."""
+    dtype = parse_dtype(dtype)
     plans = candidate_plans(dtype)
     if not plans:
         raise ValueError(f"no QLC plan codes {dtype}; it is stored raw")

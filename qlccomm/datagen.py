@@ -35,22 +35,15 @@ from pathlib import Path
 
 import torch
 
-DTYPE_ALIASES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-    "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "e4m3": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn, "fp8": torch.float8_e4m3fn,
-    "e5m2": torch.float8_e5m2, "float8_e5m2": torch.float8_e5m2, "int8": torch.int8, "uint8": torch.uint8,
-}
+from . import dtypes as _dtypes
+
+# the one table of dtype names (qlccomm.dtypes), here for the CLI and older imports
+DTYPE_ALIASES = _dtypes.DTYPE_ALIASES
+parse_dtype = _dtypes.parse_dtype
+
 COLUMNS = 4096
 ACTIVATION_CHANNELS = 1024
 KINDS = ("weight", "grad", "activation")
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPE_ALIASES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; one of {', '.join(sorted(DTYPE_ALIASES))}") from None
 
 
 def _values(kind: str, numel: int, gen: torch.Generator) -> torch.Tensor:

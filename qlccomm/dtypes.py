@@ -79,3 +79,32 @@ TRAITS: dict[torch.dtype, DtypeTraits] = _build()
 
 ENEC_DTYPES: tuple[torch.dtype, ...] = tuple(d for d, t in TRAITS.items() if t.enec_plan is not None)
 """The dtypes ENEC codes (bfloat16, float16, float32)."""
+
+_SHORT_ALIASES: dict[str, str] = {
+    "bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32",
+    "e4m3": "float8_e4m3fn", "fp8": "float8_e4m3fn", "e5m2": "float8_e5m2",
+}
+
+_BY_NAME: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in TRAITS}
+
+DTYPE_ALIASES: dict[str, torch.dtype] = {
+    **_BY_NAME, **{alias: _BY_NAME[name] for alias, name in _SHORT_ALIASES.items() if name in _BY_NAME}}
+"""The one table of dtype names the public API and the CLI take: the torch name of every dtype
+qlccomm stores ("bfloat16", "float8_e4m3fn", "int64", ...) and the short aliases bf16, fp16,
+half, fp32, float, e4m3, fp8 (float8_e4m3fn) and e5m2.  Case-insensitive; a "torch." prefix is
+allowed."""
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """The torch dtype named `name` (DTYPE_ALIASES); a torch.dtype comes back as it is.
+
+    ValueError listing the names for an unknown name; TypeError for anything but a str or dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"a dtype is a torch.dtype or one of its names, not {type(name).__name__}")
+    key = name.strip().lower().removeprefix("torch.")
+    try:
+        return DTYPE_ALIASES[key]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; one of {', '.join(sorted(DTYPE_ALIASES))}") from None

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .dtypes import TRAITS
@@ -155,32 +157,59 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class ByteSource:
-    """Read-only access to a stream held as a uint8 tensor (any device) or host bytes.
+    """Read-only access to a stream held as a uint8 tensor (any device) or host memory.
 
-    Metadata reads (`read`) come back as host bytes; for a device tensor only the
-    bytes asked for cross to the host.  `tensor` is the stream on its own device,
-    from which the codecs slice their planes.
+    Takes a 1-D uint8 torch tensor (a non-contiguous one is made contiguous), a 1-D uint8
+    numpy array (a strided one is copied; another dtype or shape: TypeError), or any
+    object with the buffer protocol: bytes, bytearray, memoryview, mmap, ...  Host memory
+    is shared, not copied: metadata reads (`read`) slice it, and `tensor` (the stream on
+    its own device, from which the codecs slice their planes) wraps it where it is
+    writable.  Read-only memory (bytes, a read-only memoryview or array) is copied once
+    when `tensor` is first taken on the CPU (a decoded tensor may share the stream's
+    memory, and torch tensors must not point into immutable objects); for another
+    `device` it is wrapped and copied straight to that device.
     """
 
     def __init__(self, blob, device: torch.device | str | None = None):
+        self._mv: memoryview | None = None      # host streams: the bytes, 1-D format "B"
+        self._tensor: torch.Tensor | None = None
+        self._device = torch.device(device) if device is not None else None
         if isinstance(blob, torch.Tensor):
             if blob.dtype != torch.uint8 or blob.dim() != 1:
                 raise FormatError(f"a stream is a 1-D uint8 tensor, got {blob.dtype} of shape {tuple(blob.shape)}")
             t = blob if blob.is_contiguous() else blob.contiguous()
-            if device is not None and torch.device(device) != t.device:
-                t = t.to(device)
-        elif isinstance(blob, (bytes, bytearray, memoryview)):
-            mv = memoryview(blob).cast("B")
-            t = torch.frombuffer(bytearray(mv), dtype=torch.uint8) if len(mv) else torch.empty(0, dtype=torch.uint8)
-            if device is not None:
-                t = t.to(device)
+            if self._device is not None and self._device != t.device:
+                t = t.to(self._device)
+            self._tensor = t
+            self._host = t.numpy() if t.device.type == "cpu" else None
+            return
+        if isinstance(blob, np.ndarray):
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise TypeError(f"a stream in a numpy array is 1-D uint8, got {blob.dtype} of shape {blob.shape} "
+                                "(the bytes of another array: a.reshape(-1).view(np.uint8))")
+            mv = memoryview(blob if blob.flags.c_contiguous else np.ascontiguousarray(blob))
+        elif isinstance(blob, str):
+            raise TypeError("decompress takes a uint8 tensor, a uint8 numpy array or bytes-like, not str")
         else:
-            raise TypeError(f"decompress takes a uint8 tensor or bytes, not {type(blob).__name__}")
-        self.tensor = t
-        self._host = t.numpy() if t.device.type == "cpu" else None
+            try:
+                mv = memoryview(blob)
+            except TypeError:
+                raise TypeError("decompress takes a uint8 tensor, a uint8 numpy array or bytes-like "
+                                f"(bytes, bytearray, memoryview), not {type(blob).__name__}") from None
+            if not mv.c_contiguous:
+                mv = memoryview(mv.tobytes())
+        self._mv = mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
+        self._host = self._mv
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The stream as a 1-D uint8 tensor on its device (see the class)."""
+        if self._tensor is None:
+            self._tensor = _host_tensor(self._mv, self._device)
+        return self._tensor
 
     def __len__(self) -> int:
-        return self.tensor.numel()
+        return self._mv.nbytes if self._mv is not None else self._tensor.numel()
 
     def read(self, start: int, stop: int) -> bytes:
         """Host bytes [start, stop); FormatError when the stream ends before `stop`."""
@@ -188,7 +217,22 @@ class ByteSource:
             raise FormatError(f"stream truncated: needs {stop} bytes, has {len(self)}")
         if self._host is not None:
             return self._host[start:stop].tobytes()
-        return self.tensor[start:stop].cpu().numpy().tobytes()
+        return self._tensor[start:stop].cpu().numpy().tobytes()
 
     def host_all(self) -> bytes:
         return self.read(0, len(self))
+
+
+def _host_tensor(mv: memoryview, device: torch.device | None) -> torch.Tensor:
+    """A 1-D uint8 tensor of the bytes of `mv` (1-D, format "B") on `device` (None: the CPU)."""
+    on_cpu = device is None or device.type == "cpu"
+    if not mv.nbytes:
+        t = torch.empty(0, dtype=torch.uint8)
+    elif mv.readonly and on_cpu:
+        t = torch.frombuffer(bytearray(mv), dtype=torch.uint8)     # the one copy, writable
+    else:
+        with warnings.catch_warnings():
+            # a read-only buffer is only read here, by the copy to `device` below
+            warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+            t = torch.frombuffer(mv, dtype=torch.uint8)
+    return t if on_cpu else t.to(device)
