@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -402,6 +403,8 @@ def _codecs_for(args, dtype: torch.dtype) -> tuple[list[str], list[str]]:
 
 
 def cmd_bench(args) -> int:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("argument --plot: needs matplotlib (pip install qlccomm[plot])")
     if args.threads:
         torch.set_num_threads(args.threads)
     links = [x for xs in args.link_gbps or [] for x in xs]
