@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qlccomm import qlc
-from qlccomm.codebook import ALPHABET, N_AREAS, PREFIX_BITS, Codebook, cache_table, cached_table
+from qlccomm.codebook import ALPHABET, N_AREAS, PREFIX_BITS, Codebook, derived_table
 from qlccomm.split import PLANS, Plan
 
 # Columns of the per-chunk table the kernels read (int64 [K, TAB_COLS]).
@@ -117,30 +117,29 @@ def codebook_tables(cb: Codebook, device: torch.device | str | None = None) -> d
     widths, masks: int64 [8] by area;  wpack: the 8 widths as 4-bit fields of one int
     Host (numpy) arrays without `device`, torch tensors on `device` with it.
     """
-    key = (cb.digest, None if device is None else str(device), "kernel")
-    t = cached_table(key)
-    if t is not None:
-        return t
-    if device is None:
-        n = cb._numpy_tables()
-        area = n["area"].astype(np.int32)
-        suffix = n["suffix"].astype(np.int32)
-        wsuf = n["length"].astype(np.int32) - PREFIX_BITS
-        widths = np.asarray(cb.widths, np.int64)
-        t = {
-            "enc": (suffix | (area << 8) | (wsuf << 12)).astype(np.int32),
-            "wsuf": wsuf.astype(np.uint8),
-            "dec": n["decode"],
-            "widths": widths,
-            "masks": (np.int64(1) << widths) - 1,
-            "wpack": int(sum(int(w) << (4 * k) for k, w in enumerate(cb.widths))),
-        }
-        assert t["dec"].shape == (N_AREAS * ALPHABET,)
-    else:
-        host = codebook_tables(cb)
+    if device is not None:
         dev = torch.device(device)
-        t = {k: (torch.from_numpy(v).to(dev) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
-    cache_table(key, t)
+        return derived_table((cb.digest, str(dev), "kernel"), lambda: {
+            k: (torch.from_numpy(v).to(dev) if isinstance(v, np.ndarray) else v)
+            for k, v in codebook_tables(cb).items()})
+    return derived_table((cb.digest, None, "kernel"), lambda: _host_tables(cb))
+
+
+def _host_tables(cb: Codebook) -> dict:
+    n = cb._numpy_tables()
+    area = n["area"].astype(np.int32)
+    suffix = n["suffix"].astype(np.int32)
+    wsuf = n["length"].astype(np.int32) - PREFIX_BITS
+    widths = np.asarray(cb.widths, np.int64)
+    t = {
+        "enc": (suffix | (area << 8) | (wsuf << 12)).astype(np.int32),
+        "wsuf": wsuf.astype(np.uint8),
+        "dec": n["decode"],
+        "widths": widths,
+        "masks": (np.int64(1) << widths) - 1,
+        "wpack": int(sum(int(w) << (4 * k) for k, w in enumerate(cb.widths))),
+    }
+    assert t["dec"].shape == (N_AREAS * ALPHABET,)
     return t
 
 
@@ -158,9 +157,7 @@ def decode_tables(cb: Codebook, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     w4:   int32 [4096] by the 12 prefix bits of 4 consecutive codes: the bit offsets of
           codes 1, 2, 3 in bits 0-7, 8-15, 16-23 and the 4 codes' total width in 24-31.
     """
-    key = (cb.digest, "native-decode")
-    t = cached_table(key)
-    if t is None:
+    def build() -> tuple[np.ndarray, np.ndarray]:
         host = codebook_tables(cb)
         area = np.repeat(np.arange(N_AREAS), ALPHABET)
         low = np.tile(np.arange(ALPHABET), N_AREAS)
@@ -169,9 +166,8 @@ def decode_tables(cb: Codebook, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         if plan.symbol_bits < 8:
             dtab = np.where((sym >= 0) & ((sym >> plan.symbol_bits) != 0), DTAB_WIDE, dtab)
         assert int(np.where(dtab >= 0, dtab, 0).max()) < (1 << 31)
-        t = (dtab.astype(np.int32), _offsets_of_4(cb.widths))
-        cache_table(key, t)
-    return t
+        return dtab.astype(np.int32), _offsets_of_4(cb.widths)
+    return derived_table((cb.digest, None, "native-decode"), build)
 
 
 @lru_cache(maxsize=256)

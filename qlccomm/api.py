@@ -6,13 +6,12 @@ import struct
 
 import torch
 
-from . import codecs, memlimits, qlc
+from . import codecs, memlimits
 from .codebook import Codebook, check_codebook_arg, names_codebook, resolve_codebook
 from .dtypes import ENEC_DTYPES
-from .errors import CodebookError, FormatError, OutputTooLargeError
+from .errors import FormatError, OutputTooLargeError
 from .format import CODEC_NAMES, CODEC_QLC, CODEC_RAW, CRC_OFFSET, DTYPE_CODES, ByteSource, Header, parse_header, \
     stream_crc, stored_crc
-from .split import candidate_plans
 
 CodebookArg = Codebook | str | os.PathLike | dict | None
 """What `codebook=` takes everywhere (qlccomm.codebook.resolve_codebook): None or "adaptive",
@@ -99,16 +98,7 @@ def _parse(src: ByteSource, codebook: CodebookArg = None, *, need_codebook: bool
             raise FormatError("CRC32 mismatch: the stream is corrupt")
     codec = codecs.by_id(header.codec)
     hint = resolve_codebook(codebook, header.dtype, strict=False) if header.codec == CODEC_QLC else None
-    try:
-        return header, codec.parse(src, header.nbytes, header, hint)
-    except CodebookError:
-        if need_codebook or header.codec != CODEC_QLC:
-            raise
-    # the codec's own checks (dtype, element count) passed before the codebook was looked up
-    sec = qlc.parse_section(src, header.nbytes, header.numel, header.dtype, hint, need_codebook=False)
-    if sec.plan not in candidate_plans(header.dtype):
-        raise FormatError(f"plan {sec.plan.name} does not code {header.dtype}")
-    return header, sec
+    return header, codec.parse(src, header.nbytes, header, hint, need_codebook=need_codebook)
 
 
 def _check_buffer(buf: torch.Tensor, nbytes: int, device: torch.device) -> None:

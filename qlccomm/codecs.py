@@ -38,7 +38,8 @@ class Codec(Protocol):
     def encode(self, flat: torch.Tensor, codebook: Codebook | None, *, reserve: int,
                into: torch.Tensor | None) -> torch.Tensor | None: ...
 
-    def parse(self, src: ByteSource, start: int, header: Header, codebook: Codebook | None): ...
+    def parse(self, src: ByteSource, start: int, header: Header, codebook: Codebook | None, *,
+              need_codebook: bool = True): ...
 
     def decode(self, section, data: torch.Tensor, header: Header, out: torch.Tensor | None) -> torch.Tensor: ...
 
@@ -66,7 +67,7 @@ class RawCodec:
         blob[reserve:] = flat.view(torch.uint8)
         return blob
 
-    def parse(self, src, start, header, codebook):
+    def parse(self, src, start, header, codebook, *, need_codebook=True):
         if len(src) != start + header.raw_bytes:
             raise FormatError(f"raw stream is {len(src)} bytes, expected {start + header.raw_bytes}")
         return None
@@ -100,12 +101,12 @@ class QLCCodec:
         return _backend("qlc", qlc, flat.device).encode_section(flat, plan, codebook, embed=adaptive,
                                                                  reserve=reserve, into=into)
 
-    def parse(self, src, start, header, codebook):
+    def parse(self, src, start, header, codebook, *, need_codebook=True):
         if not self.codes(header.dtype):
             raise FormatError(f"QLC stream of dtype {header.dtype}, which QLC does not code")
         if header.numel == 0:
             raise FormatError("QLC stream with no elements")
-        sec = qlc.parse_section(src, start, header.numel, header.dtype, codebook)
+        sec = qlc.parse_section(src, start, header.numel, header.dtype, codebook, need_codebook=need_codebook)
         if sec.plan not in candidate_plans(header.dtype):
             raise FormatError(f"plan {sec.plan.name} does not code {header.dtype}")
         return sec
@@ -134,7 +135,7 @@ class ENECCodec:
     def encode(self, flat, codebook, *, reserve, into):
         return _backend("enec", self._module(), flat.device).encode_section(flat, reserve=reserve, into=into)
 
-    def parse(self, src, start, header, codebook):
+    def parse(self, src, start, header, codebook, *, need_codebook=True):
         return self._module().parse_section(src, start, header)
 
     def decode(self, section, data, header, out):
