@@ -28,7 +28,8 @@ import torch
 from . import __version__, api, bench
 from .codebook import (ALPHABET, codebook_from_histogram, entropy_bits, huffman_bits,
                        symbol_histogram, total_bits)
-from .datagen import DTYPE_ALIASES, KINDS, parse_dtype, synthetic
+from .datagen import KINDS, synthetic
+from .dtypes import DTYPE_ALIASES, parse_dtype
 from .format import FORMAT_VERSION, dtype_name
 from .split import candidate_plans
 from .tensorfile import iter_tensors

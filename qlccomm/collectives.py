@@ -159,7 +159,7 @@ def _resolve_coding(dtype: torch.dtype, codec: str, codebook, device: torch.devi
         codec = "qlc"
     if codec == "enec":
         try:
-            name = pick_codec(dtype, "enec")        # ImportError while ENEC is not installed
+            name = pick_codec(dtype, "enec")
         except ValueError:                          # a dtype ENEC does not code: QLC or raw
             name = pick_codec(dtype, "auto")
     else:
