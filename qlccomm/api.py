@@ -65,14 +65,16 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     if out is not None:
         _check_buffer(out, max_compressed_bytes(t), t.device)
     name = pick_codec(t.dtype, codec)
-    if codec == "enec" and names_codebook(codebook, t.dtype):
-        raise ValueError("ENEC takes no codebook: pass codebook=None, or codec=\"qlc\" to code with one")
+    if codec in ("enec", "qlcw") and names_codebook(codebook, t.dtype):
+        raise ValueError(f"{codec.upper()} takes no codebook: pass codebook=None, or codec=\"qlc\" to code with one")
     cb = resolve_codebook(codebook, t.dtype) if name == "qlc" else None
     flat = t.detach().contiguous().reshape(-1)
     chosen = codecs.get(name)
+    if flat.numel() and name != "raw":
+        chosen = chosen.variant(flat, cb)    # the codec's choice for this tensor (QLCW: its split)
     header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum)
     hlen = header.nbytes            # the codecs leave this much room in front of their section
-    blob = chosen.encode(flat, cb, reserve=hlen, into=out) if flat.numel() and name != "raw" else None
+    blob = chosen.encode(flat, cb, reserve=hlen, into=out) if flat.numel() and chosen.name != "raw" else None
     if blob is None or blob.numel() - hlen >= header.raw_bytes:  # never expand: store raw
         header = Header(CODEC_RAW, t.dtype, tuple(t.shape), checksum)
         blob = codecs.get("raw").encode(flat, None, reserve=hlen, into=out)

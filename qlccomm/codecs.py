@@ -4,6 +4,8 @@ A codec owns the *section* that follows the stream header (docs/format.md): it w
 for a flat tensor and reads it back.  Every codec has the same five operations:
 
     codes(dtype)                                  -> bool: whether it codes this dtype at all
+    variant(flat, codebook)                       -> the codec that writes this tensor's stream: itself,
+                                                     or one configured for it (QLCW: the split)
     encode(flat, codebook, reserve=, into=)       -> the stream with `reserve` bytes free in front,
                                                      or None: nothing gained, store the tensor raw
     parse(src, start, header, codebook)           -> a section object (metadata only, validated)
@@ -21,11 +23,11 @@ from typing import Protocol
 
 import torch
 
-from . import kernels, qlc
+from . import kernels, qlc, qlcw
 from .codebook import Codebook, fit_codebook
 from .dtypes import ENEC_DTYPES
 from .errors import FormatError
-from .format import CODEC_ENEC, CODEC_QLC, CODEC_RAW, ByteSource, Header
+from .format import CODEC_ENEC, CODEC_QLC, CODEC_QLCW, CODEC_RAW, ByteSource, Header
 from .split import candidate_plans
 
 
@@ -44,6 +46,8 @@ class Codec(Protocol):
     def decode(self, section, data: torch.Tensor, header: Header, out: torch.Tensor | None) -> torch.Tensor: ...
 
     def describe(self, section) -> dict: ...
+
+    def variant(self, flat: torch.Tensor, codebook: Codebook | None) -> "Codec": ...
 
 
 def _backend(name: str, fallback, device: torch.device):
@@ -84,6 +88,9 @@ class RawCodec:
     def describe(self, section) -> dict:
         return {}
 
+    def variant(self, flat, codebook):
+        return self
+
 
 class QLCCodec:
     """Quad Length Codes (codec 1): a codebook per stream, embedded (adaptive) or by digest."""
@@ -117,6 +124,49 @@ class QLCCodec:
     def describe(self, section) -> dict:
         return qlc.describe(section)
 
+    def variant(self, flat, codebook):
+        # QLC sections only, for now: QLCW (qlcw.choose_fields says where it is smaller) has no
+        # fused kernels yet, and the torch path would slow every CPU collective down.
+        return self
+
+
+class QLCWCodec:
+    """QLC over wide symbols (codec 3, format version 2): a field of each element, alone or
+    paired with its neighbour's, 16 areas, an embedded rank -> symbol table fitted to each
+    tensor.  Asked for by name (`codec="qlcw"`); the split is the writer's estimate per tensor."""
+
+    name, codec_id = "qlcw", CODEC_QLCW
+
+    def __init__(self, fields: "qlcw.Fields | None" = None):
+        self.fields = fields        # None: the writer's choice per tensor
+
+    def codes(self, dtype: torch.dtype) -> bool:
+        return bool(qlcw.candidates(dtype))
+
+    def variant(self, flat, codebook):
+        if codebook is not None:
+            raise ValueError("QLCW takes no codebook (its code is fitted to each tensor and embedded)")
+        if self.fields is not None:
+            return self
+        return QLCWCodec(qlcw.best_split(flat))
+
+    def encode(self, flat, codebook, *, reserve, into):
+        fields = self.fields or qlcw.candidates(flat.dtype)[0]
+        return _backend("qlcw", qlcw, flat.device).encode_section(flat, fields, reserve=reserve, into=into)
+
+    def parse(self, src, start, header, codebook, *, need_codebook=True):
+        if not self.codes(header.dtype):
+            raise FormatError(f"QLCW stream of dtype {header.dtype}, which QLCW does not code")
+        if header.numel == 0:
+            raise FormatError("QLCW stream with no elements")
+        return qlcw.parse_section(src, start, header)
+
+    def decode(self, section, data, header, out):
+        return _backend("qlcw", qlcw, data.device).decode_section(section, data, header, out=out)
+
+    def describe(self, section) -> dict:
+        return qlcw.describe(section)
+
 
 class ENECCodec:
     """ENEC (codec 2): block-wise fixed-width exponents for bfloat16, float16, float32.
@@ -143,6 +193,9 @@ class ENECCodec:
 
     def describe(self, section) -> dict:
         return self._module().describe(section)
+
+    def variant(self, flat, codebook):
+        return self
 
 
 _BY_NAME: dict[str, Codec] = {}
@@ -173,5 +226,5 @@ def names() -> list[str]:
     return list(_BY_NAME)
 
 
-for _codec in (RawCodec(), QLCCodec(), ENECCodec()):
+for _codec in (RawCodec(), QLCCodec(), ENECCodec(), QLCWCodec()):
     register(_codec)

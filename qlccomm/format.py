@@ -5,8 +5,8 @@ Every qlccomm stream starts with this header, whatever its codec:
 | offset | size    | field                                                        |
 |--------|---------|--------------------------------------------------------------|
 | 0      | 4       | magic b"QLCM"                                                |
-| 4      | 1       | format version (FORMAT_VERSION)                              |
-| 5      | 1       | codec id: 0 raw, 1 qlc, 2 enec                               |
+| 4      | 1       | format version: the lowest that reads the stream (1 or 2)    |
+| 5      | 1       | codec id: 0 raw, 1 qlc, 2 enec, 3 qlcw (version 2)           |
 | 6      | 1       | dtype code (DTYPE_CODES)                                     |
 | 7      | 1       | flags: bit 0 CRC32 present; other bits 0                     |
 | 8      | 8       | u64 element count                                            |
@@ -31,14 +31,17 @@ from .dtypes import TRAITS
 from .errors import FormatError
 
 MAGIC = b"QLCM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # the newest version this qlccomm reads and writes
 MAX_NDIM = 64
 FIXED_HEADER_BYTES = 21
 CRC_OFFSET = 16
 
-CODEC_RAW, CODEC_QLC, CODEC_ENEC = 0, 1, 2
-CODEC_NAMES = {CODEC_RAW: "raw", CODEC_QLC: "qlc", CODEC_ENEC: "enec"}
+CODEC_RAW, CODEC_QLC, CODEC_ENEC, CODEC_QLCW = 0, 1, 2, 3
+CODEC_NAMES = {CODEC_RAW: "raw", CODEC_QLC: "qlc", CODEC_ENEC: "enec", CODEC_QLCW: "qlcw"}
 CODEC_IDS = {v: k for k, v in CODEC_NAMES.items()}
+# the format version that introduced each codec: a stream records the lowest version
+# that reads it, so a stream of codecs 0-2 is byte for byte what version 1 wrote
+CODEC_SINCE = {CODEC_RAW: 1, CODEC_QLC: 1, CODEC_ENEC: 1, CODEC_QLCW: 2}
 
 FLAG_CRC = 0x01
 
@@ -53,7 +56,11 @@ class Header:
     dtype: torch.dtype
     shape: tuple[int, ...]
     checksum: bool = False
-    version: int = FORMAT_VERSION
+    version: int = 0            # 0: the lowest version that reads this codec (CODEC_SINCE)
+
+    def __post_init__(self):
+        if not self.version:
+            object.__setattr__(self, "version", CODEC_SINCE.get(self.codec, FORMAT_VERSION))
 
     @property
     def numel(self) -> int:
@@ -93,10 +100,13 @@ def parse_header(buf: bytes) -> Header:
     if bytes(buf[:4]) != MAGIC:
         raise FormatError("not a qlccomm stream (bad magic)")
     version, codec, dcode, flags, numel, crc, ndim = struct.unpack_from("<BBBBQIB", buf, 4)
-    if version != FORMAT_VERSION:
-        raise FormatError(f"stream format version {version}; this qlccomm reads version {FORMAT_VERSION}")
+    if not 1 <= version <= FORMAT_VERSION:
+        raise FormatError(f"stream format version {version}; this qlccomm reads versions 1 to {FORMAT_VERSION}")
     if codec not in CODEC_NAMES:
         raise FormatError(f"unknown codec id {codec}")
+    if version < CODEC_SINCE[codec]:
+        raise FormatError(f"codec {CODEC_NAMES[codec]} in a version-{version} stream (it needs version "
+                          f"{CODEC_SINCE[codec]})")
     if dcode not in DTYPES_BY_CODE:
         raise FormatError(f"unknown dtype code {dcode}")
     if flags & ~FLAG_CRC:

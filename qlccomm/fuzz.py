@@ -27,7 +27,7 @@ from qlccomm.format import CRC_OFFSET, dtype_name, stream_crc
 
 GOOD = ("error", "same", "differs")
 BAD = ("exception", "overalloc", "crash", "hang", "undetected", "disagree")
-CODECS = ("raw", "qlc", "enec")
+CODECS = ("raw", "qlc", "enec", "qlcw")
 QLC_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2,
               torch.int8, torch.uint8)
 ENEC_DTYPES = QLC_DTYPES[:3]
@@ -70,6 +70,7 @@ def build_corpus(seed: int):
     fitted = {dtype_name(dt): qlccomm.fit_codebook(_tensor(dt, (8192,), seed + 7)) for dt in QLC_DTYPES}
     combos = [(dt, "qlc", cb) for dt in QLC_DTYPES for cb in ("adaptive", "default", "fitted")]
     combos += [(dt, "enec", None) for dt in ENEC_DTYPES] + [(dt, "raw", None) for dt in QLC_DTYPES + RAW_ONLY]
+    combos += [(dt, "qlcw", None) for dt in QLC_DTYPES if qlccomm.codecs.get("qlcw").codes(dt)]
     streams, known = [], {}
     for k, (dt, requested, cbmode, ck) in enumerate(c + (ck,) for c in combos for ck in (False, True)):
         for shape in SHAPES_ALWAYS + (SHAPES_SMALL[k % len(SHAPES_SMALL)],):
@@ -103,6 +104,17 @@ def fields(blob: bytes) -> list[tuple[str, int, int]]:
         f += [("qlc.C", p, 4), ("qlc.K", p + 4, 4)]
         f += [(f"qlc.mode{c}", p + 8 + c, 1) for c in range(K)]
         f += [(f"qlc.suffix_bytes{c}", p + 8 + K + 4 * c, 4) for c in range(K)]
+    elif codec == 3 and len(blob) >= s + 24:                   # QLCW
+        f += [("qlcw.lo", s, 1), ("qlcw.w", s + 1, 1), ("qlcw.g", s + 2, 1), ("qlcw.escape", s + 3, 1)]
+        f += [(f"qlcw.width{k}", s + 4 + k, 1) for k in range(16)] + [("qlcw.T", s + 20, 4)]
+        T = struct.unpack_from("<I", blob, s + 20)[0]
+        f += [(f"qlcw.symbol{r}", s + 24 + 2 * r, 2) for r in (0, 1, T - 1) if 0 <= r < T]
+        p = s + 24 + 2 * T
+        if len(blob) >= p + 8:
+            K = struct.unpack_from("<I", blob, p + 4)[0]
+            f += [("qlcw.C", p, 4), ("qlcw.K", p + 4, 4)]
+            f += [(f"qlcw.mode{c}", p + 8 + c, 1) for c in range(K)]
+            f += [(f"qlcw.suffix_bytes{c}", p + 8 + K + 4 * c, 4) for c in range(K)]
     elif codec == 2 and len(blob) >= s + 29:                   # ENEC
         f += [("enec.plan", s, 1), ("enec.b", s + 1, 1), ("enec.n", s + 2, 1), ("enec.m", s + 3, 1),
               ("enec.L", s + 4, 1), ("enec.B", s + 5, 4), ("enec.K", s + 9, 4), ("enec.F", s + 13, 8),

@@ -269,20 +269,25 @@ def _merge_pairs(value: torch.Tensor, width: torch.Tensor, dtype: torch.dtype):
     return hi, wlo + width[:, 1::2]
 
 
-def _pack_suffixes(value: torch.Tensor, width: torch.Tensor, chunk_bytes: torch.Tensor) -> torch.Tensor:
-    """The suffix plane: per coded chunk (rows of `value`/`width`, uint8 [rows, C]) its
+def _pack_suffixes(value: torch.Tensor, width: torch.Tensor, chunk_bytes: torch.Tensor,
+                   max_width: int = 8) -> torch.Tensor:
+    """The suffix plane: per coded chunk (rows of `value`/`width`, [rows, codes]) its
     suffixes concatenated LSB first, padded to `chunk_bytes` bytes.
 
-    Codes are merged in pairs three times (8 codes -> one <= 64-bit word, whole-tensor
-    shifts and ors), then each word is added into the 64-bit words it overlaps.
+    Codes are merged in pairs (whole-tensor shifts and ors) until a word holds 64 bits
+    at most: three times for suffixes of up to 8 bits (8 codes a word), twice for up to 16
+    (QLCW, 4 codes a word); then each word is added into the 64-bit words it overlaps.
     """
     dev = value.device
     total = int(chunk_bytes.sum())
     if value.shape[0] == 0:
         return torch.empty(0, dtype=torch.uint8, device=dev)
-    v, w = _merge_pairs(value, width, torch.int16)       # <= 16 bits
-    v, w = _merge_pairs(v, w, torch.int64)               # <= 32 bits
-    v, w = _merge_pairs(v, w, torch.int64)               # <= 64 bits, one word per 8 codes
+    if max_width <= 8:
+        v, w = _merge_pairs(value, width, torch.int16)   # <= 16 bits
+        v, w = _merge_pairs(v, w, torch.int64)           # <= 32 bits
+    else:
+        v, w = _merge_pairs(value, width, torch.int64)   # <= 32 bits
+    v, w = _merge_pairs(v, w, torch.int64)               # <= 64 bits
     local = torch.cumsum(w, dim=1, dtype=torch.int64) - w
     start = (torch.cumsum(chunk_bytes, 0) - chunk_bytes) * 8
     pos = (local + start.unsqueeze(1)).view(-1)

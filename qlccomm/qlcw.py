@@ -1,0 +1,443 @@
+"""QLCW codec (codec 3), torch path: QLC over wide symbols with 16 areas (docs/format.md, "QLCW section").
+
+A *field* of each element (`Fields.lo`, `Fields.w`: the exponent, the exponent and top mantissa
+bits, or the whole byte) is coded; with `g = 2` the fields of two neighbouring elements form one
+symbol of up to 16 bits (a *pair*), so one prefix read, one suffix read and one table look-up
+decode two elements.  The planes are QLC's: prefixes (4 bits), fields of raw chunks, per-chunk
+byte-aligned suffixes, raw bits; a chunk decodes with gathers and one prefix sum.
+
+    code = build_code(histogram)          # WideCode: 16 widths, rank -> symbol table, escape flag
+    fields = choose_fields(flat)          # the writer's choice: a Fields, or None (write QLC)
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
+from .codebook import codebook_from_histogram, total_bits
+from .errors import EncoderError, FormatError
+from .format import ByteSource, Header
+from .qlc import (CHUNK_ELEMS, MAX_CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
+                  _pack_suffixes, _pad_rows, _rows, _scatter_rows, _select_rows, chunk_elems, chunk_table)
+from .split import Plan, candidate_plans
+
+N_AREAS = 16
+PREFIX_BITS = 4
+MAX_WIDTH = 16            # suffix bits
+TABLE_MAX = 32768         # rank -> symbol entries (u16 each: 64 KiB)
+ESCAPE_AREA = 15
+HEAD_BYTES = 4 + N_AREAS + 4
+MIN_WIDE_ELEMS = 16384    # smaller tensors are written as QLC sections
+SAMPLE_CHUNKS = 64        # chunks the writer's choice looks at
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which bits of an element are coded, and how many elements make one symbol.
+
+    lo: the field's low bit; w: its width in bits (1..8); g: elements per symbol (1 or 2).
+    """
+
+    lo: int
+    w: int
+    g: int
+
+    @property
+    def symbol_bits(self) -> int:
+        return self.g * self.w
+
+    def plan(self, item_bits: int) -> Plan:
+        """The split as a Plan on a word of `item_bits` bits: symbol = the field, raw = the rest."""
+        return _field_plan(item_bits, self.lo, self.w)
+
+
+@lru_cache(maxsize=None)
+def _field_plan(item_bits: int, lo: int, w: int) -> Plan:
+    above = item_bits - lo - w
+    return Plan(f"field{lo}+{w}", -1, item_bits, ssh=lo, smask=(1 << w) - 1, rsh=w,
+                rhi=((1 << above) - 1) << lo, rlo=(1 << lo) - 1)
+
+
+def candidates(dtype: torch.dtype) -> list[Fields]:
+    """The QLCW splits the writer measures for `dtype` (empty: never QLCW)."""
+    plans = [p.name for p in candidate_plans(dtype)]
+    if plans == ["byte"]:
+        return [Fields(0, 8, 2)]
+    if dtype == torch.bfloat16:
+        return [Fields(7, 8, 2)]
+    if dtype == torch.float32:
+        return [Fields(23, 8, 2)]
+    if dtype == torch.float16:
+        return [Fields(10 - t, 5 + t, 2) for t in range(4)]   # the exponent and 0..3 top mantissa bits
+    return []
+
+
+def valid_fields(dtype: torch.dtype, f: Fields) -> bool:
+    return 1 <= f.w <= 8 and f.g in (1, 2) and f.lo + f.w <= dtype.itemsize * 8
+
+
+# -- the code ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WideCode:
+    """A QLCW code: 16 area widths, the rank -> symbol table, whether area 15 escapes."""
+
+    symbol_bits: int
+    widths: tuple[int, ...]
+    table: np.ndarray           # int64 [T], symbols in rank order
+    escape: bool
+
+    def firsts(self) -> np.ndarray:
+        """First rank of each area (int64 [16]); the escape area holds none."""
+        sizes = np.array([0 if (self.escape and k == ESCAPE_AREA) else 1 << b for k, b in enumerate(self.widths)])
+        return np.cumsum(sizes) - sizes
+
+    def symbol_tables(self) -> dict[str, np.ndarray]:
+        """Per symbol (int64 [2^S]): its area, suffix and code length in bits (prefix included);
+        length 0 for a symbol the code cannot write."""
+        n = 1 << self.symbol_bits
+        area, suffix, length = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+        if self.escape:
+            area[:] = ESCAPE_AREA
+            suffix[:] = np.arange(n)
+            length[:] = PREFIX_BITS + self.symbol_bits
+        widths = np.asarray(self.widths)
+        rank = np.arange(self.table.size)
+        k = np.searchsorted(np.cumsum([0 if (self.escape and j == ESCAPE_AREA) else 1 << b
+                                       for j, b in enumerate(self.widths)]), rank, side="right")
+        area[self.table] = k
+        suffix[self.table] = rank - self.firsts()[k]
+        length[self.table] = PREFIX_BITS + widths[k]
+        return {"area": area, "suffix": suffix, "length": length}
+
+    def to_bytes(self) -> bytes:
+        return (bytes(self.widths) + struct.pack("<I", self.table.size)
+                + self.table.astype("<u2").tobytes())
+
+
+def _sorted_symbols(hist: np.ndarray) -> np.ndarray:
+    """Symbols with a non-zero count, count descending, then symbol ascending."""
+    used = np.flatnonzero(hist)
+    return used[np.lexsort((used, -hist[used]))]
+
+
+def _widths(sorted_counts: np.ndarray, n_areas: int) -> tuple[int, ...]:
+    from .codebook import _fast_optimal_widths
+    return tuple(_fast_optimal_widths()(sorted_counts, n_areas, MAX_WIDTH))
+
+
+def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
+    """The smallest code (code bits plus table bytes) for a histogram of symbols (int64 [2^S]).
+
+    Either every used symbol is in the table (16 areas), or the table keeps the most
+    frequent ones (at most TABLE_MAX; symbols seen once are escaped when that is smaller)
+    and area 15 escapes the rest.
+    """
+    hist = np.asarray(hist, np.int64)
+    order = _sorted_symbols(hist)
+    if order.size == 0:
+        order = np.array([0])
+    counts = hist[order]
+    options = []
+    if order.size <= TABLE_MAX:
+        options.append(WideCode(symbol_bits, _widths(counts, N_AREAS), order, False))
+    keep = min(TABLE_MAX, int((counts > 1).sum()) or 1)
+    if keep < order.size:
+        w = _widths(counts[:keep], N_AREAS - 1) + (symbol_bits,)
+        options.append(WideCode(symbol_bits, w, order[:keep], True))
+    return min(options, key=lambda c: code_bits(hist, c) + 16 * c.table.size)
+
+
+def code_bits(hist: np.ndarray, code: WideCode) -> int:
+    """Prefix and suffix bits of the histogram's symbols under `code`."""
+    length = code.symbol_tables()["length"]
+    used = np.flatnonzero(hist)
+    if (length[used] == 0).any():
+        raise EncoderError("QLCW code cannot write a symbol of its histogram")
+    return int((hist[used] * length[used]).sum())
+
+
+# -- the writer's choice ------------------------------------------------------------------------
+
+def sample_rows(flat: torch.Tensor, chunk: int = CHUNK_ELEMS) -> torch.Tensor:
+    """Up to SAMPLE_CHUNKS evenly spaced full chunks of `flat` that are not all-zero ([k, chunk])."""
+    full = flat.numel() // chunk
+    rows = flat[: full * chunk].view(full, chunk)
+    if full > SAMPLE_CHUNKS:
+        rows = rows[torch.linspace(0, full - 1, SAMPLE_CHUNKS, device=flat.device).long()]
+    return rows[rows.view(torch.uint8).ne(0).any(dim=1)] if rows.numel() else rows
+
+
+def symbols_of(fields: torch.Tensor, f: Fields) -> torch.Tensor:
+    """Symbols (int32 [rows, C / g]) of the fields of [rows, C] elements."""
+    s = fields.to(torch.int32)
+    if f.g == 2:
+        return s[:, 0::2] | (s[:, 1::2] << f.w)
+    return s
+
+
+def estimate_bits(sample: torch.Tensor, numel: int) -> list[tuple[float, Fields | None]]:
+    """Estimated coded bits per element of the non-zero chunks, for QLC (None) and each QLCW
+    split, from `sample` ([k, C] rows of the tensor); tables amortised over `numel` elements."""
+    n = sample.numel()
+    flat = sample.reshape(-1)
+    out = []
+    for plan in candidate_plans(sample.dtype):
+        sym, _ = plan.split(flat)
+        hist = torch.bincount(sym, minlength=256).cpu().numpy()
+        cb = codebook_from_histogram(hist, sample.dtype, plan, transient=True)
+        out.append(((total_bits(hist, cb) + 264 * 8 * n / numel) / n, None))
+    for f in candidates(sample.dtype):
+        plan = f.plan(sample.element_size() * 8)
+        fld, _ = plan.split(flat)
+        sym = symbols_of(fld.view(sample.shape), f).reshape(-1)
+        hist = torch.bincount(sym, minlength=1 << f.symbol_bits).cpu().numpy()
+        code = build_code(hist, f.symbol_bits)
+        table = 8 * (HEAD_BYTES + 2 * code.table.size)
+        out.append(((code_bits(hist, code) + plan.raw_bits * n + table * n / numel) / n, f))
+    return out
+
+
+def best_split(flat: torch.Tensor) -> Fields:
+    """The QLCW split of the dtype's candidates with the smallest estimate for `flat`."""
+    sample = sample_rows(flat)
+    if sample.shape[0] == 0 or len(candidates(flat.dtype)) == 1:
+        return candidates(flat.dtype)[0]
+    wide = [e for e in estimate_bits(sample, flat.numel()) if e[1] is not None]
+    return min(wide, key=lambda e: e[0])[1]
+
+
+def choose_fields(flat: torch.Tensor) -> Fields | None:
+    """The QLCW split an adaptive stream of `flat` should use, or None for a QLC section."""
+    if flat.numel() < MIN_WIDE_ELEMS or not candidates(flat.dtype):
+        return None
+    sample = sample_rows(flat)
+    if sample.shape[0] == 0:
+        return None
+    best = min(estimate_bits(sample, flat.numel()), key=lambda e: e[0])
+    return best[1]
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+def section_head(f: Fields, code: WideCode, chunk: int, nchunks: int) -> bytes:
+    return (struct.pack("<BBBB", f.lo, f.w, f.g, int(code.escape)) + code.to_bytes()
+            + struct.pack("<II", chunk, nchunks))
+
+
+def choose_modes(elems, ncodes, suffix_bits, nonzero, w: int):
+    """Chunk modes and suffix-plane bytes (int64 each; tensors or arrays alike)."""
+    xp = np if isinstance(elems, np.ndarray) else torch
+    coded_bytes = (PREFIX_BITS * ncodes + 7) // 8 + (suffix_bits + 7) // 8
+    modes = xp.where(coded_bytes < (elems * w + 7) // 8, MODE_CODED, MODE_RAW)
+    modes = xp.where(nonzero, modes, MODE_ZERO)
+    return modes, xp.where(modes == MODE_CODED, (suffix_bits + 7) // 8, 0)
+
+
+def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, chunk: int = CHUNK_ELEMS,
+                   reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Encode a 1-D contiguous tensor (at least one element) as a QLCW section with split `f`;
+    `code=None` fits one to the tensor's non-zero chunks.  `reserve` bytes, uninitialised, precede
+    the section; `into`: a uint8 buffer on flat's device to write into when it has room."""
+    dev = flat.device
+    n, g = flat.numel(), f.g
+    plan = f.plan(flat.element_size() * 8)
+    fld, raw = plan.split(flat)
+    f2 = _pad_rows(fld, chunk)
+    raw2 = _pad_rows(raw, chunk) if plan.raw_bits else None
+    nchunks = f2.shape[0]
+    nonzero = f2.any(dim=1).bool()
+    if raw2 is not None:
+        nonzero |= raw2.any(dim=1).bool()
+    elems = chunk_elems(n, chunk, nchunks, dev)
+    ncodes = (elems + g - 1) // g
+    s2 = symbols_of(f2, f)                                  # int32 [K, C/g]
+    per_row = chunk // g
+    last_codes = int(ncodes[-1])
+    if code is None:
+        hist = torch.bincount(s2[nonzero].view(-1), minlength=1 << f.symbol_bits)
+        if last_codes < per_row and bool(nonzero[-1]):
+            hist[0] -= per_row - last_codes                 # the last chunk's padding codes
+        code = build_code(hist.cpu().numpy(), f.symbol_bits)
+    t = {k: torch.from_numpy(v).to(dev) for k, v in code.symbol_tables().items()}
+    s_idx = s2.view(-1)
+    length = t["length"].index_select(0, s_idx).view(nchunks, per_row)
+    if last_codes < per_row:
+        length[-1, last_codes:] = PREFIX_BITS               # padding: zero-width suffixes
+    if bool((length[nonzero] == 0).any()):
+        raise EncoderError("QLCW code cannot write a symbol of the tensor")
+    suffix_bits = length.sum(dim=1) - PREFIX_BITS * per_row
+    modes, suffix_len = choose_modes(elems, ncodes, suffix_bits, nonzero, f.w)
+
+    coded, raw_rows, nz = _rows(modes, MODE_CODED), _rows(modes, MODE_RAW), _rows(modes, MODE_CODED, MODE_RAW)
+    n_codes = int(ncodes.index_select(0, coded).sum())
+    n_raw = int(elems.index_select(0, raw_rows).sum())
+    n_nz = int(elems.index_select(0, nz).sum())
+    coded_sym = _select_rows(s2, coded).reshape(-1)
+    prefix_plane = pack_bits(t["area"].index_select(0, coded_sym)[:n_codes], PREFIX_BITS)
+    field_plane = pack_bits(f2.index_select(0, raw_rows).view(-1)[:n_raw], f.w)
+    suffix_val = t["suffix"].index_select(0, coded_sym).view(-1, per_row)
+    if n_codes % per_row:
+        suffix_val[-1, n_codes % per_row:] = 0
+    suffix_plane = _pack_suffixes(suffix_val, _select_rows(length, coded) - PREFIX_BITS,
+                                  suffix_len.index_select(0, coded), max_width=MAX_WIDTH)
+    raw_plane = (pack_bits(_select_rows(raw2, nz).reshape(-1)[:n_nz], plan.raw_bits)
+                 if raw2 is not None else fld.new_empty(0))
+    head = torch.frombuffer(bytearray(section_head(f, code, chunk, nchunks)), dtype=torch.uint8).to(dev)
+    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev), head, chunk_table(modes, suffix_len),
+                        prefix_plane, field_plane, suffix_plane, raw_plane], into)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+@dataclass
+class QLCWSection:
+    fields: Fields
+    code: WideCode
+    chunk: int
+    numel: int
+    modes: np.ndarray           # int64 [K]
+    suffix_len: np.ndarray      # int64 [K]
+    planes_offset: int
+    plane_bytes: dict
+    item_bits: int              # the element word's width
+
+    @property
+    def plan(self) -> Plan:
+        return self.fields.plan(self.item_bits)
+
+
+def plane_sizes(elems, ncodes, modes, suffix_len, f: Fields, raw_bits: int) -> dict:
+    coded, raw = modes == MODE_CODED, modes == MODE_RAW
+    n_codes, n_raw = int(ncodes[coded].sum()), int(elems[raw].sum())
+    return {"prefix": packed_nbytes(n_codes, PREFIX_BITS), "field": packed_nbytes(n_raw, f.w),
+            "suffix": int(suffix_len.sum()), "raw": packed_nbytes(int(elems[coded | raw].sum()), raw_bits)}
+
+
+def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
+    """Parse and validate a QLCW section at byte `start`; every size is checked against the
+    stream's length before anything of that size is allocated."""
+    item_bits = header.dtype.itemsize * 8
+    head = src.read(start, start + HEAD_BYTES)
+    lo, w, g, esc = head[0], head[1], head[2], head[3]
+    f = Fields(lo, w, g)
+    if not candidate_plans(header.dtype) or not valid_fields(header.dtype, f):
+        raise FormatError(f"QLCW split lo={lo} w={w} g={g} does not code {header.dtype}")
+    if esc > 1:
+        raise FormatError(f"unknown QLCW escape flag {esc}")
+    widths = tuple(head[4 : 4 + N_AREAS])
+    (T,) = struct.unpack("<I", head[4 + N_AREAS :])
+    S = f.symbol_bits
+    if max(widths) > MAX_WIDTH or (esc and widths[ESCAPE_AREA] != S):
+        raise FormatError(f"bad QLCW area widths {widths}")
+    if not 1 <= T <= TABLE_MAX:
+        raise FormatError(f"QLCW table of {T} entries (1..{TABLE_MAX})")
+    pos = start + HEAD_BYTES
+    table = np.frombuffer(src.read(pos, pos + 2 * T), "<u2").astype(np.int64)
+    pos += 2 * T
+    if int(table.max()) >> S:
+        raise FormatError(f"QLCW table entry exceeds {S} bits")
+    chunk, nchunks = struct.unpack("<II", src.read(pos, pos + 8))
+    pos += 8
+    if chunk == 0 or chunk % 16 or chunk > MAX_CHUNK_ELEMS:
+        raise FormatError(f"bad chunk size {chunk}")
+    numel = header.numel
+    if nchunks != -(-numel // chunk):
+        raise FormatError(f"{nchunks} chunks cannot hold {numel} elements of chunk size {chunk}")
+    meta = src.read(pos, pos + 5 * nchunks)
+    pos += 5 * nchunks
+    modes = np.frombuffer(meta, np.uint8, nchunks).astype(np.int64)
+    suffix_len = np.frombuffer(meta, "<u4", nchunks, nchunks).astype(np.int64)
+    if nchunks and int(modes.max()) > MODE_RAW:
+        raise FormatError("unknown chunk mode")
+    elems = chunk_elems(numel, chunk, nchunks, "numpy")
+    ncodes = (elems + g - 1) // g
+    if bool(((modes != MODE_CODED) & (suffix_len != 0)).any()):
+        raise FormatError("suffix bytes on a chunk that is not coded")
+    if bool((suffix_len > 2 * ncodes).any()):              # at most 16 suffix bits per symbol
+        raise FormatError("suffix length exceeds its chunk")
+    planes = plane_sizes(elems, ncodes, modes, suffix_len, f, item_bits - w)
+    end = pos + sum(planes.values())
+    if len(src) != end:
+        raise FormatError(f"stream is {len(src)} bytes, its QLCW metadata says {end}")
+    return QLCWSection(f, WideCode(S, widths, table, bool(esc)), chunk, numel, modes, suffix_len, pos, planes,
+                       item_bits)
+
+
+def describe(sec: QLCWSection) -> dict:
+    m = sec.modes
+    return {"fields": {"lo": sec.fields.lo, "w": sec.fields.w, "g": sec.fields.g},
+            "symbol_bits": sec.fields.symbol_bits, "table_entries": int(sec.code.table.size),
+            "escape": sec.code.escape, "widths": list(sec.code.widths), "chunk_elems": sec.chunk,
+            "chunks": int(m.size), "chunks_zero": int((m == MODE_ZERO).sum()),
+            "chunks_coded": int((m == MODE_CODED).sum()), "chunks_raw": int((m == MODE_RAW).sum()),
+            "plane_bytes": dict(sec.plane_bytes), "metadata_bytes": sec.planes_offset}
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+def decode_section(sec: QLCWSection, data: torch.Tensor, header: Header,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode a parsed section; `data` is the whole stream (uint8, on the target device)."""
+    dev = data.device
+    f, chunk, n = sec.fields, sec.chunk, sec.numel
+    plan = sec.plan
+    views, off = {}, sec.planes_offset
+    for name in ("prefix", "field", "suffix", "raw"):
+        views[name] = data[off : off + sec.plane_bytes[name]]
+        off += sec.plane_bytes[name]
+    modes = torch.from_numpy(sec.modes)
+    nchunks = modes.numel()
+    elems = chunk_elems(n, chunk, nchunks)
+    coded, raw_rows, nz = (_rows(modes, MODE_CODED), _rows(modes, MODE_RAW), _rows(modes, MODE_CODED, MODE_RAW))
+    n_raw = int(elems.index_select(0, raw_rows).sum())
+    n_nz = int(elems.index_select(0, nz).sum())
+    fields = _scatter_rows(nchunks, chunk, [
+        (coded.to(dev), lambda: _decode_coded(sec, views, elems.index_select(0, coded), dev)),
+        (raw_rows.to(dev), lambda: _pad_rows(unpack_bits(views["field"], f.w, n_raw), chunk)),
+    ], dev)
+    raw = None
+    if plan.raw_bits:
+        raw = _scatter_rows(nchunks, chunk, [
+            (nz.to(dev), lambda: _pad_rows(unpack_bits(views["raw"], plan.raw_bits, n_nz), chunk))], dev).view(-1)[:n]
+    flat = plan.merge(fields.view(-1)[:n], raw, header.dtype)
+    return flat if out is None else out.view(-1).copy_(flat)
+
+
+def _decode_coded(sec: QLCWSection, views: dict, elems: torch.Tensor, dev) -> torch.Tensor:
+    """Fields ([coded chunks, C], int32) of the coded chunks from the prefix and suffix planes."""
+    f, code = sec.fields, sec.code
+    per_row = sec.chunk // f.g
+    ncodes = (elems + f.g - 1) // f.g
+    n_codes = int(ncodes.sum())
+    chunk_bytes = torch.from_numpy(sec.suffix_len[sec.modes == MODE_CODED]).to(dev)
+    area = _pad_rows(unpack_bits(views["prefix"], PREFIX_BITS, n_codes), per_row).to(torch.int64)
+    widths = torch.tensor(code.widths, dtype=torch.int64, device=dev)
+    width = widths.index_select(0, area.view(-1)).view(area.shape)
+    if n_codes % per_row:
+        width[-1, n_codes % per_row:] = 0
+    if bool(((width.sum(dim=1) + 7) // 8 != chunk_bytes).any()):
+        raise FormatError("suffix plane does not match the prefixes (corrupt stream)")
+    local = torch.cumsum(width, dim=1) - width
+    start = _exclusive_cumsum(chunk_bytes)
+    byte_at = (local >> 3) + start.unsqueeze(1)
+    plane = torch.cat([views["suffix"], views["suffix"].new_zeros(3)]).to(torch.int64)
+    window = plane[:-2] | (plane[1:-1] << 8) | (plane[2:] << 16)   # 24 bits from each byte offset
+    value = window.index_select(0, byte_at.view(-1)).view(area.shape)
+    value = (value >> (local & 7)) & ((1 << width) - 1)
+    rank = torch.from_numpy(code.firsts()).to(dev).index_select(0, area.view(-1)).view(area.shape) + value
+    escaped = area == ESCAPE_AREA if code.escape else torch.zeros_like(area, dtype=torch.bool)
+    T = code.table.size
+    if bool(((rank >= T) & ~escaped).any()):
+        raise FormatError("code names a rank past the table (corrupt stream)")
+    table = torch.from_numpy(code.table).to(dev)
+    sym = torch.where(escaped, value, table.index_select(0, rank.clamp(max=T - 1).view(-1)).view(area.shape))
+    if f.g == 1:
+        return sym
+    mask = (1 << f.w) - 1
+    return torch.stack([sym & mask, sym >> f.w], dim=2).view(sym.shape[0], sec.chunk)
