@@ -37,7 +37,7 @@ for data in weights grads; do
         --data "$data" --best 2>&1 | tee "$out/kernels_bench_$data.txt" || rc=1
 done
 for kind in weight grad activation; do
-    timeout 120 "$PY" -m qlccomm.cli bench --device cuda --dtype bf16 --size-mib 256 --kind "$kind" --repeat 10 \
+    timeout 120 "$PY" -m qlccomm.cli bench --device cuda --codec qlc,qlcw,enec --dtype bf16 --size-mib 256 --kind "$kind" --repeat 10 \
         2>&1 | tee "$out/qlccomm_bench_$kind.txt" || rc=1
 done
 timeout 120 "$PY" launch/gpu_slices.py 2>&1 | tee "$out/slices.txt" || rc=1
