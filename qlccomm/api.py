@@ -18,12 +18,20 @@ CodebookArg = Codebook | str | os.PathLike | dict | None
 "default", a Codebook, a codebook file path, or a {torch.dtype: one of those} dict."""
 
 
-def pick_codec(dtype: torch.dtype, codec: str) -> str:
-    """The codec `compress` uses for `dtype` when asked for `codec` ("auto", "raw", "qlc", "enec")."""
+def pick_codec(dtype: torch.dtype, codec: str, t: torch.Tensor | None = None) -> str:
+    """The codec `compress` uses for `dtype` when asked for `codec` ("auto", "raw", "qlc", "enec", ...).
+
+    "auto" with a tensor `t`: the codec with the least modelled time to code, send and
+    decode `t` at the link rate QLCCOMM_LINK_GBPS (qlccomm.autoselect: measured ratio and
+    speed per dtype, device type and data kind).  Without `t`, or for a (dtype, device
+    type) the table lacks: ENEC for bfloat16/float16/float32, QLC for the other dtypes
+    it codes, raw otherwise."""
     if codec not in ("auto", *codecs.names()):
         raise ValueError(f"unknown codec {codec!r}; choose auto, {', '.join(codecs.names())}")
-    if codec == "auto":  # the speed codec for the wide floats, QLC for 1-byte dtypes, else raw
-        codec = "enec" if dtype in ENEC_DTYPES else "qlc"
+    if codec == "auto":
+        from . import autoselect
+        measured = autoselect.choose(dtype, t.device.type, t) if t is not None else None
+        codec = measured or ("enec" if dtype in ENEC_DTYPES else "qlc")
     chosen = codecs.get(codec)
     if chosen.codes(dtype):
         return codec
@@ -64,7 +72,7 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     check_codebook_arg(codebook)
     if out is not None:
         _check_buffer(out, max_compressed_bytes(t), t.device)
-    name = pick_codec(t.dtype, codec)
+    name = pick_codec(t.dtype, codec, t)
     if codec in ("enec", "qlcw") and names_codebook(codebook, t.dtype):
         raise ValueError(f"{codec.upper()} takes no codebook: pass codebook=None, or codec=\"qlc\" to code with one")
     cb = resolve_codebook(codebook, t.dtype) if name == "qlc" else None

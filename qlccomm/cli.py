@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -233,71 +234,169 @@ def table(headers: list[str], rows: list[list], specs: list[str]) -> list[str]:
 
 # -- fit ---------------------------------------------------------------------------
 
-def cmd_fit(args) -> int:
+GRAD_WORDS = {"grad", "grads", "gradient", "gradients"}
+ACTIVATION_WORDS = {"act", "acts", "activation", "activations", "hidden", "hiddens"}
+GROUP_BY = ("kind", "file", "dtype")
+
+
+def infer_kind(name: str, file: str) -> str:
+    """"grad", "activation" or "weight" for a tensor from the words of its name, then of its
+    file's name: a word grad/grads/gradient(s) (e.g. "layer.weight.grad", "grads.pt") means a
+    gradient, act(s)/activation(s)/hidden (e.g. "hidden_states") an activation; else a weight."""
+    for text in (name, Path(file).stem):
+        words = set(re.split(r"[^a-z0-9]+", text.lower()))
+        if words & GRAD_WORDS:
+            return "grad"
+        if words & ACTIVATION_WORDS:
+            return "activation"
+    return "weight"
+
+
+def fit_label(args, file: str, name: str) -> str:
+    """The group a tensor is fitted in beside its dtype: its kind, its file's stem, or "all"."""
+    if args.group_by == "dtype":
+        return "all"
+    if args.group_by == "file":
+        return Path(file).stem
+    return args.kind or infer_kind(name, file)
+
+
+def fit_outputs(output: str, labels: list[str]) -> dict[str, str]:
+    """The file each group label's codebooks go to: `output` itself for one label, else
+    `output` with ".LABEL" before its suffix (cb.json -> cb.grad.json, cb.weight.json)."""
+    if len(labels) == 1:
+        return {labels[0]: output}
+    p = Path(output)
+    return {lb: str(p.with_name(f"{p.stem}.{lb}{p.suffix or '.json'}")) for lb in labels}
+
+
+def fit_tensors(args):
+    """(file, name, tensor, skip reason or None) of every tensor of the files, in order."""
     want = set(args.dtype) if args.dtype else None
+    for f, name, t in read_files(args, args.files):
+        reason = ("dtype not coded" if not candidate_plans(t.dtype) else
+                  "not --dtype" if want is not None and t.dtype not in want else
+                  "empty" if t.numel() == 0 else None)
+        yield f, name, t, reason
+
+
+def best_codebook(by_plan: dict, dtype: torch.dtype):
+    """(codebook, histogram) of the plan whose fitted codebook codes `by_plan`'s histograms in the fewest bits."""
+    best = None
+    for plan in candidate_plans(dtype):
+        h = by_plan[plan.name]
+        cb = codebook_from_histogram(h, dtype, plan)
+        bits = total_bits(h, cb)
+        if best is None or bits < best[0]:
+            best = (bits, cb, h)
+    return best[1], best[2]
+
+
+def cmd_fit(args) -> int:
     hists: dict = defaultdict(lambda: defaultdict(lambda: np.zeros(ALPHABET, np.int64)))
     counts: dict = defaultdict(int)
     tensors, skipped = [], []
-    for f, name, t in read_files(args, args.files):
-        if not candidate_plans(t.dtype):
-            skipped.append({"file": f, "name": name, "dtype": dtype_name(t.dtype), "reason": "dtype not coded"})
+    for f, name, t, reason in fit_tensors(args):
+        if reason is not None:
+            skipped.append({"file": f, "name": name, "dtype": dtype_name(t.dtype), "reason": reason})
             continue
-        if want is not None and t.dtype not in want:
-            skipped.append({"file": f, "name": name, "dtype": dtype_name(t.dtype), "reason": "not --dtype"})
-            continue
-        if t.numel() == 0:
-            skipped.append({"file": f, "name": name, "dtype": dtype_name(t.dtype), "reason": "empty"})
-            continue
-        counts[t.dtype] += 1
+        key = (t.dtype, fit_label(args, f, name))
+        counts[key] += 1
         own = {}
         for plan in candidate_plans(t.dtype):
             own[plan.name] = symbol_histogram(t, plan)
-            hists[t.dtype][plan.name] += own[plan.name]
-        tensors.append({"file": f, "name": name, "dtype": t.dtype, "elements": t.numel(), "hists": own})
+            hists[key][plan.name] += own[plan.name]
+        tensors.append({"file": f, "name": name, "dtype": t.dtype, "group": key[1], "elements": t.numel(),
+                        "raw_bytes": t.numel() * t.element_size(),
+                        "adaptive_bytes": api.compress(t, codec="qlc").numel(), "hists": own})
         del t
     if not hists:
+        want = args.dtype
         what = f" of dtype {', '.join(dtype_name(d) for d in want)}" if want else " of a coded dtype"
         raise RuntimeError(f"no tensors{what} in {', '.join(args.files)}")
     books, summary = {}, []
-    for dtype, by_plan in hists.items():
-        best = None
-        for plan in candidate_plans(dtype):
-            h = by_plan[plan.name]
-            cb = codebook_from_histogram(h, dtype, plan)
-            bits = total_bits(h, cb)
-            if best is None or bits < best[0]:
-                best = (bits, cb, h)
-        _, cb, h = best
+    for (dtype, label), by_plan in hists.items():
+        cb, h = best_codebook(by_plan, dtype)
         n, plan = int(h.sum()), cb.plan_obj
         exp, ent, huf = float((h * cb.code_lengths()).sum() / n), entropy_bits(h), huffman_bits(h)
-        books[dtype] = cb
+        books[(dtype, label)] = cb
         summary.append({
-            "dtype": dtype_name(dtype), "tensors": counts[dtype], "elements": n, "plan": plan.name,
-            "widths": list(cb.widths), "digest": cb.digest, "bits_per_symbol": exp, "entropy_bits": ent,
-            "huffman_bits": huf, "raw_bits": plan.raw_bits, "item_bits": plan.item_bits,
+            "dtype": dtype_name(dtype), "group": label, "tensors": counts[(dtype, label)], "elements": n,
+            "plan": plan.name, "widths": list(cb.widths), "digest": cb.digest, "bits_per_symbol": exp,
+            "entropy_bits": ent, "huffman_bits": huf, "raw_bits": plan.raw_bits, "item_bits": plan.item_bits,
             "ratio": plan.item_bits / (exp + plan.raw_bits),
             "entropy_ratio": plan.item_bits / (ent + plan.raw_bits),
             "huffman_ratio": plan.item_bits / (huf + plan.raw_bits)})
-    per_tensor = []
-    for rec in tensors:
-        cb = books[rec["dtype"]]
+    per_tensor = fitted_sizes(args, tensors, books)
+    warned = fit_warnings(summary, per_tensor, args.group_by)
+    outputs = fit_outputs(args.output, sorted({label for _, label in books}))
+    for label, path in outputs.items():
+        lst = [cb for (_, lb), cb in books.items() if lb == label]
+        with open(path, "w") as fh:
+            json.dump(lst[0].to_json() if len(lst) == 1 else {"codebooks": [b.to_json() for b in lst]}, fh, indent=1)
+    if args.json:
+        print_json({"output": args.output, "outputs": outputs, "group_by": args.group_by, "codebooks": summary,
+                    "tensors": per_tensor, "skipped": skipped, "warnings": warned})
+        return 0
+    print_fit_report(args, summary, per_tensor, skipped, warned, outputs)
+    return 0
+
+
+def fitted_sizes(args, tensors: list[dict], books: dict) -> list[dict]:
+    """Per fitted tensor: bits/symbol and modelled ratio with its group's codebook, and the
+    real stream sizes in bytes, coded with that codebook and adaptively (a second read of
+    the files: one tensor in memory at a time)."""
+    records = iter(tensors)
+    out = []
+    for _, _, t, reason in fit_tensors(args):
+        if reason is not None:
+            continue
+        rec = next(records)
+        cb = books[(rec["dtype"], rec["group"])]
         plan = cb.plan_obj
         h = rec["hists"][plan.name]
         bits = float((h * cb.code_lengths()).sum() / h.sum())
-        per_tensor.append({"file": rec["file"], "name": rec["name"], "dtype": dtype_name(rec["dtype"]),
-                           "elements": rec["elements"], "bits_per_symbol": bits,
-                           "ratio": plan.item_bits / (bits + plan.raw_bits)})
-    lst = list(books.values())
-    with open(args.output, "w") as fh:
-        json.dump(lst[0].to_json() if len(lst) == 1 else {"codebooks": [b.to_json() for b in lst]}, fh, indent=1)
-    if args.json:
-        print_json({"output": args.output, "codebooks": summary, "tensors": per_tensor, "skipped": skipped})
-        return 0
+        fitted = api.compress(t, codec="qlc", codebook=cb).numel()
+        out.append({"file": rec["file"], "name": rec["name"], "dtype": dtype_name(rec["dtype"]),
+                    "group": rec["group"], "elements": rec["elements"], "bits_per_symbol": bits,
+                    "ratio": plan.item_bits / (bits + plan.raw_bits), "fitted_bytes": fitted,
+                    "adaptive_bytes": rec["adaptive_bytes"], "fitted_ratio": rec["raw_bytes"] / fitted,
+                    "adaptive_ratio": rec["raw_bytes"] / rec["adaptive_bytes"]})
+        del t
+    return out
+
+
+def fit_warnings(summary: list[dict], per_tensor: list[dict], group_by: str) -> list[str]:
+    """A CodebookFitWarning (and its text, returned) per group whose fitted codebook codes the
+    group's own tensors in more stream bytes than adaptive coding (`compress(t, codec="qlc")`)."""
+    import warnings
+
+    from .errors import CodebookFitWarning
+    texts = []
+    for s in summary:
+        rows = [r for r in per_tensor if r["dtype"] == s["dtype"] and r["group"] == s["group"]]
+        fitted, adaptive = sum(r["fitted_bytes"] for r in rows), sum(r["adaptive_bytes"] for r in rows)
+        s["fitted_bytes"], s["adaptive_bytes"] = fitted, adaptive
+        if fitted > adaptive:
+            worse = sum(r["fitted_bytes"] > r["adaptive_bytes"] for r in rows)
+            hint = "" if group_by == "kind" else "; or fit each kind of data apart (--group-by kind)"
+            text = (f"the {s['dtype']} codebook of group {s['group']!r} codes its {len(rows)} tensors in {fitted} "
+                    f"bytes, more than adaptive coding would ({adaptive} bytes; {worse} of them worse): adaptive "
+                    f"coding fits each tensor on its own; use codebook=None for them{hint}")
+            warnings.warn(text, CodebookFitWarning, stacklevel=2)
+            texts.append(text)
+    return texts
+
+
+def print_fit_report(args, summary, per_tensor, skipped, warned, outputs) -> None:
+    """The human report of `qlccomm fit`: per tensor, per codebook, warnings, files written."""
     many_files = len(args.files) > 1
-    headers = ["tensor"] + (["file"] if many_files else []) + ["dtype", "elements", "bits/symbol", "ratio"]
-    specs = ["s"] + (["s"] if many_files else []) + ["s", "d", ".3f", ".4f"]
+    headers = (["tensor"] + (["file"] if many_files else []) +
+               ["dtype", "group", "elements", "bits/symbol", "ratio", "fitted", "adaptive"])
+    specs = ["s"] + (["s"] if many_files else []) + ["s", "s", "d", ".3f", ".4f", ".4f", ".4f"]
     rows = [[r["name"]] + ([Path(r["file"]).name] if many_files else []) +
-            [r["dtype"], r["elements"], r["bits_per_symbol"], r["ratio"]] for r in per_tensor]
+            [r["dtype"], r["group"], r["elements"], r["bits_per_symbol"], r["ratio"], r["fitted_ratio"],
+             r["adaptive_ratio"]] for r in per_tensor]
     print("\n".join(table(headers, rows, specs)))
     if skipped:
         reasons: dict = defaultdict(int)
@@ -305,17 +404,19 @@ def cmd_fit(args) -> int:
             reasons[f"{r['dtype']} not coded" if r["reason"] == "dtype not coded" else r["reason"]] += 1
         print(f"skipped {len(skipped)} tensor{'s' if len(skipped) > 1 else ''}: "
               + ", ".join(f"{v} {k}" for k, v in reasons.items()))
-    print("(bits/symbol: mean code length with the fitted codebook; ratio: the tensor's bits over the coded "
-          "bits, stream headers and chunk modes left out)")
+    print("(bits/symbol: mean code length with the group's fitted codebook; ratio: the tensor's bits over the "
+          "coded bits, stream headers and chunk modes left out; fitted, adaptive: measured stream ratios with "
+          f"the fitted codebook and with codebook=None; groups: by {args.group_by})")
     for s in summary:
-        print(f"{s['dtype']}: {s['tensors']} tensors, {s['elements']} elements, plan {s['plan']}, "
+        print(f"{s['dtype']} {s['group']}: {s['tensors']} tensors, {s['elements']} elements, plan {s['plan']}, "
               f"widths {s['widths']}")
         print(f"  expected {s['bits_per_symbol']:.3f} bits/symbol; entropy {s['entropy_bits']:.3f}; "
               f"Huffman {s['huffman_bits']:.3f}; raw {s['raw_bits']} bits/element")
         print(f"  ratio {s['ratio']:.4f} (entropy bound {s['entropy_ratio']:.4f}, Huffman {s['huffman_ratio']:.4f}); "
-              f"digest {s['digest']}")
-    print(f"wrote {args.output}")
-    return 0
+              f"streams {s['fitted_bytes']} bytes fitted, {s['adaptive_bytes']} adaptive; digest {s['digest']}")
+    for w in warned:
+        print(f"warning: {w}")
+    print(f"wrote {', '.join(outputs.values())}")
 
 
 # -- inspect -----------------------------------------------------------------------
@@ -403,11 +504,49 @@ def _codecs_for(args, dtype: torch.dtype) -> tuple[list[str], list[str]]:
     return usable, notes
 
 
+def refresh_autoselect(args) -> int:
+    """`qlccomm bench --refresh-autoselect`: measure every --dtype (default bf16, fp16, fp32) on
+    every kind of autoselect.REFRESH_KINDS with --codec (default qlc and enec, where they apply) on --device, and
+    merge the figures into the user table of qlccomm.autoselect (never the installed package)."""
+    from . import autoselect
+    dtypes = args.dtype or [torch.bfloat16, torch.float16, torch.float32]
+    entries, shown = [], []
+    for dtype in dtypes:
+        numel = max(1, int(args.size_mib * (1 << 20)) // torch.empty(0, dtype=dtype).element_size())
+        usable = [c for c in _codecs_for(args, dtype)[0] if c not in ("auto", "raw")]
+        for kind in autoselect.REFRESH_KINDS:
+            t = autoselect.sample_tensor(kind, dtype, numel, seed=args.seed).to(args.device)
+            zero = float((~bench.nonzero_chunks(t)).float().mean())
+            rows, _ = bench.run(t, usable, repeat=args.repeat)
+            for sp in (bench.Speeds.of(c) for c in rows if c.name in usable):
+                e = autoselect.Entry(sp.name, autoselect.dtype_key(dtype), t.device.type, kind, round(sp.ratio, 4),
+                                     round(sp.encode_Bps / 1e9, 4), round(sp.decode_Bps / 1e9, 4), round(zero, 4))
+                entries.append(e)
+                shown.append([e.codec, dtype_name(dtype), e.device, kind, e.ratio, e.encode_gbps, e.decode_gbps,
+                              e.zero_chunks])
+            del t
+    about = {"measured": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
+             "command": (f"qlccomm bench --refresh-autoselect --dtype {','.join(dtype_name(d) for d in dtypes)} "
+                         f"--codec {','.join(args.codec or ['qlc', 'enec'])} --device {args.device} "
+                         f"--size-mib {args.size_mib:g} --repeat {args.repeat} --threads {torch.get_num_threads()}"),
+             "size_mib": args.size_mib, "repeat": args.repeat, "seed": args.seed}
+    path = autoselect.merge_user_table(entries, **about)
+    if args.json:
+        print_json({"output": str(path), **about, "entries": [e.__dict__ for e in entries]})
+        return 0
+    print("\n".join(table(["codec", "dtype", "device", "kind", "ratio", "encode GB/s", "decode GB/s",
+                           "zero chunks"], shown, ["s", "s", "s", "s", ".4f", ".3f", ".3f", ".1%"])))
+    print(f"wrote {path} (codec=\"auto\" reads it over the shipped table)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("argument --plot: needs matplotlib (pip install qlccomm[plot])")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.refresh_autoselect:
+        return refresh_autoselect(args)
     links = [x for xs in args.link_gbps or [] for x in xs]
     groups = _bench_groups(args)
     if args.codec:
@@ -527,14 +666,28 @@ def build_parser() -> Parser:
                        help="progress bars on stderr (auto: when stderr is a terminal)")
 
     f = sub.add_parser("fit", formatter_class=Formatter,
-                       help="fit per-dtype codebooks to the tensors of .safetensors / .pt files",
-                       description="Fit one codebook per coded dtype to the tensors of the files and write them; "
-                                   "prints each tensor's bits/symbol and ratio with its codebook.")
+                       help="fit codebooks per dtype and kind of data to the tensors of .safetensors / .pt files",
+                       description="Fit one codebook per coded dtype and group (by default the kind of data: "
+                                   "weights, gradients and activations have different exponent spreads, and one "
+                                   "codebook over several kinds codes each worse than adaptive coding) to the "
+                                   "tensors of the files and write them; prints each tensor's bits/symbol and its "
+                                   "measured stream ratio with its codebook and with adaptive coding "
+                                   "(codebook=None), and warns (CodebookFitWarning) where the fitted codebook "
+                                   "loses to adaptive coding on its own tensors.  With several groups, -o cb.json "
+                                   "writes cb.GROUP.json per group (e.g. cb.weight.json, cb.grad.json).")
     f.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help=".safetensors or torch.save (.pt) file")
     f.add_argument("--dtype", type=dtype_list, metavar="DTYPES",
                    help=f"fit only these dtypes, comma-separated ({dtypes}); default: every coded dtype")
+    f.add_argument("--group-by", choices=GROUP_BY, default="kind",
+                   help="fit a codebook per dtype and: kind (of data, from --kind or inferred from each tensor's "
+                        "name, then its file's name: a word grad/grads/gradient means gradients, "
+                        "act/activation/hidden activations, anything else weights), file (one per input "
+                        "file), or dtype (one per dtype over everything)")
+    f.add_argument("--kind", choices=list(KINDS),
+                   help="with --group-by kind: the kind of every tensor, instead of inferring it from names")
     f.add_argument("-o", "--output", required=True, type=output_file, metavar="FILE",
-                   help="codebook file to write (JSON); its folder must exist")
+                   help="codebook file to write (JSON; with several groups FILE's stem gets .GROUP); its folder "
+                        "must exist")
     f.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     progress_opt(f)
     f.set_defaults(fn=cmd_fit)
@@ -574,6 +727,12 @@ def build_parser() -> Parser:
                    help="pieces the coded send is pipelined over in the link model")
     b.add_argument("--plot", type=output_file, metavar="PNG",
                    help="draw time against link speed for raw and each codec, break-even marked (matplotlib)")
+    b.add_argument("--refresh-autoselect", action="store_true",
+                   help="measure --codec on every synthetic kind (weight, grad, activation, and a gradient with half its "
+                        "rows zero) of each --dtype "
+                        "(default bf16, fp16, fp32) and write the table codec=\"auto\" chooses by to "
+                        "$QLCCOMM_CACHE/autoselect.json (else ~/.cache/qlccomm/autoselect.json); its entries "
+                        "override the shipped ones (see qlccomm.autoselect)")
     b.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     progress_opt(b)
     b.set_defaults(fn=cmd_bench)

@@ -492,14 +492,28 @@ def total_bits(hist, cb: Codebook) -> int:
     return int((hist * cb.code_lengths()).sum()) + int(hist.sum()) * cb.plan_obj.raw_bits
 
 
+def adaptive_bits(hists: dict, dtype: torch.dtype) -> int:
+    """Estimated bits of one tensor coded adaptively (`compress(t, codec="qlc")`): the fewest
+    coded + raw bits over its plans, each plan with the code fitted to its histogram
+    (`hists`: {plan name: histogram}), plus the embedded code (EMBEDDED_BYTES).  Chunk
+    modes (all-zero and raw chunks) and the pair-symbol sections are left out."""
+    best = min(total_bits(h, codebook_from_histogram(h, dtype, plan, transient=True))
+               for plan in candidate_plans(dtype) for h in [hists[plan.name]])
+    return best + 8 * EMBEDDED_BYTES
+
+
 def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dtype | str | None = None, *,
-                 transient: bool = False) -> Codebook:
+                 transient: bool = False, warn: bool = True) -> Codebook:
     """Fit the optimal codebook to sample tensors of one dtype (`dtype`: a torch dtype or one of
     its names, qlccomm.dtypes.DTYPE_ALIASES; by default the samples' dtype).
 
     For float16 both plans (high byte, 5-bit exponent) are measured and the one
     with fewer total bits (coded + raw) is kept.  `transient`: do not register it for
     digest look-ups (a code that will only travel embedded in a stream).
+    `warn`: issue a qlccomm.errors.CodebookFitWarning when the fitted codebook codes the
+    samples in more bits than coding each adaptively would (an estimate from the
+    histograms, `adaptive_bits`; `qlccomm fit` measures the real stream sizes): samples
+    that mix kinds of data (weights and gradients) are better fitted apart.
     """
     tensors = [samples] if isinstance(samples, torch.Tensor) else list(samples)
     if dtype is not None:
@@ -511,18 +525,26 @@ def fit_codebook(samples: torch.Tensor | Iterable[torch.Tensor], dtype: torch.dt
     plans = candidate_plans(dtype)
     if not plans:
         raise ValueError(f"no QLC plan codes {dtype}; it is stored raw")
+    for t in tensors:
+        if t.dtype != dtype:
+            raise ValueError(f"samples mix dtypes {t.dtype} and {dtype}")
+    own = [{plan.name: symbol_histogram(t, plan) for plan in plans} for t in tensors if t.numel()]
     best = None
     for plan in plans:
-        hist = np.zeros(ALPHABET, np.int64)
-        for t in tensors:
-            if t.dtype != dtype:
-                raise ValueError(f"samples mix dtypes {t.dtype} and {dtype}")
-            hist += symbol_histogram(t, plan)
+        hist = sum((h[plan.name] for h in own), np.zeros(ALPHABET, np.int64))
         cb = codebook_from_histogram(hist, dtype, plan, transient=True)
         bits = total_bits(hist, cb)
         if best is None or bits < best[0]:
             best = (bits, cb)
-    cb = best[1]
+    bits, cb = best
+    if warn and len(own) > 1:
+        import warnings
+        from .errors import CodebookFitWarning
+        alone = sum(adaptive_bits(h, dtype) for h in own)
+        if bits > alone:
+            warnings.warn(f"the fitted {dtype_name(dtype)} codebook codes its {len(own)} samples in {bits} bits, "
+                          f"more than adaptive coding would (about {alone}): the samples mix kinds of data; fit "
+                          f"each kind (weights, gradients, activations) apart", CodebookFitWarning, stacklevel=2)
     return cb if transient else Codebook(cb.dtype, cb.plan, cb.widths, cb.symbols)
 
 

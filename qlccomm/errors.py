@@ -17,3 +17,9 @@ class EncoderError(RuntimeError):
 class OutputTooLargeError(MemoryError):
     """A stream declares an output (its size in bytes is in the message) that cannot be
     allocated: more than the decoding device can hold, or the allocation failed."""
+
+
+class CodebookFitWarning(UserWarning):
+    """A fitted codebook codes the tensors it was fitted to in more bits than adaptive coding
+    (a code fitted to each tensor, embedded in its stream) would: the samples mix data of
+    different shapes (weights with gradients, say); fit each kind apart."""

@@ -148,27 +148,106 @@ def test_fit_table_and_json(tmp_path, model):
     out = tmp_path / "cb.json"
     p = run_cli("fit", st, pt, "-o", out)
     assert p.returncode == 0, p.stderr
-    assert p.stderr == ""                      # no progress bar: stderr is not a terminal
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["tensor", "file", "dtype", "elements", "bits/symbol", "ratio"]
+    assert lines[0].split() == ["tensor", "file", "dtype", "group", "elements", "bits/symbol", "ratio", "fitted",
+                                "adaptive"]
     rows = {ln.split()[0]: ln.split() for ln in lines[1:6]}
     assert set(rows) == {"w1", "w2", "f", "q", "layer.g"}
-    assert rows["w1"][1:4] == ["model.safetensors", "bfloat16", "30000"]
-    assert rows["layer.g"][1:4] == ["grads.pt", "bfloat16", "7000"]
-    assert 1.0 < float(rows["f"][5]) < 2.0 and float(rows["q"][4]) > 0
+    assert rows["w1"][1:5] == ["model.safetensors", "bfloat16", "weight", "30000"]
+    assert rows["layer.g"][1:5] == ["grads.pt", "bfloat16", "grad", "7000"]   # the kind from the file's name
+    assert 1.0 < float(rows["f"][6]) < 2.0 and float(rows["q"][5]) > 0
+    assert all(float(r[7]) > 1 and float(r[8]) > 1 for r in rows.values())
     assert "skipped 1 tensor: 1 int64 not coded" in p.stdout
-    assert "bfloat16: 3 tensors" in p.stdout and "float8_e4m3fn: 1 tensors" in p.stdout
+    assert "bfloat16 weight: 2 tensors" in p.stdout and "bfloat16 grad: 1 tensors" in p.stdout
+    assert "float8_e4m3fn weight: 1 tensors" in p.stdout
+    weights, grads = tmp_path / "cb.weight.json", tmp_path / "cb.grad.json"      # one file per group
+    assert f"wrote {grads}, {weights}" in p.stdout and not out.exists()
     for dtype in (torch.bfloat16, torch.float32, torch.float8_e4m3fn):
-        assert qlccomm.Codebook.load(out, dtype=dtype).dtype == dtype
+        assert qlccomm.Codebook.load(weights, dtype=dtype).dtype == dtype
+    assert qlccomm.Codebook.load(grads).dtype == torch.bfloat16
+    assert ("CodebookFitWarning" in p.stderr) == ("warning: " in p.stdout)       # no progress bar otherwise
 
     p = run_cli("fit", st, "--dtype", "bf16,fp32", "-o", out, "--json")
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
-    assert info["output"] == str(out)
+    assert info["output"] == str(out) and info["outputs"] == {"weight": str(out)} and info["group_by"] == "kind"
     assert {c["dtype"] for c in info["codebooks"]} == {"bfloat16", "float32"}
     assert [t["name"] for t in info["tensors"]] == ["w1", "w2", "f"]
     assert {s["name"]: s["reason"] for s in info["skipped"]} == {"q": "not --dtype", "ids": "dtype not coded"}
     assert all(t["ratio"] > 1 and t["bits_per_symbol"] > 0 for t in info["tensors"])
+    cb = qlccomm.Codebook.load(out, dtype=torch.bfloat16)
+    w1 = synthetic("weight", torch.bfloat16, 30000, 1).reshape(100, 300)         # the real streams' sizes
+    t1 = next(t for t in info["tensors"] if t["name"] == "w1")
+    assert t1["fitted_bytes"] == qlccomm.compress(w1, codebook=cb).numel()
+    assert t1["adaptive_bytes"] == qlccomm.compress(w1).numel()
+
+
+def test_fit_infers_kinds_from_names():
+    from qlccomm.cli import infer_kind
+    assert infer_kind("model.layers.0.mlp.weight.grad", "ckpt.pt") == "grad"
+    assert infer_kind("w", "grads.pt") == "grad"
+    assert infer_kind("hidden_states.3", "run.safetensors") == "activation"
+    assert infer_kind("layers.0.self_attn.q_proj.weight", "model.safetensors") == "weight"
+    assert infer_kind("interaction.weight", "upgrade.pt") == "weight"          # words, not substrings
+
+
+def test_fit_mixed_kinds_warns(tmp_path):
+    """Weights and a sparse gradient fitted as one: the codebook loses to adaptive coding on both,
+    measured; fitted per kind (the default) each group's codebook codes far better."""
+    w = synthetic("weight", torch.bfloat16, 1 << 19, seed=1)
+    g = synthetic("grad", torch.bfloat16, 1 << 19, seed=2)
+    g.view(-1, 4096)[::2] = 0
+    torch.save({"w": w}, tmp_path / "model.pt")
+    torch.save({"g": g}, tmp_path / "grads.pt")
+    files = [tmp_path / "model.pt", tmp_path / "grads.pt"]
+    p = run_cli("fit", *files, "--group-by", "dtype", "-o", tmp_path / "one.json", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert "CodebookFitWarning" in p.stderr and len(info["warnings"]) == 1
+    assert "group 'all'" in info["warnings"][0] and "--group-by kind" in info["warnings"][0]
+    mixed = {t["name"]: t for t in info["tensors"]}
+    assert all(t["fitted_bytes"] > t["adaptive_bytes"] for t in mixed.values())
+    cb = qlccomm.Codebook.load(tmp_path / "one.json")
+    assert mixed["g"]["fitted_bytes"] == qlccomm.compress(g, codebook=cb).numel()
+    p = run_cli("fit", *files, "-o", tmp_path / "cb.json")
+    assert p.returncode == 0, p.stderr
+    assert "warning: the bfloat16 codebook of group 'all'" not in p.stdout
+    apart = qlccomm.Codebook.load(tmp_path / "cb.grad.json")
+    assert qlccomm.compress(g, codebook=apart).numel() < mixed["g"]["fitted_bytes"]
+    p = run_cli("fit", *files, "--group-by", "dtype", "-o", tmp_path / "one.json")
+    assert "warning: the bfloat16 codebook of group 'all'" in p.stdout, p.stdout
+    for forced in (["--kind", "grad"], ["--group-by", "file"]):
+        p = run_cli("fit", *files, *forced, "-o", tmp_path / "f.json", "--json")
+        assert p.returncode == 0, p.stderr
+        assert len(json.loads(p.stdout)["codebooks"]) == (1 if forced[0] == "--kind" else 2)
+
+
+def test_bench_bound_counts_zero_chunks(capsys):
+    """A sparse gradient: the bounds count all-zero chunks at 0 bits, so they sit at or above
+    the measured QLC ratio (before, the order-0 bound over every element sat far below it)."""
+    g = synthetic("grad", torch.bfloat16, 1 << 20, seed=4)
+    g.view(-1, 4096)[::2] = 0
+    b = bench.bits_bound(g)
+    assert b["zero_chunks"] == b["chunks"] // 2 == 128
+    measured = g.numel() * 2 / qlccomm.compress(g, codec="qlc").numel()
+    assert b["entropy_ratio"] >= measured and b["pair_entropy_ratio"] >= measured
+    assert b["pair_entropy"] <= b["entropy"] <= b["huffman"]
+    dense = g.view(-1, 4096)[1::2].reshape(-1)                  # the coded chunks alone
+    d = bench.bits_bound(dense)
+    assert d["zero_chunks"] == 0 and d["entropy"] == pytest.approx(2 * b["entropy"], rel=1e-9)
+    assert main(["bench", "--file", str(_save(g)), "--codec", "qlc", "--repeat", "1", "--json",
+                 "--progress", "never"]) == 0
+    bound = json.loads(capsys.readouterr().out)["groups"][0]["bound"]
+    assert bound["zero_chunks"] == 128 and bound["pair_entropy_ratio"] == pytest.approx(b["pair_entropy_ratio"])
+    text = bench.format_bound(b)
+    assert "128 of 256 4096-element chunks all-zero" in text and "pair entropy" in text
+
+
+def _save(t: torch.Tensor) -> Path:
+    import tempfile
+    path = Path(tempfile.mkdtemp()) / "g.pt"
+    torch.save({"g": t}, path)
+    return path
 
 
 def test_fit_in_process_and_progress(tmp_path, capsys):

@@ -217,3 +217,27 @@ def test_entropy_and_huffman_measures():
     h2 = np.zeros(ALPHABET, np.int64)
     h2[:3] = [1, 1, 1]
     assert entropy_bits(h2) <= huffman_bits(h2) <= entropy_bits(h2) + 1
+
+
+def test_fit_warns_when_mixed_kinds_lose_to_adaptive_coding():
+    import warnings
+
+    from qlccomm.codebook import adaptive_bits, fit_codebook, symbol_histogram, total_bits
+    from qlccomm.datagen import synthetic
+    from qlccomm.errors import CodebookFitWarning
+    from qlccomm.split import candidate_plans
+    w = synthetic("weight", torch.bfloat16, 1 << 19, seed=1)
+    g = synthetic("grad", torch.bfloat16, 1 << 19, seed=2)
+    with pytest.warns(CodebookFitWarning, match="fit each kind"):
+        cb = fit_codebook([w, g])
+    # the warning's premise, from the histograms: one code for both costs more than one each
+    hists = [{p.name: symbol_histogram(t, p) for p in candidate_plans(t.dtype)} for t in (w, g)]
+    together = sum(total_bits(h[cb.plan], cb) for h in hists)
+    assert together > sum(adaptive_bits(h, torch.bfloat16) for h in hists)
+    # the measured streams agree
+    assert all(qlccomm.compress(t, codebook=cb).numel() > qlccomm.compress(t).numel() for t in (w, g))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CodebookFitWarning)
+        fit_codebook([w, synthetic("weight", torch.bfloat16, 1 << 19, seed=3)])     # one kind: no warning
+        fit_codebook([w, g], warn=False)
+        fit_codebook(g)                                                               # one sample: nothing to compare
