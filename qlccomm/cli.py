@@ -293,6 +293,8 @@ def best_codebook(by_plan: dict, dtype: torch.dtype):
 
 
 def cmd_fit(args) -> int:
+    if args.kind and args.group_by != "kind":
+        raise UsageError(f"argument --kind: applies to --group-by kind, not --group-by {args.group_by}")
     hists: dict = defaultdict(lambda: defaultdict(lambda: np.zeros(ALPHABET, np.int64)))
     counts: dict = defaultdict(int)
     tensors, skipped = [], []
@@ -541,6 +543,10 @@ def refresh_autoselect(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.refresh_autoselect:
+        clash = [o for o, v in (("--file", args.file), ("--link-gbps", args.link_gbps), ("--plot", args.plot)) if v]
+        if clash:
+            raise UsageError(f"argument --refresh-autoselect: measures synthetic data only; not with {clash[0]}")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("argument --plot: needs matplotlib (pip install qlccomm[plot])")
     if args.threads:

@@ -106,7 +106,9 @@ def test_usage_errors_exit_2(tmp_path, model):
 @pytest.mark.parametrize("argv, word", [
     (["bench", "--link-gbps", "fast"], "--link-gbps"), (["bench", "--codec", "zip"], "zip"),
     (["bench", "--size-mib", "-1"], "--size-mib"), (["bench", "--dtype", "int64"], "int64"),
-    (["fit", "--dtype", "bf16"], "required"), (["inspect"], "required"), (["frobnicate"], "frobnicate")])
+    (["fit", "--dtype", "bf16"], "required"), (["inspect"], "required"), (["frobnicate"], "frobnicate"),
+    (["fit", __file__, "--group-by", "file", "--kind", "grad", "-o", "x.json"], "--kind"),
+    (["bench", "--refresh-autoselect", "--link-gbps", "1"], "--link-gbps")])
 def test_more_usage_errors_in_process(argv, word, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
