@@ -37,6 +37,8 @@ def pick_codec(dtype: torch.dtype, codec: str, t: torch.Tensor | None = None) ->
         return codec
     if codec == "qlc":
         return "raw"     # dtypes with no coded plan are stored raw behind the same header
+    if codec == "qlcw":
+        raise ValueError(f"QLCW codes floating-point and 1-byte dtypes with a coded plan; not {dtype}")
     names = ", ".join(str(d).removeprefix("torch.") for d in ENEC_DTYPES)
     raise ValueError(f"ENEC codes {names}; not {dtype}")
 
@@ -50,8 +52,10 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
              out: torch.Tensor | None = None) -> torch.Tensor:
     """Compress a tensor losslessly into a 1-D uint8 tensor on `t.device`.
 
-    codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "raw", or "auto"
-        (ENEC for bfloat16/float16/float32, QLC for 1-byte dtypes, raw otherwise).
+    codec: "qlc" (ratio), "enec" (speed; bfloat16/float16/float32), "qlcw" (pair symbols:
+        more ratio, torch path only so far), "raw", or "auto" (the least modelled time to code,
+        send and decode at QLCCOMM_LINK_GBPS from qlccomm.autoselect's measured table; for a
+        dtype and device it lacks, ENEC for bfloat16/float16/float32, QLC for 1-byte dtypes).
     codebook: None/"adaptive" fits the tensor's own histogram and embeds the code;
         a Codebook, a codebook file path, "default", or a {dtype: any of those} dict
         (a dtype it does not list: adaptive) references it by digest.  TypeError for
