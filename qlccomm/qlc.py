@@ -195,6 +195,19 @@ def _select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x if rows.numel() == x.shape[0] else x.index_select(0, rows)
 
 
+def split_rows(flat: torch.Tensor, plan: Plan, chunk: int):
+    """A flat tensor split by `plan` and cut into chunks: (symbols, symbol rows [K, C], raw rows
+    [K, C] or None when the plan has no raw bits, whether each chunk has a set bit (bool [K]),
+    elements per chunk (int64 [K])); the last row is zero-padded."""
+    sym, raw = plan.split(flat)
+    sym2 = _pad_rows(sym, chunk)
+    raw2 = _pad_rows(raw, chunk) if plan.raw_bits else None
+    nonzero = sym2.any(dim=1).bool()
+    if raw2 is not None:
+        nonzero |= raw2.any(dim=1).bool()
+    return sym, sym2, raw2, nonzero, chunk_elems(flat.numel(), chunk, sym2.shape[0], flat.device)
+
+
 def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, embed: bool = False,
                    chunk: int = CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """Encode a 1-D contiguous tensor; returns the QLC section (uint8, on flat's device).
@@ -208,14 +221,8 @@ def encode_section(flat: torch.Tensor, plan: Plan, codebook: Codebook | None, em
     """
     dev = flat.device
     n = flat.numel()
-    sym, raw = plan.split(flat)
-    sym2 = _pad_rows(sym, chunk)                          # uint8 [K, C]
-    raw2 = _pad_rows(raw, chunk) if plan.raw_bits else None
+    sym, sym2, raw2, nonzero, elems = split_rows(flat, plan, chunk)
     nchunks = sym2.shape[0]
-    nonzero = sym2.any(dim=1).bool()
-    if raw2 is not None:
-        nonzero |= raw2.any(dim=1).bool()
-    elems = chunk_elems(n, chunk, nchunks, dev)
 
     if codebook is None:
         hist = torch.bincount(sym, minlength=256)

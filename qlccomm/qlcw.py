@@ -23,7 +23,8 @@ from .codebook import codebook_from_histogram, total_bits
 from .errors import EncoderError, FormatError
 from .format import ByteSource, Header
 from .qlc import (CHUNK_ELEMS, MAX_CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
-                  _pack_suffixes, _pad_rows, _rows, _scatter_rows, _select_rows, chunk_elems, chunk_table)
+                  _pack_suffixes, _pad_rows, _rows, _scatter_rows, _select_rows, chunk_elems, chunk_table,
+                  split_rows)
 from .split import Plan, candidate_plans
 
 N_AREAS = 16
@@ -245,16 +246,10 @@ def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, 
     `code=None` fits one to the tensor's non-zero chunks.  `reserve` bytes, uninitialised, precede
     the section; `into`: a uint8 buffer on flat's device to write into when it has room."""
     dev = flat.device
-    n, g = flat.numel(), f.g
+    g = f.g
     plan = f.plan(flat.element_size() * 8)
-    fld, raw = plan.split(flat)
-    f2 = _pad_rows(fld, chunk)
-    raw2 = _pad_rows(raw, chunk) if plan.raw_bits else None
+    fld, f2, raw2, nonzero, elems = split_rows(flat, plan, chunk)
     nchunks = f2.shape[0]
-    nonzero = f2.any(dim=1).bool()
-    if raw2 is not None:
-        nonzero |= raw2.any(dim=1).bool()
-    elems = chunk_elems(n, chunk, nchunks, dev)
     ncodes = (elems + g - 1) // g
     s2 = symbols_of(f2, f)                                  # int32 [K, C/g]
     per_row = chunk // g
