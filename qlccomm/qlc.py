@@ -320,6 +320,27 @@ class QLCSection:
     digest: str = ""            # the digest a by-digest stream names (set even where `codebook` is None)
 
 
+def read_chunk_table(src: ByteSource, pos: int, numel: int, multiple: int):
+    """Read and check chunk size, count and table at byte `pos` (QLC and QLCW sections):
+    (chunk, modes, suffix_len, elems: int64 numpy [K] each, the byte after the table).
+    The chunk size must be a multiple of `multiple` elements."""
+    chunk, nchunks = struct.unpack("<II", src.read(pos, pos + 8))
+    pos += 8
+    if chunk == 0 or chunk % multiple or chunk > MAX_CHUNK_ELEMS:
+        raise FormatError(f"bad chunk size {chunk}")
+    if nchunks != -(-numel // chunk):
+        raise FormatError(f"{nchunks} chunks cannot hold {numel} elements of chunk size {chunk}")
+    table = src.read(pos, pos + 5 * nchunks)   # checked against the stream length first
+    # checked with numpy: a few passes over K entries (the stream may hold 10^5 chunks)
+    modes = np.frombuffer(table, np.uint8, nchunks).astype(np.int64)
+    suffix_len = np.frombuffer(table, "<u4", nchunks, nchunks).astype(np.int64)
+    if nchunks and int(modes.max()) > MODE_RAW:
+        raise FormatError("unknown chunk mode")
+    if bool(((modes != MODE_CODED) & (suffix_len != 0)).any()):
+        raise FormatError("suffix bytes on a chunk that is not coded")
+    return chunk, modes, suffix_len, chunk_elems(numel, chunk, nchunks, "numpy"), pos + 5 * nchunks
+
+
 def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
                   codebook: Codebook | None = None, *, need_codebook: bool = True) -> QLCSection:
     """Parse and validate the QLC section's metadata at byte `start`; no plane is read yet.
@@ -353,22 +374,7 @@ def parse_section(src: ByteSource, start: int, numel: int, dtype: torch.dtype,
         pos += DIGEST_BYTES
     else:
         raise FormatError(f"unknown codebook mode {cb_mode}")
-    chunk, nchunks = struct.unpack("<II", src.read(pos, pos + 8))
-    pos += 8
-    if chunk == 0 or chunk % 8 or chunk > MAX_CHUNK_ELEMS:
-        raise FormatError(f"bad chunk size {chunk}")
-    if nchunks != -(-numel // chunk):
-        raise FormatError(f"{nchunks} chunks cannot hold {numel} elements of chunk size {chunk}")
-    table = src.read(pos, pos + 5 * nchunks)   # checked against the stream length first
-    pos += 5 * nchunks
-    # checked with numpy: a few passes over K entries (the stream may hold 10^5 chunks)
-    modes = np.frombuffer(table, np.uint8, nchunks).astype(np.int64)
-    suffix_len = np.frombuffer(table, "<u4", nchunks, nchunks).astype(np.int64)
-    if nchunks and int(modes.max()) > MODE_RAW:
-        raise FormatError("unknown chunk mode")
-    elems = chunk_elems(numel, chunk, nchunks, "numpy")
-    if bool(((modes != MODE_CODED) & (suffix_len != 0)).any()):
-        raise FormatError("suffix bytes on a chunk that is not coded")
+    chunk, modes, suffix_len, elems, pos = read_chunk_table(src, pos, numel, 8)
     if bool((suffix_len > elems).any()):  # at most 8 suffix bits per symbol
         raise FormatError("suffix length exceeds its chunk")
     planes = plane_sizes(elems, modes, suffix_len, plan)

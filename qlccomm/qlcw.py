@@ -22,9 +22,9 @@ from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
 from .codebook import codebook_from_histogram, total_bits
 from .errors import EncoderError, FormatError
 from .format import ByteSource, Header
-from .qlc import (CHUNK_ELEMS, MAX_CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
+from .qlc import (CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
                   _pack_suffixes, _pad_rows, _rows, _scatter_rows, _select_rows, chunk_elems, chunk_table,
-                  split_rows)
+                  read_chunk_table, split_rows)
 from .split import Plan, candidate_plans
 
 N_AREAS = 16
@@ -337,23 +337,9 @@ def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
     pos += 2 * T
     if int(table.max()) >> S:
         raise FormatError(f"QLCW table entry exceeds {S} bits")
-    chunk, nchunks = struct.unpack("<II", src.read(pos, pos + 8))
-    pos += 8
-    if chunk == 0 or chunk % 16 or chunk > MAX_CHUNK_ELEMS:
-        raise FormatError(f"bad chunk size {chunk}")
     numel = header.numel
-    if nchunks != -(-numel // chunk):
-        raise FormatError(f"{nchunks} chunks cannot hold {numel} elements of chunk size {chunk}")
-    meta = src.read(pos, pos + 5 * nchunks)
-    pos += 5 * nchunks
-    modes = np.frombuffer(meta, np.uint8, nchunks).astype(np.int64)
-    suffix_len = np.frombuffer(meta, "<u4", nchunks, nchunks).astype(np.int64)
-    if nchunks and int(modes.max()) > MODE_RAW:
-        raise FormatError("unknown chunk mode")
-    elems = chunk_elems(numel, chunk, nchunks, "numpy")
+    chunk, modes, suffix_len, elems, pos = read_chunk_table(src, pos, numel, 16)
     ncodes = (elems + g - 1) // g
-    if bool(((modes != MODE_CODED) & (suffix_len != 0)).any()):
-        raise FormatError("suffix bytes on a chunk that is not coded")
     if bool((suffix_len > 2 * ncodes).any()):              # at most 16 suffix bits per symbol
         raise FormatError("suffix length exceeds its chunk")
     planes = plane_sizes(elems, ncodes, modes, suffix_len, f, item_bits - w)
