@@ -17,7 +17,8 @@ on CPU tensors runs only under ``TRITON_INTERPRET=1`` (how the tests run it).
 
 Which codecs each backend implements is the FUSED table; a codec a backend does
 not implement runs on the torch path there (forced or not).  Both codecs have
-Triton (triton_qlc, triton_enec) and native (native_qlc, native_enec) kernels.
+Triton (triton_qlc, triton_enec, triton_qlcw) and native (native_qlc, native_enec,
+native_qlcw) kernels.
 
 Two notices, once per process each: a `TorchPathWarning` the first time CPU tensors
 fall back to the torch path because the native kernels cannot be imported (numba
@@ -44,6 +45,7 @@ ENV = "QLCCOMM_KERNELS"
 FUSED: dict[str, dict[str, str]] = {
     "qlc": {"triton": "triton_qlc", "native": "native_qlc"},
     "enec": {"triton": "triton_enec", "native": "native_enec"},
+    "qlcw": {"triton": "triton_qlcw", "native": "native_qlcw"},
 }
 
 _modules: dict[str, object] = {}        # module name -> imported module, or the import error
@@ -156,7 +158,7 @@ def backend_for(device: torch.device | str, codec: str = "qlc") -> str:
 
 
 def implementation(codec: str, device: torch.device | str):
-    """Fused implementation of `codec` ("qlc" or "enec") on `device`, or None for the torch path."""
+    """Fused implementation of `codec` ("qlc", "qlcw" or "enec") on `device`, or None for the torch path."""
     backend = backend_for(device, codec)
     if backend == "torch":
         return None

@@ -449,8 +449,15 @@ def cmd_inspect(args) -> int:
         widths = f"; area widths {info['codebook_widths']}" if "codebook_widths" in info else ""
         print(f"  codebook {info['codebook']} ({how}{known}){widths}")
         shown |= {"codebook", "codebook_embedded", "codebook_known", "codebook_widths"}
+    if "fields" in info:                                # QLCW: the split and the code's table
+        f = info["fields"]
+        print(f"  fields lo {f['lo']} w {f['w']} g {f['g']} ({info['symbol_bits']}-bit symbols); table "
+              f"{info['table_entries']} entries{', escape area' if info['escape'] else ''}; "
+              f"area widths {info['widths']}")
+        shown |= {"fields", "symbol_bits", "table_entries", "escape", "widths"}
     if "chunks" in info:
-        print(f"  plan {info['plan']}; {info['chunks']} chunks of {info['chunk_elems']} elements: "
+        split = f"plan {info['plan']}; " if "plan" in info else ""
+        print(f"  {split}{info['chunks']} chunks of {info['chunk_elems']} elements: "
               f"{info['chunks_zero']} zero, {info['chunks_coded']} coded, {info['chunks_raw']} raw")
         shown |= {"plan", "chunks", "chunk_elems", "chunks_zero", "chunks_coded", "chunks_raw"}
     if "plane_bytes" in info:
@@ -641,7 +648,7 @@ def cmd_warmup(args) -> int:
         size = body.element_size()
         noise = torch.randint(0, 256, (4096 * size,), generator=g, dtype=torch.int32).to(torch.uint8).view(dtype)
         x = torch.cat([body, torch.zeros(4096, dtype=dtype), noise, body[:1000]])  # every chunk mode, short tail
-        for codec, codebook in (("qlc", None), ("qlc", "default"), ("enec", None)):
+        for codec, codebook in (("qlc", None), ("qlc", "default"), ("qlcw", None), ("enec", None)):
             try:
                 api.pick_codec(dtype, codec)
             except ValueError:

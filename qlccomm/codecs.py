@@ -125,20 +125,26 @@ class QLCCodec:
         return qlc.describe(section)
 
     def variant(self, flat, codebook):
-        # QLC sections only, for now: QLCW (qlcw.choose_fields says where it is smaller) has no
-        # fused kernels yet, and the torch path would slow every CPU collective down.
-        return self
+        """Adaptive coding (no codebook) writes a QLCW stream where its pair code, fitted to the
+        whole tensor, is smaller than QLC's (qlcw.prefer_wide); else a QLC stream."""
+        f = qlcw.adaptive_fields(flat) if codebook is None else None
+        if f is None:
+            return self
+        code = qlcw.prefer_wide(_backend("qlcw", qlcw, flat.device).histogram(flat, f), f, flat.dtype)
+        return self if code is None else QLCWCodec(f, code)
 
 
 class QLCWCodec:
     """QLC over wide symbols (codec 3, format version 2): a field of each element, alone or
     paired with its neighbour's, 16 areas, an embedded rank -> symbol table fitted to each
-    tensor.  Asked for by name (`codec="qlcw"`); the split is the writer's estimate per tensor."""
+    tensor.  Asked for by name (`codec="qlcw"`; the split is the writer's estimate per tensor),
+    and written by adaptive `codec="qlc"` where it is smaller (QLCCodec.variant)."""
 
     name, codec_id = "qlcw", CODEC_QLCW
 
-    def __init__(self, fields: "qlcw.Fields | None" = None):
+    def __init__(self, fields: "qlcw.Fields | None" = None, code: "qlcw.WideCode | None" = None):
         self.fields = fields        # None: the writer's choice per tensor
+        self.code = code            # None: fitted to the tensor by encode; else one fitted to it already
 
     def codes(self, dtype: torch.dtype) -> bool:
         return bool(qlcw.candidates(dtype))
@@ -152,7 +158,7 @@ class QLCWCodec:
 
     def encode(self, flat, codebook, *, reserve, into):
         fields = self.fields or qlcw.candidates(flat.dtype)[0]
-        return _backend("qlcw", qlcw, flat.device).encode_section(flat, fields, reserve=reserve, into=into)
+        return _backend("qlcw", qlcw, flat.device).encode_section(flat, fields, self.code, reserve=reserve, into=into)
 
     def parse(self, src, start, header, codebook, *, need_codebook=True):
         if not self.codes(header.dtype):

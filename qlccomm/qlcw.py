@@ -7,13 +7,14 @@ decode two elements.  The planes are QLC's: prefixes (4 bits), fields of raw chu
 byte-aligned suffixes, raw bits; a chunk decodes with gathers and one prefix sum.
 
     code = build_code(histogram)          # WideCode: 16 widths, rank -> symbol table, escape flag
-    fields = choose_fields(flat)          # the writer's choice: a Fields, or None (write QLC)
+    f = adaptive_fields(flat)             # codec="qlc": the split it weighs (or None: QLC) ...
+    code = prefer_wide(histogram(flat, f), f, flat.dtype)   # ... and the code, if smaller than QLC
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
 from .codebook import codebook_from_histogram, total_bits
 from .errors import EncoderError, FormatError
 from .format import ByteSource, Header
-from .qlc import (CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
+from .qlc import (CHUNK_ELEMS, MAX_CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
                   _pack_suffixes, _pad_rows, _rows, _scatter_rows, _select_rows, chunk_elems, chunk_table,
                   read_chunk_table, split_rows)
 from .split import Plan, candidate_plans
@@ -31,6 +32,7 @@ N_AREAS = 16
 PREFIX_BITS = 4
 MAX_WIDTH = 16            # suffix bits
 TABLE_MAX = 32768         # rank -> symbol entries (u16 each: 64 KiB)
+FIT_MAX = 4096            # the writer's tables: at most this many symbols, the rest escaped
 ESCAPE_AREA = 15
 HEAD_BYTES = 4 + N_AREAS + 4
 MIN_WIDE_ELEMS = 16384    # smaller tensors are written as QLC sections
@@ -98,6 +100,11 @@ class WideCode:
         sizes = np.array([0 if (self.escape and k == ESCAPE_AREA) else 1 << b for k, b in enumerate(self.widths)])
         return np.cumsum(sizes) - sizes
 
+    @cached_property
+    def tables(self) -> dict[str, np.ndarray]:
+        """symbol_tables(), computed once per code."""
+        return self.symbol_tables()
+
     def symbol_tables(self) -> dict[str, np.ndarray]:
         """Per symbol (int64 [2^S]): its area, suffix and code length in bits (prefix included);
         length 0 for a symbol the code cannot write."""
@@ -136,8 +143,10 @@ def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
     """The smallest code (code bits plus table bytes) for a histogram of symbols (int64 [2^S]).
 
     Either every used symbol is in the table (16 areas), or the table keeps the most
-    frequent ones (at most TABLE_MAX; symbols seen once are escaped when that is smaller)
-    and area 15 escapes the rest.
+    frequent ones (symbols seen more than once, at most FIT_MAX) and area 15 escapes the
+    rest.  FIT_MAX bounds the fitting time (the width programme is linear in the table's
+    length, ~1 ms per 1000 symbols on one core) and the decoder's table (8 KiB); the
+    format allows up to TABLE_MAX.
     """
     hist = np.asarray(hist, np.int64)
     order = _sorted_symbols(hist)
@@ -145,9 +154,9 @@ def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
         order = np.array([0])
     counts = hist[order]
     options = []
-    if order.size <= TABLE_MAX:
+    if order.size <= FIT_MAX:
         options.append(WideCode(symbol_bits, _widths(counts, N_AREAS), order, False))
-    keep = min(TABLE_MAX, int((counts > 1).sum()) or 1)
+    keep = min(FIT_MAX, int((counts > 1).sum()) or 1)
     if keep < order.size:
         w = _widths(counts[:keep], N_AREAS - 1) + (symbol_bits,)
         options.append(WideCode(symbol_bits, w, order[:keep], True))
@@ -156,7 +165,7 @@ def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
 
 def code_bits(hist: np.ndarray, code: WideCode) -> int:
     """Prefix and suffix bits of the histogram's symbols under `code`."""
-    length = code.symbol_tables()["length"]
+    length = code.tables["length"]
     used = np.flatnonzero(hist)
     if (length[used] == 0).any():
         raise EncoderError("QLCW code cannot write a symbol of its histogram")
@@ -213,18 +222,61 @@ def best_split(flat: torch.Tensor) -> Fields:
     return min(wide, key=lambda e: e[0])[1]
 
 
-def choose_fields(flat: torch.Tensor) -> Fields | None:
-    """The QLCW split an adaptive stream of `flat` should use, or None for a QLC section."""
-    if flat.numel() < MIN_WIDE_ELEMS or not candidates(flat.dtype):
+def adaptive_fields(flat: torch.Tensor) -> Fields | None:
+    """The QLCW split `codec="qlc"` (adaptive) weighs against a QLC section for `flat`, or None
+    where it writes QLC without looking: tensors under MIN_WIDE_ELEMS elements, and dtypes
+    whose single split is not one field (float16: its QLC plans and QLCW splits differ, and
+    measuring four splits costs more than the bytes they save)."""
+    if flat.numel() < MIN_WIDE_ELEMS or flat.dtype == torch.float16:
         return None
-    sample = sample_rows(flat)
-    if sample.shape[0] == 0:
-        return None
-    best = min(estimate_bits(sample, flat.numel()), key=lambda e: e[0])
-    return best[1]
+    c = candidates(flat.dtype)
+    return c[0] if len(c) == 1 else None
+
+
+def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype) -> WideCode | None:
+    """The QLCW code for a symbol histogram of `f` (histogram()), if it codes the tensor in
+    fewer bits than the QLC section fitted to the same fields would (tables included; the raw
+    bits are the same in both), else None.  The QLC side is the adaptive codebook of the
+    fields' own histogram, the pair histogram's marginal."""
+    code = build_code(hist, f.symbol_bits)
+    wide = code_bits(hist, code) + 8 * (HEAD_BYTES + 2 * code.table.size)
+    if f.g == 2:
+        pairs = hist.reshape(1 << f.w, 1 << f.w)            # [high field, low field]
+        single = pairs.sum(axis=0) + pairs.sum(axis=1)
+    else:
+        single = hist
+    plan = candidate_plans(dtype)[0]
+    cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
+    narrow = total_bits(single, cb) + 8 * 264
+    return code if wide < narrow else None
 
 
 # -- encoding ---------------------------------------------------------------------------------
+
+def histogram(flat: torch.Tensor, f: Fields, chunk: int = CHUNK_ELEMS) -> np.ndarray:
+    """Symbol histogram (int64 [2^S]) of the non-zero chunks of `flat`, the one encode_section
+    fits its code to (a short last code's missing element counts as field 0)."""
+    plan = f.plan(flat.element_size() * 8)
+    _, f2, _, nonzero, elems = split_rows(flat, plan, chunk)
+    return _histogram(symbols_of(f2, f), nonzero, elems, f, chunk)
+
+
+def _histogram(s2: torch.Tensor, nonzero: torch.Tensor, elems: torch.Tensor, f: Fields, chunk: int) -> np.ndarray:
+    per_row = chunk // f.g
+    last_codes = int((elems[-1] + f.g - 1) // f.g)
+    hist = torch.bincount(s2[nonzero].view(-1), minlength=1 << f.symbol_bits)
+    if last_codes < per_row and bool(nonzero[-1]):
+        hist[0] -= per_row - last_codes                 # the last chunk's padding codes
+    return hist.cpu().numpy()
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+def check_chunk(chunk: int) -> None:
+    """ValueError unless `chunk` (elements) is one the format allows: a multiple of 16, at most 2^20."""
+    if chunk <= 0 or chunk % 16 or chunk > MAX_CHUNK_ELEMS:
+        raise ValueError(f"QLCW chunk of {chunk} elements: a multiple of 16 up to {MAX_CHUNK_ELEMS}")
+
 
 def section_head(f: Fields, code: WideCode, chunk: int, nchunks: int) -> bytes:
     return (struct.pack("<BBBB", f.lo, f.w, f.g, int(code.escape)) + code.to_bytes()
@@ -245,6 +297,7 @@ def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, 
     """Encode a 1-D contiguous tensor (at least one element) as a QLCW section with split `f`;
     `code=None` fits one to the tensor's non-zero chunks.  `reserve` bytes, uninitialised, precede
     the section; `into`: a uint8 buffer on flat's device to write into when it has room."""
+    check_chunk(chunk)
     dev = flat.device
     g = f.g
     plan = f.plan(flat.element_size() * 8)
@@ -255,11 +308,8 @@ def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, 
     per_row = chunk // g
     last_codes = int(ncodes[-1])
     if code is None:
-        hist = torch.bincount(s2[nonzero].view(-1), minlength=1 << f.symbol_bits)
-        if last_codes < per_row and bool(nonzero[-1]):
-            hist[0] -= per_row - last_codes                 # the last chunk's padding codes
-        code = build_code(hist.cpu().numpy(), f.symbol_bits)
-    t = {k: torch.from_numpy(v).to(dev) for k, v in code.symbol_tables().items()}
+        code = build_code(_histogram(s2, nonzero, elems, f, chunk), f.symbol_bits)
+    t = {k: torch.from_numpy(v).to(dev) for k, v in code.tables.items()}
     s_idx = s2.view(-1)
     length = t["length"].index_select(0, s_idx).view(nchunks, per_row)
     if last_codes < per_row:

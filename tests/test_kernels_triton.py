@@ -46,6 +46,11 @@ def test_interpreted_enec_kernels_match_torch_path():
     _run_interpreted("triton_enec_interpreted_cases.py")
 
 
+def test_interpreted_qlcw_kernels_match_torch_path():
+    """kernels/triton_qlcw.py (QLCW) against qlccomm.qlcw: tests/triton_qlcw_interpreted_cases.py."""
+    _run_interpreted("triton_qlcw_interpreted_cases.py")
+
+
 def test_compiles_for_cuda_sm90():
     """Every kernel specialisation the host code launches compiles to an sm_90 cubin
     (Triton's bundled ptxas; no GPU needed).  Uses the real (not interpreted) kernels."""

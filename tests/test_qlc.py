@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import qlccomm
+from qlccomm import qlc
 from qlccomm.codebook import PREFIX_BITS
 from qlccomm.format import FIXED_HEADER_BYTES
 
@@ -105,11 +106,11 @@ def test_chunk_modes_all_present():
     noise = torch.randint(0, 65536, (4096,), generator=g, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
     tail = floats_like(torch.bfloat16, 1000, seed=2)
     t = torch.cat([coded, zero, noise, coded, zero, tail])
-    blob = qlccomm.compress(t)
-    info = qlccomm.inspect(blob)
-    assert info["codec"] == "qlc"
-    assert info["chunks_zero"] == 2 and info["chunks_raw"] == 1 and info["chunks_coded"] == 3
-    assert same_bits(qlccomm.decompress(blob), t)
+    for blob in (qlccomm.compress(t, codebook=qlccomm.fit_codebook(t)), qlccomm.compress(t)):   # QLC, QLCW
+        info = qlccomm.inspect(blob)
+        assert info["chunks_zero"] == 2 and info["chunks_raw"] == 1 and info["chunks_coded"] == 3
+        assert same_bits(qlccomm.decompress(blob), t)
+    assert info["codec"] == "qlcw"
 
 
 def test_all_zero_tensor_costs_almost_nothing():
@@ -164,7 +165,7 @@ def test_metadata_below_one_percent_from_1_mib(dtype):
     from qlccomm.datagen import synthetic
     t = synthetic("grad", dtype, (1 << 20) // torch.empty(0, dtype=dtype).element_size(), seed=5)
     info = qlccomm.inspect(qlccomm.compress(t))
-    assert info["codec"] == "qlc"
+    assert info["codec"] in ("qlc", "qlcw")         # adaptive: QLCW where its pair code is smaller
     assert info["metadata_bytes"] <= 0.01 * info["compressed_bytes"]
 
 
@@ -198,9 +199,10 @@ def test_raw_codec_and_unknown_codec():
 def test_digest_referenced_codebook():
     t = floats_like(torch.bfloat16, 50_000)
     cb = qlccomm.fit_codebook(t)
-    adaptive = qlccomm.compress(t)
     referenced = qlccomm.compress(t, codebook=cb)
-    assert referenced.numel() < adaptive.numel()          # no embedded table
+    plan = cb.plan_obj
+    assert (qlc.encode_section(t, plan, cb).numel()          # no embedded table
+            < qlc.encode_section(t, plan, cb, embed=True).numel())
     assert qlccomm.inspect(referenced)["codebook"] == cb.digest
     assert qlccomm.inspect(referenced)["codebook_embedded"] is False
     assert same_bits(qlccomm.decompress(referenced), t)

@@ -1,0 +1,521 @@
+"""QLCW on CPU tensors: fused native kernels compiled by numba.
+
+Same contract as qlccomm.qlcw (encode_section / decode_section: same bytes, same errors;
+the format is docs/format.md, "QLCW section").  Chunks are independent, so the kernels
+run over chunks in parallel (`prange`):
+
+    qlcw_hist    (histogram) the symbol histogram of the non-zero chunks, one per
+                 block of chunks (summed on the host), and whether each chunk has a set bit
+    host         qlcw.build_code, then the chunks' modes and plane offsets (qlcw and qlc
+                 functions, so this path and the torch path cannot drift apart)
+    qlcw_bits    per chunk: the suffix bits under the code (and whether it has a set bit)
+    qlcw_encode  per chunk: the raw planes, then prefixes + suffixes (coded) or fields (raw),
+                 written straight into the section at the chunk's offsets
+    qlcw_decode  per chunk: fields from the prefixes, suffixes and the rank -> symbol table,
+                 then the raw bits merged in; errors as per-chunk flags, raised on the host
+                 with the torch path's messages in its order
+
+A symbol is the field (`Fields.lo`, `.w`) of one element, or with g = 2 the fields of two
+neighbours (the first in the low bits).  Suffixes are at most 16 bits: the encoder gathers
+them in a 64-bit accumulator flushed 32 bits at a time; the decoder reads 4 bytes at the
+suffix's byte offset.  Every read and write stays inside the chunk's own slices (bytes
+past a slice read as zero), so corrupt planes cannot make the decoder read out of bounds;
+parse_section validated every offset and size before this runs.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from qlccomm import qlc, qlcw
+from qlccomm.errors import EncoderError, FormatError
+
+from .native_qlc import _LOCK, ParallelKernel, _load_le, _raw8_merge, _raw8_split, _store_le, _threads
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+_SIGNED = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+# per-chunk table columns (int64 [K, 6])
+T_MODE, T_ELEMS, T_PREFIX, T_FIELD, T_SUFFIX, T_SUFLEN, T_RAW = range(7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inner loops index with unsigned integers (np.uintp): numba then emits no negative-index
+# wraparound code, which otherwise costs more than the work itself (see native_qlc).
+@njit(cache=True, inline="always")
+def _symbol(xs, j, m, lo, fmask, w, g):
+    """Symbol of code j of a chunk of m elements (a missing second element counts as 0)."""
+    if g == 1:
+        return np.uintp((xs[np.uintp(j)] >> lo) & fmask)
+    k = np.uintp(2 * j)
+    s = np.uintp((xs[k] >> lo) & fmask)
+    if k + np.uintp(1) < m:
+        s |= np.uintp((xs[k + np.uintp(1)] >> lo) & fmask) << np.uintp(w)
+    return s
+
+
+@njit(cache=True, inline="always")
+def _pair(xs, k, lo, fmask, w):
+    """Symbol of elements k, k + 1 (both present)."""
+    return np.uintp((xs[k] >> lo) & fmask) | (np.uintp((xs[k + np.uintp(1)] >> lo) & fmask) << np.uintp(w))
+
+
+@njit(cache=True)
+def _chunk_any(xs):
+    acc = 0
+    for i in range(xs.shape[0]):
+        acc |= xs[i]
+    return acc != 0
+
+
+@ParallelKernel
+def qlcw_hist(x, chunk, lo, w, g, nz, hist):
+    """hist[b] = the symbol histogram of block b's non-zero chunks (chunks split evenly over
+    hist's rows); nz[c] = whether chunk c has a set bit."""
+    n = x.shape[0]
+    K = nz.shape[0]
+    B = hist.shape[0]
+    fmask = (1 << w) - 1
+    for b in prange(B):
+        h = np.zeros((2, hist.shape[1]), np.int32)     # two halves: fewer store-to-load stalls
+        for c in range(b * K // B, (b + 1) * K // B):
+            xs = x[c * chunk:min(c * chunk + chunk, n)]
+            m = xs.shape[0]
+            nonzero = _chunk_any(xs)
+            nz[c] = nonzero
+            if not nonzero:
+                continue
+            ncodes = (m + g - 1) // g
+            j = 0
+            if g == 2:
+                for q in range(m >> 2):
+                    k = np.uintp(4 * q)
+                    h[0, _pair(xs, k, lo, fmask, w)] += 1
+                    h[1, _pair(xs, k + np.uintp(2), lo, fmask, w)] += 1
+                j = 2 * (m >> 2)
+            for jj in range(j, ncodes):
+                h[0, _symbol(xs, jj, m, lo, fmask, w, g)] += 1
+        for s in range(hist.shape[1]):
+            hist[b, s] = h[0, s] + h[1, s]
+
+
+@ParallelKernel
+def qlcw_bits(x, chunk, lo, w, g, enc, bits, nz, bad):
+    """Per chunk c: nz[c] = any bit set; bits[c] = its suffix bits under `enc` (see _enc_table);
+    bad[c] = a non-zero chunk holds a symbol the code cannot write."""
+    n = x.shape[0]
+    fmask = (1 << w) - 1
+    for c in prange(bits.shape[0]):
+        xs = x[c * chunk:min(c * chunk + chunk, n)]
+        m = xs.shape[0]
+        nonzero = _chunk_any(xs)
+        nz[c] = nonzero
+        if not nonzero:
+            continue
+        t0 = 0
+        t1 = 0
+        err = 0
+        ncodes = (m + g - 1) // g
+        j = 0
+        if g == 2:
+            for q in range(m >> 2):
+                k = np.uintp(4 * q)
+                e0 = enc[_pair(xs, k, lo, fmask, w)]
+                e1 = enc[_pair(xs, k + np.uintp(2), lo, fmask, w)]
+                err |= e0 | e1
+                t0 += (e0 >> 16) & 31
+                t1 += (e1 >> 16) & 31
+            j = 2 * (m >> 2)
+        for jj in range(j, ncodes):
+            e = enc[_symbol(xs, jj, m, lo, fmask, w, g)]
+            err |= e
+            t0 += (e >> 16) & 31
+        bits[c] = t0 + t1
+        bad[c] = err < 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# encode
+@njit(cache=True)
+def _put_fields(dst, xs, lo, fmask, w):
+    """The elements' fields, w bits each, LSB first (bitpack.pack_bits' order for w <= 8)."""
+    acc = 0
+    nacc = 0
+    q = 0
+    for i in range(xs.shape[0]):
+        acc |= np.int64((xs[i] >> lo) & fmask) << nacc
+        nacc += w
+        if nacc >= 32:
+            _store_le(dst, q, acc, 4)
+            q += 4
+            acc >>= 32
+            nacc -= 32
+    _store_le(dst, q, acc, (nacc + 7) >> 3)
+
+
+@njit(cache=True)
+def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
+    """The elements' raw bits as planes (bitpack.pack_bits): `planes` byte planes, each n_nz
+    bytes from r0 on, then the top tb bits packed LSB first from top0."""
+    m = xs.shape[0]
+    if planes == 1 and tb == 0:          # one byte plane (bfloat16): the loop native_qlc vectorises
+        _raw8_split(xs, out[r0:r0 + m], m, w, rhi, rlo)
+        return
+    for p in range(planes):
+        dst = out[r0 + p * n_nz:r0 + p * n_nz + m]
+        sh = 8 * p
+        for i in range(m):
+            v = xs[np.uintp(i)]
+            dst[np.uintp(i)] = ((((v >> w) & rhi) | (v & rlo)) >> sh) & 0xFF
+    if tb:
+        dst = out[top0:top0 + ((m * tb + 7) >> 3)]
+        sh = 8 * planes
+        tmask = (1 << tb) - 1
+        acc = 0
+        nacc = 0
+        q = 0
+        for i in range(m):
+            v = np.int64(xs[i])
+            acc |= (((((v >> w) & rhi) | (v & rlo)) >> sh) & tmask) << nacc
+            nacc += tb
+            if nacc >= 32:
+                _store_le(dst, q, acc, 4)
+                q += 4
+                acc >>= 32
+                nacc -= 32
+        _store_le(dst, q, acc, (nacc + 7) >> 3)
+
+
+@njit(cache=True)
+def _put_coded(pre, suf, xs, lo, fmask, w, g, enc):
+    """Prefixes (4 bits per code) into pre, suffixes LSB first into suf; returns the suffix bits.
+    Two codes per step: one prefix byte, at most 32 suffix bits into a 64-bit accumulator
+    (< 32 bits pending) flushed 32 bits at a time."""
+    m = xs.shape[0]
+    ncodes = (m + g - 1) // g
+    acc = 0
+    nacc = 0
+    q = 0
+    step = 2 * g                        # elements per two codes
+    full = m // step
+    for t in range(full):
+        if g == 2:
+            k = np.uintp(4 * t)
+            e0 = np.int64(enc[_pair(xs, k, lo, fmask, w)])
+            e1 = np.int64(enc[_pair(xs, k + np.uintp(2), lo, fmask, w)])
+        else:
+            k = np.uintp(2 * t)
+            e0 = np.int64(enc[np.uintp((xs[k] >> lo) & fmask)])
+            e1 = np.int64(enc[np.uintp((xs[k + np.uintp(1)] >> lo) & fmask)])
+        pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
+        acc |= (e0 & 0xFFFF) << nacc
+        nacc += (e0 >> 16) & 31
+        acc |= (e1 & 0xFFFF) << nacc
+        nacc += (e1 >> 16) & 31
+        if nacc >= 32:
+            _store_le(suf, q, acc, 4)
+            q += 4
+            acc >>= 32
+            nacc -= 32
+    for j in range(2 * full, ncodes, 2):
+        e0 = np.int64(enc[_symbol(xs, j, m, lo, fmask, w, g)])
+        nib = (e0 >> 21) & 15
+        acc |= (e0 & 0xFFFF) << nacc
+        nacc += (e0 >> 16) & 31
+        if j + 1 < ncodes:
+            e1 = np.int64(enc[_symbol(xs, j + 1, m, lo, fmask, w, g)])
+            nib |= ((e1 >> 21) & 15) << 4
+            acc |= (e1 & 0xFFFF) << nacc
+            nacc += (e1 >> 16) & 31
+        pre[j >> 1] = nib
+        if nacc >= 32:
+            _store_le(suf, q, acc, 4)
+            q += 4
+            acc >>= 32
+            nacc -= 32
+    _store_le(suf, q, acc, (nacc + 7) >> 3)
+    return 8 * q + nacc
+
+
+@ParallelKernel
+def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, enc, table, out, pbase, fbase, sbase, rbase, n_nz,
+                check):
+    """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns);
+    check[c] = the suffix bits written (the host compares them with qlcw_bits')."""
+    n = x.shape[0]
+    fmask = (1 << w) - 1
+    for c in prange(table.shape[0]):
+        mode = table[c, T_MODE]
+        if mode == qlc.MODE_ZERO:
+            continue
+        m = table[c, T_ELEMS]
+        xs = x[c * chunk:min(c * chunk + m, n)]
+        r = table[c, T_RAW]
+        if planes or tb:
+            _put_raw(out, rbase + r, n_nz, rbase + planes * n_nz + ((r * tb) >> 3), xs, w, rhi, rlo, planes, tb)
+        if mode == qlc.MODE_CODED:
+            p0 = pbase + table[c, T_PREFIX]
+            s0 = sbase + table[c, T_SUFFIX]
+            ncodes = (m + g - 1) // g
+            check[c] = _put_coded(out[p0:p0 + ((4 * ncodes + 7) >> 3)], out[s0:s0 + table[c, T_SUFLEN]],
+                                  xs, lo, fmask, w, g, enc)
+        else:
+            f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
+            _put_fields(out[f0:f0 + ((m * w + 7) >> 3)], xs, lo, fmask, w)
+
+
+# ---------------------------------------------------------------------------------------------------
+# decode
+@njit(cache=True, inline="always")
+def _symbol_of(a, v, firsts, table, T, escape):
+    """The symbol of a code (area a, suffix value v: np.uintp), and whether its rank is past
+    the table."""
+    if escape and a == qlcw.ESCAPE_AREA:
+        return v, False
+    rank = np.uintp(firsts[a]) + v
+    if rank < T:
+        return np.uintp(table[rank]), False
+    return np.uintp(0), True
+
+
+@njit(cache=True)
+def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2):
+    """Decode a coded chunk's fields (shifted into place) into `o`; returns qlc.ERR_* flags.
+
+    Two codes per prefix byte: w2[byte] gives the first code's width (bits 0-7) and both
+    widths' sum (bits 8-15), so one 8-byte load at the pair's bit offset serves both
+    suffixes (<= 32 bits of the >= 57 it holds) and the only serial dependency is one add."""
+    m = o.shape[0]
+    ncodes = (m + g - 1) // g
+    T = np.uintp(table.shape[0])
+    fmask = np.uintp((1 << w) - 1)
+    ulo = np.uintp(lo)
+    uw = np.uintp(w)
+    pos = 0
+    past = False
+    full = m // (2 * g)                 # prefix bytes whose two codes' elements are all present
+    for t in range(full):
+        byte = np.uintp(pre[np.uintp(t)])
+        a0 = byte & np.uintp(15)
+        a1 = byte >> np.uintp(4)
+        ww = np.uintp(w2[byte])
+        buf = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
+        s0, p0 = _symbol_of(a0, buf & np.uintp(masks[a0]), firsts, table, T, escape)
+        s1, p1 = _symbol_of(a1, (buf >> (ww & np.uintp(31))) & np.uintp(masks[a1]), firsts, table, T, escape)
+        past |= p0 | p1
+        pos += np.int64(ww >> np.uintp(8))
+        if g == 2:
+            k = np.uintp(4 * t)
+            o[k] = (s0 & fmask) << ulo
+            o[k + np.uintp(1)] = (s0 >> uw) << ulo
+            o[k + np.uintp(2)] = (s1 & fmask) << ulo
+            o[k + np.uintp(3)] = (s1 >> uw) << ulo
+        else:
+            k = np.uintp(2 * t)
+            o[k] = s0 << ulo
+            o[k + np.uintp(1)] = s1 << ulo
+    for j in range(2 * full, ncodes):   # the codes of a short last chunk's tail
+        a = (np.uintp(pre[np.uintp(j >> 1)]) >> np.uintp(4 * (j & 1))) & np.uintp(15)
+        buf = np.uintp(_load_le(suf, pos >> 3, 3)) >> np.uintp(pos & 7)
+        s, p = _symbol_of(a, buf & np.uintp(masks[a]), firsts, table, T, escape)
+        past |= p
+        pos += np.int64(w2[a] & 31)
+        if g == 1:
+            o[j] = s << ulo
+        else:
+            o[2 * j] = (s & fmask) << ulo
+            if 2 * j + 1 < m:
+                o[2 * j + 1] = (s >> uw) << ulo
+    flags = qlc.ERR_RANK if past else 0
+    if (pos + 7) >> 3 != suf.shape[0]:
+        flags |= qlc.ERR_MISMATCH
+    return flags
+
+
+@njit(cache=True)
+def _get_fields(src, o, lo, w):
+    fmask = (1 << w) - 1
+    for i in range(o.shape[0]):
+        bit = i * w
+        o[i] = ((_load_le(src, bit >> 3, 2) >> (bit & 7)) & fmask) << lo
+
+
+@njit(cache=True)
+def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
+    """o[i] |= the raw bits of element i (byte planes from r0, top bits from top0)."""
+    m = o.shape[0]
+    if planes == 1 and tb == 0:
+        _raw8_merge(o, data[r0:r0 + m], m, w, rhi, rlo)
+        return
+    for p in range(planes):
+        src = data[r0 + p * n_nz:r0 + p * n_nz + m]
+        sh = 8 * p
+        for i in range(m):
+            r = np.int64(src[np.uintp(i)]) << sh
+            o[np.uintp(i)] |= ((r & rhi) << w) | (r & rlo)
+    if tb:
+        top = data[top0:top_end]
+        sh = 8 * planes
+        for i in range(m):
+            bit = i * tb
+            r = ((_load_le(top, bit >> 3, 2) >> (bit & 7)) & ((1 << tb) - 1)) << sh
+            o[i] |= ((r & rhi) << w) | (r & rlo)
+
+
+@ParallelKernel
+def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, table_syms, escape, w2, table,
+                pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
+    """Decode every chunk of `table` into out; flags[c] = the chunk's qlc.ERR_* flags."""
+    n = out.shape[0]
+    for c in prange(table.shape[0]):
+        mode = table[c, T_MODE]
+        m = table[c, T_ELEMS]
+        o = out[c * chunk:min(c * chunk + m, n)]
+        if mode == qlc.MODE_ZERO:
+            o[:] = 0
+            continue
+        if mode == qlc.MODE_CODED:
+            p0 = pbase + table[c, T_PREFIX]
+            s0 = sbase + table[c, T_SUFFIX]
+            ncodes = (m + g - 1) // g
+            pre = data[p0:min(p0 + ((4 * ncodes + 7) >> 3), pend)]
+            suf = data[s0:s0 + table[c, T_SUFLEN]]
+            if escape:
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, True, w2)
+            else:
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, False, w2)
+        else:
+            f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
+            _get_fields(data[f0:min(f0 + ((m * w + 7) >> 3), fend)], o, lo, w)
+        if planes or tb:
+            r = table[c, T_RAW]
+            t0 = rbase + planes * n_nz + ((r * tb) >> 3)
+            _merge_raw(data, rbase + r, n_nz, t0, min(t0 + ((m * tb + 7) >> 3), rend), o, w, rhi, rlo, planes, tb)
+
+
+# ---------------------------------------------------------------------------------------------------
+# host side
+def _enc_table(code: qlcw.WideCode) -> np.ndarray:
+    """int32 [2^S] by symbol: suffix | suffix width << 16 | area << 21; -1 where the code
+    cannot write the symbol."""
+    t = code.tables
+    enc = t["suffix"] | ((t["length"] - qlcw.PREFIX_BITS) << 16) | (t["area"] << 21)
+    return np.where(t["length"] == 0, -1, enc).astype(np.int32)
+
+
+def _pair_widths(widths: tuple[int, ...]) -> np.ndarray:
+    """int64 [256] by prefix byte (two areas): the low area's width | both widths' sum << 8."""
+    b = np.arange(256)
+    w = np.asarray(widths, np.int64)
+    return w[b & 15] | ((w[b & 15] + w[b >> 4]) << 8)
+
+
+def _layout(f: qlcw.Fields, chunk: int, elems, modes, suffix_len, start: int):
+    """Chunk table for the kernels (int64 [K, 7]) and plane base offsets from `start`."""
+    coded, raw = modes == qlc.MODE_CODED, modes == qlc.MODE_RAW
+    ncodes = (elems + f.g - 1) // f.g
+    cum = qlc._exclusive_cumsum
+    table = np.stack([modes, elems, cum(np.where(coded, qlcw.PREFIX_BITS * ncodes // 8, 0)),
+                      cum(np.where(raw, elems, 0)), cum(suffix_len), suffix_len,
+                      cum(np.where(coded | raw, elems, 0))], 1).astype(np.int64)
+    return table, ncodes
+
+
+def _bases(planes: dict, start: int) -> dict:
+    bases, pos = {}, start
+    for name in ("prefix", "field", "suffix", "raw"):
+        bases[name] = pos
+        pos += planes[name]
+    return bases
+
+
+def _words(flat: torch.Tensor) -> np.ndarray:
+    return flat.view(_SIGNED[flat.element_size()]).numpy().view(_UNSIGNED[flat.element_size()])
+
+
+def histogram(flat: torch.Tensor, f: qlcw.Fields, chunk: int = qlc.CHUNK_ELEMS) -> np.ndarray:
+    """qlccomm.qlcw.histogram for CPU tensors."""
+    x = _words(flat.detach().contiguous())
+    nchunks = -(-x.shape[0] // chunk)
+    nz = np.zeros(nchunks, np.bool_)
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        hist = np.zeros((min(_threads(), nchunks), 1 << f.symbol_bits), np.int64)
+        qlcw_hist(x, chunk, f.lo, f.w, f.g, nz, hist)
+    return hist.sum(axis=0)
+
+
+def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | None = None,
+                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlcw.encode_section for CPU tensors (same bytes, same `reserve` and `into`)."""
+    from .common import section_buffer
+    qlcw.check_chunk(chunk)
+    flat = flat.detach().contiguous()
+    x = _words(flat)
+    n = x.shape[0]
+    nchunks = -(-n // chunk)
+    item_bits = 8 * flat.element_size()
+    plan = f.plan(item_bits)
+    nz = np.zeros(nchunks, np.bool_)
+    bits = np.zeros(nchunks, np.int64)
+    bad = np.zeros(nchunks, np.bool_)
+    if code is None:
+        code = qlcw.build_code(histogram(flat, f, chunk), f.symbol_bits)
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        enc = _enc_table(code)
+        qlcw_bits(x, chunk, f.lo, f.w, f.g, enc, bits, nz, bad)
+    if bad.any():
+        raise EncoderError("QLCW code cannot write a symbol of the tensor")
+    elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
+    modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, bits, nz, f.w)
+    head = np.concatenate([np.frombuffer(qlcw.section_head(f, code, chunk, nchunks), np.uint8),
+                           qlc.chunk_table(modes, suffix_len)])
+    table, ncodes = _layout(f, chunk, elems, modes, suffix_len, len(head))
+    planes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, plan.raw_bits)
+    b = _bases(planes, len(head))
+    total = len(head) + sum(planes.values())
+    out = section_buffer(reserve + total, into, "cpu")
+    o = out.numpy()[reserve:]
+    o[:len(head)] = head
+    nzt = int(table[:, T_ELEMS][modes != qlc.MODE_ZERO].sum())
+    check = np.zeros(nchunks, np.int64)
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        qlcw_encode(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, enc, table,
+                    o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt, check)
+    coded = modes == qlc.MODE_CODED
+    if not np.array_equal(check[coded], bits[coded]):
+        raise EncoderError("the tensor changed while it was being encoded (suffix bits differ between passes)")
+    return out
+
+
+def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlcw.decode_section for CPU streams (same result, same errors, same `out`)."""
+    from .common import decode_target
+    f, code, plan = sec.fields, sec.code, sec.plan
+    nchunks = sec.modes.size
+    elems = qlc.chunk_elems(sec.numel, sec.chunk, nchunks, "numpy")
+    table, _ = _layout(f, sec.chunk, elems, sec.modes, sec.suffix_len, sec.planes_offset)
+    b = _bases(sec.plane_bytes, sec.planes_offset)
+    e = {k: b[k] + sec.plane_bytes[k] for k in b}
+    flat = decode_target(sec.numel, header.dtype, out, "cpu")
+    words = _words(flat)
+    flags = np.zeros(nchunks, np.int32)
+    nzt = int(elems[sec.modes != qlc.MODE_ZERO].sum())
+    widths = np.asarray(code.widths, np.int64)
+    buf = data.contiguous().numpy()
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        qlcw_decode(buf, words, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
+                    (np.int64(1) << widths) - 1, code.firsts().astype(np.int64), code.table.astype(np.uint16),
+                    code.escape, _pair_widths(code.widths), table, b["prefix"], e["prefix"], b["field"], e["field"],
+                    b["suffix"], b["raw"], e["raw"], nzt, flags)
+    bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0
+    if bad & qlc.ERR_MISMATCH:
+        raise FormatError("suffix plane does not match the prefixes (corrupt stream)")
+    if bad & qlc.ERR_RANK:
+        raise FormatError("code names a rank past the table (corrupt stream)")
+    return flat

@@ -1,0 +1,429 @@
+"""QLCW on accelerators: Triton kernels (CUDA; CPU tensors only under TRITON_INTERPRET=1).
+
+Same contract as qlccomm.qlcw (encode_section / decode_section: same signatures, same
+bytes, same errors; docs/format.md, "QLCW section").  Built like kernels/triton_qlc.py:
+a per-chunk statistics pass, planning on the host with qlcw / qlc functions (so the
+format cannot drift), one writing pass; decoding in one pass with error flags raised on
+the host with the torch path's FormatError messages.  One chunk per program (programs
+loop over chunks past the grid limit), each chunk walked in steps of SUB elements
+(SUB / g symbols) with the bit offsets carried between steps.
+
+Launches per call:
+
+  encode, given code     _qlcw_stats, _qlcw_encode, _qlc_suffix_diff (coded chunks only)
+                         + 1 device->host copy (per-chunk statistics, K int32)
+                         + 3 host->device copies (section head, the kernels' chunk table, per-symbol table)
+  encode, fitted code    + _qlcw_hist and a device->host copy of the histogram (2^S counts)
+  decode                 _qlcw_decode + 4 small host->device copies (chunk table, widths,
+                         first ranks, rank table), 1 memset and 1 device->host copy (error word)
+
+The kernels:
+
+  _qlcw_hist         (encode_section with a fitted code, and histogram())
+                     per chunk: any bit set? (one pass over its elements); if so its
+                     symbols (fields of g neighbours, s = f0 | f1 << w) are counted with
+                     tl.atomic_add into a global [2^S] int32 histogram (int64 past 2^31
+                     symbols).  Zero chunks and the padding symbols of a short last chunk
+                     are never counted, which is the torch path's bincount less its
+                     corrections.  The host fits the code: qlcw.build_code.
+  _qlcw_stats        per chunk: stat = 4 * (sum of the suffix widths of its symbols)
+                     + 2 * (some symbol the code cannot write) + (any bit set), from one
+                     gather of the per-symbol kernel table (suffix | area << 16 | width << 20
+                     | unwritable << 25).
+  (host)             EncoderError for an unwritable symbol of a non-zero chunk, modes
+                     (qlcw.choose_modes), plane sizes (qlcw.plane_sizes), per-chunk plane
+                     offsets, section head (qlcw.section_head + qlc.chunk_table)
+  _qlcw_encode       per chunk: raw planes (byte planes, then the R % 8 high bits packed)
+                     for coded and raw chunks; raw chunks: fields packed at w bits; coded
+                     chunks: 4-bit prefixes packed 8 per 4 bytes, suffix bit offsets by
+                     tl.cumsum.  A suffix (<= 16 bits, so at most 3 bytes from its start
+                     byte) is written without atomics: byte B of the chunk is owned by the
+                     last symbol that starts in a byte <= B, i.e. symbol i owns the bytes
+                     from its start byte b_i to the start byte of symbol i + 1 (the last
+                     one: to the chunk's end).  Every part of the symbols before i lies in
+                     bytes <= b_i, so the owner knows P(B) = (sum of the chunk's bytes
+                     0..B) mod 256 = (exclusive tl.cumsum of the parts) + its own parts up
+                     to B, and stores it into a scratch buffer
+  _qlc_suffix_diff   (shared with triton_qlc) per coded chunk: byte B = P(B) - P(B-1) mod 256
+  _qlcw_decode       per chunk, per element: its symbol's 4-bit prefix -> width (a 16-entry
+                     table), bit offsets by tl.cumsum over the symbols (the second element
+                     of a pair adds width 0), a 24-bit window of three byte gathers, rank =
+                     first rank of the area + suffix, the rank table gather (or the suffix
+                     itself in the escape area), the element's field of the symbol; fields
+                     of raw chunks unpacked; raw planes; merge, store.  Errors (prefixes vs
+                     the suffix byte count, rank past the table) OR into one int32 per call
+                     with tl.atomic_or; reads are masked to the chunk's own bytes, so corrupt
+                     planes never read out of bounds.
+
+Limits as in triton_qlc: int32/int64 arithmetic, uint8 only for bytes, int32 atomics only
+(except the histogram of a tensor of 2^31 or more symbols), at most 65535 programs.
+Chunk sizes that are not a multiple of 16 (streams the reader refuses) and empty tensors
+(the torch path raises) are handed to the torch path.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from qlccomm import qlc, qlcw
+from qlccomm.errors import EncoderError
+
+from . import common
+from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _chunk_row, _pack_store, _qlc_suffix_diff, _unpack
+
+__all__ = ["encode_section", "decode_section", "histogram"]
+
+# Elements per step inside a chunk (see triton_qlc.SUB_MAX); tests set a small value to
+# exercise the offsets carried between steps.  At least 16: 8 symbols of pairs.
+SUB_MAX = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+
+# the kernel table's columns (int32 per symbol)
+ENC_AREA_SHIFT, ENC_WIDTH_SHIFT, ENC_BAD_SHIFT = 16, 20, 25
+
+
+def _sub(chunk: int) -> int:
+    return max(16, min(SUB_MAX, triton.next_power_of_2(chunk)))
+
+
+def _grid(nchunks: int) -> int:
+    return max(1, min(nchunks, MAX_PROGRAMS))
+
+
+@triton.jit
+def _symbols(x_ptr, base, jj, elems, LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr):
+    """Symbols number jj of a chunk (fields of elements G*jj .. G*jj+G-1; elements at or
+    past `elems` read as 0) and whether any of their bits is set."""
+    e0 = G * jj
+    x0 = tl.load(x_ptr + base + e0, mask=e0 < elems, other=0).to(tl.int32)
+    sym = (x0 >> LO) & ((1 << W) - 1)
+    nz = x0 != 0
+    if G == 2:
+        x1 = tl.load(x_ptr + base + e0 + 1, mask=e0 + 1 < elems, other=0).to(tl.int32)
+        sym |= ((x1 >> LO) & ((1 << W) - 1)) << W
+        nz |= x1 != 0
+    return sym, nz
+
+
+@triton.jit
+def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
+               LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
+    """hist[s] += number of symbols s in the chunks with a set bit (padding excluded)."""
+    SUBC: tl.constexpr = SUB // G
+    for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
+        base = c * chunk
+        elems = tl.minimum(n - base, chunk)
+        ncodes = (elems + G - 1) // G
+        nz = 0
+        for s in range(0, chunk, SUB):
+            idx = s + tl.arange(0, SUB)
+            x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0)
+            nz += tl.sum((x != 0).to(tl.int32), axis=0)
+        if nz > 0:
+            for s in range(0, chunk // G, SUBC):
+                jj = s + tl.arange(0, SUBC)
+                sym, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
+                tl.atomic_add(hist_ptr + sym, tl.full([SUBC], 1, hist_ptr.dtype.element_ty), mask=jj < ncodes)
+
+
+@triton.jit
+def _qlcw_stats(x_ptr, enc_ptr, stat_ptr, n, chunk, nchunks, nprog,
+                LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
+    """stat[c] = 4 * (sum of chunk c's suffix widths) + 2 * (a symbol the code cannot
+    write) + (any bit of chunk c set); padding symbols of a short last chunk left out."""
+    SUBC: tl.constexpr = SUB // G
+    for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
+        base = c * chunk
+        elems = tl.minimum(n - base, chunk)
+        ncodes = (elems + G - 1) // G
+        bits = 0
+        nz = 0
+        bad = 0
+        for s in range(0, chunk // G, SUBC):
+            jj = s + tl.arange(0, SUBC)
+            valid = jj < ncodes
+            sym, nzs = _symbols(x_ptr, base, jj, elems, LO, W, G)
+            e = tl.load(enc_ptr + sym, mask=valid, other=0)
+            bits += tl.sum((e >> 20) & 31, axis=0)
+            bad |= tl.max(((e >> 25) & 1).to(tl.int32), axis=0)
+            nz |= tl.max(nzs.to(tl.int32), axis=0)
+        tl.store(stat_ptr + c, bits * 4 + bad * 2 + nz)
+
+
+@triton.jit
+def _store_raw(out_ptr, raw, valid, r0, plane, top_base, top_limit,
+               RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, SUB: tl.constexpr):
+    """The raw values of SUB elements (where `valid`) into the raw planes: byte plane p at
+    r0 + p * plane (per element), then the RAW_REST high bits packed at top_base, bytes at
+    or past top_limit (relative to it) unwritten."""
+    off = r0
+    for p in tl.static_range(RAW_BYTES):
+        tl.store(out_ptr + off, ((raw >> (8 * p)) & 255).to(tl.uint8), mask=valid)
+        off += plane
+    if RAW_REST > 0:
+        top = tl.where(valid, (raw >> (8 * RAW_BYTES)) & ((1 << RAW_REST) - 1), 0)
+        _pack_store(out_ptr, top_base, top, top_limit, RAW_REST, SUB)
+
+
+@triton.jit
+def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, nprog,
+                 pbase, fbase, rbase, n_nz,
+                 LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
+                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, SUB: tl.constexpr):
+    SUBC: tl.constexpr = SUB // G
+    plane = tl.zeros([], tl.int64) + n_nz          # int64: byte plane p starts at p * n_nz
+    for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
+        mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
+        if mode != 0:
+            base = c * chunk
+            ncodes = (elems + G - 1) // G
+            carry = 0          # suffix bits before this step
+            tsum = 0           # sum of the suffix parts (bytes) before this step
+            for s in range(0, chunk // G, SUBC):
+                se = G * s                                  # first element of the step
+                idx = se + tl.arange(0, SUB)
+                valid = idx < elems
+                x = tl.load(x_ptr + base + idx, mask=valid, other=0).to(tl.int32)
+                if RAW_BYTES + RAW_REST > 0:
+                    _store_raw(out_ptr, ((x >> RSH) & RHI) | (x & RLO), valid, rbase + roff + idx, plane,
+                               rbase + plane * RAW_BYTES + ((RAW_REST * roff) >> 3) + RAW_REST * (se // 8),
+                               (RAW_REST * elems + 7) // 8 - RAW_REST * (se // 8), RAW_BYTES, RAW_REST, SUB)
+                if mode == 2:
+                    fld = tl.where(valid, (x >> LO) & ((1 << W) - 1), 0)
+                    if W == 8:
+                        tl.store(out_ptr + fbase + yoff + idx, fld.to(tl.uint8), mask=valid)
+                    else:
+                        _pack_store(out_ptr, fbase + ((yoff * W) >> 3) + W * (se // 8), fld,
+                                    (W * elems + 7) // 8 - W * (se // 8), W, SUB)
+                if mode == 1:
+                    jj = s + tl.arange(0, SUBC)
+                    cv = jj < ncodes
+                    sym, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
+                    e = tl.load(enc_ptr + sym, mask=cv, other=0)
+                    e = tl.where(cv, e, 0)
+                    sfx = e & 0xFFFF
+                    w = (e >> 20) & 31
+                    _pack_store(out_ptr, pbase + poff + s // 2, (e >> 16) & 15, (4 * ncodes + 7) // 8 - s // 2,
+                                4, SUBC)
+                    o = carry + tl.cumsum(w, axis=0) - w            # bit offset of each suffix
+                    b = o >> 3                                      # its start byte
+                    sv = sfx << (o & 7)                             # <= 23 bits: bytes b, b+1, b+2
+                    p0 = sv & 255
+                    p1 = (sv >> 8) & 255
+                    p2 = sv >> 16
+                    t = p0 + p1 + p2
+                    before = tsum + tl.cumsum(t, axis=0) - t        # all parts of the earlier suffixes
+                    end = tl.where(jj == ncodes - 1, slen, (o + w) >> 3)   # owned: [b, end)
+                    q0 = before + p0
+                    q1 = q0 + p1
+                    tl.store(scr_ptr + soff + b, (q0 & 255).to(tl.uint8), mask=cv & (b < end))
+                    tl.store(scr_ptr + soff + b + 1, (q1 & 255).to(tl.uint8), mask=cv & (b + 1 < end))
+                    tl.store(scr_ptr + soff + b + 2, ((q1 + p2) & 255).to(tl.uint8), mask=cv & (b + 2 < end))
+                    carry += tl.sum(w, axis=0)
+                    tsum += tl.sum(t, axis=0)
+
+
+@triton.jit
+def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks, nprog,
+                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, T,
+                 LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
+                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, ESC: tl.constexpr,
+                 SUB: tl.constexpr):
+    plane = tl.zeros([], tl.int64) + n_nz
+    for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
+        mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
+        base = c * chunk
+        ncodes = (elems + G - 1) // G
+        s0 = sbase + soff
+        send = s0 + slen
+        carry = 0
+        flags = 0
+        for s in range(0, chunk, SUB):
+            idx = s + tl.arange(0, SUB)
+            valid = idx < elems
+            fld = tl.zeros([SUB], dtype=tl.int32)
+            raw = tl.zeros([SUB], dtype=tl.int32)
+            if mode == 1:
+                j = idx // G                                # the element's symbol
+                cv = j < ncodes
+                a = _unpack(data_ptr, pbase + poff, j, pend, cv, 4)
+                w = tl.where(cv, tl.load(wid_ptr + a), 0)
+                if G == 2:
+                    wl = tl.where((idx & 1) == 0, w, 0)     # a pair's width counted once
+                else:
+                    wl = w
+                o = carry + tl.cumsum(wl, axis=0) - w       # the symbol's bit offset
+                q = s0 + (o >> 3)
+                v0 = tl.load(data_ptr + q, mask=cv & (q < send), other=0).to(tl.int32)
+                v1 = tl.load(data_ptr + q + 1, mask=cv & (q + 1 < send), other=0).to(tl.int32)
+                v2 = tl.load(data_ptr + q + 2, mask=cv & (q + 2 < send), other=0).to(tl.int32)
+                v = ((v0 | (v1 << 8) | (v2 << 16)) >> (o & 7)) & ((1 << w) - 1)
+                rank = tl.load(first_ptr + a) + v
+                if ESC:
+                    escaped = a == 15
+                else:
+                    escaped = a < 0
+                flags |= 2 * tl.max((cv & (rank >= T) & (~escaped)).to(tl.int32), axis=0)
+                sym = tl.load(rank_ptr + tl.minimum(rank, T - 1), mask=cv, other=0)
+                sym = tl.where(escaped, v, sym)
+                if G == 2:
+                    sym = sym >> (W * (idx & 1))
+                fld = sym & ((1 << W) - 1)
+                carry += tl.sum(wl, axis=0)
+            if mode == 2:
+                fld = _unpack(data_ptr, fbase + ((yoff * W) >> 3), idx, fend, valid, W)
+            if RAW_BYTES + RAW_REST > 0:
+                if mode != 0:
+                    off = rbase + roff + idx
+                    for p in tl.static_range(RAW_BYTES):
+                        raw |= tl.load(data_ptr + off, mask=valid, other=0).to(tl.int32) << (8 * p)
+                        off += plane
+                    if RAW_REST > 0:
+                        raw |= _unpack(data_ptr, rbase + plane * RAW_BYTES + ((RAW_REST * roff) >> 3), idx, rend,
+                                       valid, RAW_REST) << (8 * RAW_BYTES)
+            val = (fld << LO) | ((raw & RHI) << RSH) | (raw & RLO)
+            tl.store(out_ptr + base + idx, val.to(out_ptr.dtype.element_ty), mask=valid)
+        if mode == 1:
+            flags |= ((carry + 7) // 8 != slen).to(tl.int32)
+        tl.atomic_or(err_ptr, flags)
+
+
+# ---------------------------------------------------------------------------------------------------
+# host side
+def _kernel_table(code: qlcw.WideCode, dev) -> torch.Tensor:
+    """Per symbol (int32 [2^S]): suffix | area << 16 | suffix width << 20 | unwritable << 25."""
+    # WideCode.tables: symbol_tables() cached on the code, where qlcw has it
+    t = code.tables if hasattr(type(code), "tables") else code.symbol_tables()
+    bad = t["length"] == 0
+    width = np.where(bad, 0, t["length"] - qlcw.PREFIX_BITS)
+    enc = (t["suffix"] | (t["area"] << ENC_AREA_SHIFT) | (width << ENC_WIDTH_SHIFT)
+           | (bad.astype(np.int64) << ENC_BAD_SHIFT))
+    return torch.from_numpy(enc.astype(np.int32)).to(dev)
+
+
+def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, suffix_len: np.ndarray,
+            raw_bits: int, start: int):
+    """The kernels' chunk table (int64 [K, common.TAB_COLS]: mode, elements, and each chunk's
+    place in the planes: prefix byte, field element, suffix byte, suffix bytes, raw element),
+    plane bases (from `start`) and sizes (qlcw.plane_sizes), elements of the non-zero chunks."""
+    ncodes = (elems + f.g - 1) // f.g
+    coded, raw, nz = modes == qlc.MODE_CODED, modes == qlc.MODE_RAW, modes != qlc.MODE_ZERO
+    excl = qlc._exclusive_cumsum
+    cols = {common.TAB_MODE: modes, common.TAB_ELEMS: elems,
+            common.TAB_PREFIX: excl(np.where(coded, qlcw.PREFIX_BITS * (chunk // f.g) // 8, 0)),
+            common.TAB_SYMBOL: excl(np.where(raw, elems, 0)),
+            common.TAB_SUFFIX: excl(suffix_len), common.TAB_SUFLEN: suffix_len,
+            common.TAB_RAW: excl(np.where(nz, elems, 0)), common.TAB_COLS - 1: elems * 0}
+    table = np.stack([np.asarray(cols[c], np.int64) for c in range(common.TAB_COLS)], 1)
+    sizes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, raw_bits)
+    bases, pos = {}, start
+    for name in ("prefix", "field", "suffix", "raw"):
+        bases[name] = pos
+        pos += sizes[name]
+    return np.ascontiguousarray(table), bases, sizes, int(elems[nz].sum())
+
+
+def _split_consts(f: qlcw.Fields, plan) -> dict:
+    return dict(LO=f.lo, W=f.w, G=f.g, RSH=plan.rsh, RHI=plan.rhi, RLO=plan.rlo,
+                RAW_BYTES=plan.raw_bits // 8, RAW_REST=plan.raw_bits % 8)
+
+
+def _histogram(x: torch.Tensor, f: qlcw.Fields, chunk: int) -> np.ndarray:
+    """Symbol histogram (int64 [2^S], host) of the non-zero chunks of the words `x`."""
+    n = x.numel()
+    nchunks = -(-n // chunk)
+    # int32 counts unless a count could reach 2^31 (at most one symbol per element)
+    hist = torch.zeros(1 << f.symbol_bits, dtype=torch.int32 if n < (1 << 31) else torch.int64, device=x.device)
+    g = _grid(nchunks)
+    _qlcw_hist[(g,)](x, hist, n, chunk, nchunks, g, LO=f.lo, W=f.w, G=f.g, SUB=_sub(chunk), num_warps=NUM_WARPS)
+    return hist.cpu().numpy().astype(np.int64)
+
+
+def histogram(flat: torch.Tensor, f: qlcw.Fields, chunk: int = qlc.CHUNK_ELEMS) -> np.ndarray:
+    """qlccomm.qlcw.histogram (where that exists): the symbol histogram (int64 [2^S]) of the
+    non-zero chunks of `flat`, the one encode_section fits its code to."""
+    if chunk < 16 or chunk % 16 or flat.numel() == 0:
+        return qlcw.histogram(flat, f, chunk)
+    flat = flat.detach().contiguous().view(-1)
+    return _histogram(flat.view(f.plan(flat.element_size() * 8).word), f, chunk)
+
+
+def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | None = None,
+                   chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlcw.encode_section on the tensor's device (same bytes, same errors, same
+    `reserve` and `into`)."""
+    if chunk < 16 or chunk % 16 or flat.numel() == 0:     # streams no reader takes: the torch path's outcome
+        return qlcw.encode_section(flat, f, code, chunk=chunk, reserve=reserve, into=into)
+    flat = flat.detach().contiguous().view(-1)
+    dev = flat.device
+    plan = f.plan(flat.element_size() * 8)
+    x = flat.view(plan.word)
+    n = x.numel()
+    nchunks = -(-n // chunk)
+    S = f.symbol_bits
+    sub = _sub(chunk)
+    g = _grid(nchunks)
+    if code is None:
+        code = qlcw.build_code(_histogram(x, f, chunk), S)
+    if code.symbol_bits < S:
+        raise IndexError(f"a code of {code.symbol_bits}-bit symbols cannot write {S}-bit symbols")
+    enc = _kernel_table(code, dev)
+    stat = torch.empty(nchunks, dtype=torch.int32, device=dev)
+    _qlcw_stats[(g,)](x, enc, stat, n, chunk, nchunks, g, LO=f.lo, W=f.w, G=f.g, SUB=sub, num_warps=NUM_WARPS)
+    stat = stat.cpu().numpy().astype(np.int64)
+    nonzero = (stat & 1) != 0
+    if bool((nonzero & ((stat & 2) != 0)).any()):
+        raise EncoderError("QLCW code cannot write a symbol of the tensor")
+    elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
+    modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, stat >> 2, nonzero, f.w)
+    modes, suffix_len = modes.astype(np.int64), suffix_len.astype(np.int64)
+    head = np.concatenate([np.frombuffer(qlcw.section_head(f, code, chunk, nchunks), np.uint8),
+                           qlc.chunk_table(modes, suffix_len)])
+    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, plan.raw_bits, len(head))
+    total = len(head) + sum(sizes.values())
+    buf = common.section_buffer(reserve + total, into, dev)
+    out = buf[reserve:]
+    out[: len(head)].copy_(torch.from_numpy(head))
+    table = torch.from_numpy(table).to(dev)
+    scratch = torch.empty(max(sizes["suffix"], 1), dtype=torch.uint8, device=dev)
+    _qlcw_encode[(g,)](x, enc, table, out, scratch, chunk, nchunks, g, bases["prefix"], bases["field"],
+                       bases["raw"], n_nz, **_split_consts(f, plan), SUB=sub, num_warps=NUM_WARPS)
+    if sizes["suffix"]:
+        # suffix bytes of a chunk: at most 2 per symbol
+        _qlc_suffix_diff[(g,)](scratch, table, out, bases["suffix"], 2 * (chunk // f.g), nchunks, g,
+                               SUB=_sub(2 * (chunk // f.g)), num_warps=NUM_WARPS)
+    return buf
+
+
+def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
+    """qlccomm.qlcw.decode_section on the stream's device (same result, same errors, same `out`)."""
+    dev = data.device
+    f, chunk, n = sec.fields, sec.chunk, sec.numel
+    plan = sec.plan
+    modes, suffix_len = np.asarray(sec.modes, np.int64), np.asarray(sec.suffix_len, np.int64)
+    nchunks = modes.size
+    elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
+    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, plan.raw_bits, sec.planes_offset)
+    assert sizes == sec.plane_bytes, (sizes, sec.plane_bytes)   # parse_section checked the stream
+    ends = {k: bases[k] + sizes[k] for k in bases}
+    data = data.contiguous()
+    flat = common.decode_target(n, header.dtype, out, dev)
+    y = flat.view(plan.word)
+    code = sec.code
+    widths = torch.tensor(code.widths, dtype=torch.int32).to(dev)
+    firsts = torch.from_numpy(code.firsts().astype(np.int32)).to(dev)
+    ranks = torch.from_numpy(np.asarray(code.table, np.int32)).to(dev)
+    table = torch.from_numpy(table).to(dev)
+    err = torch.zeros(1, dtype=torch.int32, device=dev)
+    g = _grid(nchunks)
+    _qlcw_decode[(g,)](data, widths, firsts, ranks, table, y, err, chunk, nchunks, g,
+                       bases["prefix"], ends["prefix"], bases["field"], ends["field"], bases["suffix"],
+                       bases["raw"], ends["raw"], n_nz, int(code.table.size),
+                       **_split_consts(f, plan), ESC=bool(code.escape), SUB=_sub(chunk), num_warps=NUM_WARPS)
+    flags = int(err.item())
+    if flags:
+        raise qlc.decode_error(flags, plan)
+    return flat

@@ -1,0 +1,125 @@
+"""The native QLCW kernels (kernels/native_qlcw.py) against the torch path (qlccomm.qlcw):
+the same section bytes for every dtype, split and chunk mode, the same decoded bits, the same
+FormatError for corrupt streams; and adaptive codec="qlc" writing QLCW where it is smaller."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import qlccomm
+from qlccomm import datagen, qlcw
+from qlccomm.format import CODEC_QLCW, Header
+from qlccomm.kernels import native_qlcw
+
+import kernel_cases as kc
+
+
+def _mixed(dtype: torch.dtype, chunk: int, tail: int, seed: int = 1) -> torch.Tensor:
+    """Coded chunks (gradient-like values with NaN, inf, -0.0 and subnormals), an all-zero
+    chunk, an incompressible chunk, then a short tail."""
+    g = torch.Generator().manual_seed(seed)
+    body = datagen.synthetic("grad", dtype, 3 * chunk, seed=seed).clone()
+    if dtype.itemsize > 1:
+        words = body.view(torch.int16 if dtype.itemsize == 2 else torch.int32)
+        nan = 0x7FC1 if dtype == torch.bfloat16 else 0x7E01 if dtype == torch.float16 else 0x7FC00001
+        words[5:9] = torch.tensor([nan, -nan - 2, 1, 3], dtype=words.dtype)
+        body[9:12] = torch.tensor([float("inf"), float("-inf"), -0.0]).to(dtype)
+    noise = torch.randint(0, 256, (chunk * dtype.itemsize,), generator=g, dtype=torch.int32).to(torch.uint8)
+    return torch.cat([body, torch.zeros(chunk, dtype=dtype), noise.view(dtype), body[:tail]])
+
+
+SPLITS = [(torch.bfloat16, qlcw.Fields(7, 8, 2)), (torch.bfloat16, qlcw.Fields(7, 8, 1)),
+          (torch.float16, qlcw.Fields(10, 5, 2)), (torch.float16, qlcw.Fields(8, 7, 2)),
+          (torch.float32, qlcw.Fields(23, 8, 2)), (torch.float8_e4m3fn, qlcw.Fields(0, 8, 2)),
+          (torch.uint8, qlcw.Fields(0, 8, 1)), (torch.bfloat16, qlcw.Fields(3, 5, 2))]
+
+
+@pytest.mark.parametrize("dtype,f", SPLITS, ids=lambda v: str(v))
+@pytest.mark.parametrize("chunk,tail", [(4096, 1001), (64, 33)])
+def test_native_writes_the_torch_paths_bytes_and_decodes_them(dtype, f, chunk, tail):
+    x = _mixed(dtype, chunk, tail)
+    ref = qlcw.encode_section(x, f, chunk=chunk)
+    got = native_qlcw.encode_section(x, f, chunk=chunk, reserve=3)
+    assert torch.equal(got[3:], ref)
+    h = Header(CODEC_QLCW, dtype, (x.numel(),))
+    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), ref])
+    modes = qlccomm.inspect(blob)
+    assert modes["chunks_zero"] >= 1 and modes["chunks_coded"] >= 1
+    assert modes["chunks_raw"] >= 1 or f.w < 8     # noise in 8-bit fields is stored raw
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+
+
+def test_escape_codes_and_a_given_code_match():
+    """A tensor with many symbols seen once: the code escapes them (area 15); and a code
+    fitted to another tensor, passed in, gives the same bytes on both paths."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (40000,), generator=g, dtype=torch.int32).to(torch.uint8)
+    x[:30000] = (x[:30000] % 7).to(torch.uint8)
+    f = qlcw.Fields(0, 8, 2)
+    code = qlcw.build_code(qlcw.histogram(x, f), f.symbol_bits)
+    assert code.escape
+    assert torch.equal(native_qlcw.encode_section(x, f), qlcw.encode_section(x, f))
+    assert np.array_equal(native_qlcw.histogram(x, f), qlcw.histogram(x, f))
+    y = x.flip(0).contiguous()
+    assert torch.equal(native_qlcw.encode_section(y, f, code), qlcw.encode_section(y, f, code))
+
+
+def test_corrupt_streams_fail_alike():
+    rng = np.random.default_rng(5)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = _mixed(dtype, 256, 77)
+        blob = native_qlcw.encode_section(x, qlcw.Fields(7 if dtype == torch.bfloat16 else 23, 8, 2), chunk=256)
+        h = Header(CODEC_QLCW, dtype, (x.numel(),))
+        blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), blob])
+        planes = SimpleNamespace(planes_offset=qlccomm.inspect(blob)["metadata_bytes"])
+        seen = set()
+        for bad in kc.corruptions(blob, planes, rng, 80):
+            ref = kc.outcome(bad, "torch")
+            assert kc.outcome(bad, "native") == ref
+            seen.add(ref[0] if ref[0] == "ok" else "".join(c for c in ref[1] if not c.isdigit())[:30])
+        assert "suffix plane does not match th" in seen and len(seen) > 3, seen
+
+
+def test_rank_past_the_table_fails_alike():
+    """A code whose area holds more ranks than its table: a suffix naming one is corrupt."""
+    x = (torch.arange(5000) % 3).to(torch.uint8)
+    f = qlcw.Fields(0, 8, 1)
+    code = qlcw.WideCode(8, (2,) + (0,) * 15, np.array([0, 1, 2]), False)
+    section = qlcw.encode_section(x, f, code)
+    assert torch.equal(native_qlcw.encode_section(x, f, code), section)
+    h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
+    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
+    info = qlccomm.inspect(blob)
+    suffix_at = info["metadata_bytes"] + info["plane_bytes"]["prefix"] + info["plane_bytes"]["field"]
+    bad = bytearray(blob.numpy().tobytes())
+    bad[suffix_at] |= 0x03                      # the first code's suffix: rank 3 of a 3-entry table
+    ref = kc.outcome(bytes(bad), "torch")
+    assert ref == ("error", "code names a rank past the table (corrupt stream)")
+    assert kc.outcome(bytes(bad), "native") == ref
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
+def test_adaptive_qlc_writes_qlcw_where_smaller_same_bytes_on_both_paths(dtype):
+    x = datagen.synthetic("weight", dtype, 60000, seed=2)
+    with kc.kernels_env("torch"):
+        ref = qlccomm.compress(x)
+    with kc.kernels_env("native"):
+        got = qlccomm.compress(x)
+    assert torch.equal(got, ref)
+    f = qlcw.adaptive_fields(x)
+    wide = qlcw.prefer_wide(qlcw.histogram(x, f), f, dtype)
+    assert qlccomm.inspect(got)["codec"] == ("qlcw" if wide is not None else "qlc")
+    assert torch.equal(qlccomm.decompress(got).view(torch.uint8), x.view(torch.uint8))
+    if dtype == torch.bfloat16:             # exponent pairs beat single exponents on weights
+        assert wide is not None
+        assert got.numel() < qlccomm.compress(x, codebook=qlccomm.fit_codebook(x)).numel()
+
+
+def test_adaptive_qlc_keeps_qlc_for_small_tensors_float16_and_codebooks():
+    small = datagen.synthetic("weight", torch.bfloat16, qlcw.MIN_WIDE_ELEMS - 1, seed=2)
+    assert qlccomm.inspect(qlccomm.compress(small))["codec"] == "qlc"
+    half = datagen.synthetic("weight", torch.float16, 60000, seed=2)
+    assert qlccomm.inspect(qlccomm.compress(half))["codec"] == "qlc"
+    big = datagen.synthetic("weight", torch.bfloat16, 60000, seed=2)
+    assert qlccomm.inspect(qlccomm.compress(big, codebook=qlccomm.fit_codebook(big)))["codec"] == "qlc"

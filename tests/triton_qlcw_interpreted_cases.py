@@ -1,0 +1,281 @@
+"""Interpreted Triton QLCW kernels (kernels/triton_qlcw.py) on CPU tensors against the torch
+path, qlccomm.qlcw (run by tests/test_kernels_triton.py in a subprocess with TRITON_INTERPRET=1;
+see tests/interpreted_triton.py).
+
+Every check: the Triton section's bytes == the torch path's, the Triton decoder decodes the
+torch path's stream bit-exactly, and on corrupt streams both decoders end alike (the same
+FormatError message, or the same tensor).  Small sizes: chunks of 64 or 128 elements (the
+interpreter pays per operation).
+"""
+from __future__ import annotations
+
+import interpreted_triton  # noqa: F401  (first: sets TRITON_INTERPRET, or skips the module)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from qlccomm import qlc, qlcw  # noqa: E402
+from qlccomm.errors import EncoderError, FormatError  # noqa: E402
+from qlccomm.format import CODEC_QLCW, ByteSource, Header  # noqa: E402
+
+import kernel_cases as kc  # noqa: E402
+
+from qlccomm.kernels import triton_qlcw as tw  # noqa: E402
+
+F = qlcw.Fields
+# (dtype, split, chunk): the writer's candidates (two of float16's four)
+CASES = [
+    (torch.bfloat16, F(7, 8, 2), 64),
+    (torch.float16, F(10, 5, 2), 64),
+    (torch.float16, F(8, 7, 2), 128),
+    (torch.float32, F(23, 8, 2), 64),
+    (torch.float8_e4m3fn, F(0, 8, 2), 64),
+    (torch.uint8, F(0, 8, 2), 64),
+]
+# valid splits the writer does not use: g = 1, fields in other places, raw values of 3, 9 and
+# 11 bits (packed high bits only / a byte plane and packed bits), a field holding the sign bit
+OTHER_SPLITS = [
+    (torch.bfloat16, F(7, 8, 1)),
+    (torch.bfloat16, F(3, 5, 2)),
+    (torch.float16, F(10, 5, 1)),
+    (torch.float32, F(24, 8, 2)),
+    (torch.uint8, F(2, 5, 2)),
+]
+WORD = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+def _id(case) -> str:
+    dtype, f = case[0], case[1]
+    return f"{str(dtype).removeprefix('torch.')}-{f.lo}.{f.w}.{f.g}"
+
+
+@pytest.fixture
+def small_steps():
+    """Steps of 16 elements: a chunk of 64 takes 4 steps (offsets carried between them); and
+    2 programs, each looping over several chunks (as past the grid limit)."""
+    old = tw.SUB_MAX, tw.MAX_PROGRAMS
+    tw.SUB_MAX, tw.MAX_PROGRAMS = 16, 2
+    yield
+    tw.SUB_MAX, tw.MAX_PROGRAMS = old
+
+
+def special_patterns(dtype: torch.dtype) -> list[int]:
+    """Bit patterns of NaN payloads, +-inf, -0.0 and subnormals (words of the dtype)."""
+    if dtype.itemsize == 1:
+        return [0x7F, 0xFF, 0x80, 0x01, 0x07, 0x81, 0x78, 0x00]   # e4m3fn: NaN, -NaN, -0.0, subnormals
+    top = dtype.itemsize * 8 - 1
+    sh = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}[dtype]
+    inf = ((1 << (top - sh)) - 1) << sh
+    sign = -(1 << top)
+    return [inf, sign | inf, inf | 1, sign | inf | (1 << (sh - 1)) | 5, sign, 1, (1 << sh) - 1, sign | 3]
+
+
+def tensor(dtype: torch.dtype, chunk: int, seed: int, pattern: str = "czrc") -> torch.Tensor:
+    """Chunks after `pattern` (coded-like, all-zero, random bits), then a short last chunk of
+    an odd number of elements; special values in the first chunk and in the last."""
+    x = kc.mixed(dtype, chunk, pattern, tail=chunk // 2 + 1, seed=seed).clone()
+    v = x.view(WORD[dtype.itemsize])
+    pats = torch.tensor(special_patterns(dtype), dtype=torch.int64).to(v.dtype)
+    v[3 : 3 + 2 * len(pats) : 2] = pats
+    v[-len(pats):] = pats
+    return x
+
+
+def stream(x: torch.Tensor, section: torch.Tensor):
+    """(blob, header, parsed section) of a QLCW stream holding `section`."""
+    h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
+    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section.cpu()])
+    return blob, h, qlcw.parse_section(ByteSource(blob), h.nbytes, h)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def assert_same(x: torch.Tensor, f: qlcw.Fields, chunk: int, code=None):
+    """Triton section == torch section; Triton decodes it bit-exactly.  Returns the parsed section."""
+    ref = qlcw.encode_section(x, f, code, chunk=chunk)
+    got = tw.encode_section(x, f, code, chunk=chunk)
+    assert got.dtype == torch.uint8 and got.device == x.device
+    if not torch.equal(ref, got):
+        m = min(ref.numel(), got.numel())
+        diff = (ref[:m] != got[:m]).nonzero().flatten()[:8].tolist()
+        raise AssertionError(f"{x.dtype}/{f} n={x.numel()} chunk={chunk}: sections differ "
+                             f"(sizes {ref.numel()} vs {got.numel()}, first differing bytes {diff})")
+    blob, h, sec = stream(x, ref)
+    y = tw.decode_section(sec, blob, h)
+    assert y.dtype == x.dtype and y.shape == (x.numel(),)
+    assert torch.equal(bits(y), bits(x)), f"{x.dtype}/{f}: decode differs"
+    return sec
+
+
+def modes(sec) -> dict:
+    d = qlcw.describe(sec)
+    return {k: d[f"chunks_{k}"] for k in ("zero", "coded", "raw")}
+
+
+def decode_outcome(impl, blob: bytes, dtype: torch.dtype, numel: int):
+    """("ok", decoded bytes) or ("error", FormatError message): parse, then impl decodes."""
+    h = Header(CODEC_QLCW, dtype, (numel,))
+    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    try:
+        sec = qlcw.parse_section(ByteSource(data), h.nbytes, h)
+        y = impl.decode_section(sec, data, h)
+    except FormatError as e:
+        return ("error", str(e))
+    return ("ok", bits(y).numpy().tobytes())
+
+
+def encode_outcome(impl, x, f, code, chunk):
+    try:
+        return ("ok", impl.encode_section(x, f, code, chunk=chunk).numpy().tobytes())
+    except EncoderError as e:
+        return ("error", str(e))
+
+
+# -- same bytes, bit-exact decode ----------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", ["whole", "small"])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_sections_match_torch_path(case, steps, request):
+    """Coded, all-zero and raw chunks, a short odd last chunk, NaN / inf / -0.0 / subnormals;
+    whole chunks per step, or steps of 16 elements and 2 programs (`small_steps`)."""
+    if steps == "small":
+        request.getfixturevalue("small_steps")
+    dtype, f, chunk = case
+    x = tensor(dtype, chunk, seed=chunk + f.lo)
+    sec = assert_same(x, f, chunk)
+    assert all(v > 0 for v in modes(sec).values()), modes(sec)
+    assert x.numel() % chunk % 2 == 1
+
+
+def test_escape_area_and_full_table():
+    """The fitted code escapes symbols seen once (area 15 holds the symbol itself) for float16
+    pairs of 7-bit fields; pairs of small bytes (16 symbols, each frequent) fit a table of 16 areas."""
+    sec = assert_same(tensor(torch.float16, 128, seed=3), F(8, 7, 2), 128)
+    assert sec.code.escape
+    sec = assert_same(kc.mixed(torch.uint8, 64, "czc", tail=33, seed=4), F(0, 8, 2), 64)
+    assert not sec.code.escape
+
+
+@pytest.mark.parametrize("case", OTHER_SPLITS, ids=_id)
+def test_other_valid_splits(case):
+    dtype, f = case
+    assert_same(tensor(dtype, 64, seed=f.lo * 3 + f.g, pattern="crzc"), f, 64)
+
+
+def test_default_chunk_size():
+    """Chunks of 4096 (the writer's): coded, all-zero and raw chunks, a short last chunk."""
+    x = kc.mixed(torch.bfloat16, qlc.CHUNK_ELEMS, "czr", tail=1001, seed=5)
+    sec = assert_same(x, F(7, 8, 2), qlc.CHUNK_ELEMS)
+    assert all(v > 0 for v in modes(sec).values()), modes(sec)
+
+
+@pytest.mark.skipif(not hasattr(qlcw, "histogram"), reason="qlcw.histogram not in this tree")
+def test_histogram_matches_torch_path():
+    """The histogram adaptive coding weighs QLCW by (zero chunks and padding left out)."""
+    for dtype, f, chunk in CASES[:2] + CASES[4:5]:
+        x = tensor(dtype, chunk, seed=31)
+        assert np.array_equal(tw.histogram(x, f, chunk), qlcw.histogram(x, f, chunk))
+
+
+def test_given_codes_and_unwritable_symbols():
+    """A code fitted to another tensor (escape: writes everything), and one that lacks
+    symbols of the tensor: both paths raise the same EncoderError."""
+    dtype, f = torch.float16, F(10, 5, 2)
+    other = qlcw.parse_section(*_parse_args(tensor(dtype, 64, seed=21), f, 64)).code
+    x = tensor(dtype, 64, seed=22)
+    assert_same(x, f, 64, other)
+    only_zero = qlcw.build_code(np.zeros(1 << f.symbol_bits, np.int64), f.symbol_bits)
+    assert not only_zero.escape
+    ref = encode_outcome(qlcw, x, f, only_zero, 64)
+    assert ref[0] == "error" and "cannot write" in ref[1]
+    assert encode_outcome(tw, x, f, only_zero, 64) == ref
+    z = torch.zeros(100, dtype=dtype)                  # all-zero chunks never need the code
+    assert_same(z, f, 64, only_zero)
+
+
+def _parse_args(x, f, chunk):
+    blob, h, _ = stream(x, qlcw.encode_section(x, f, chunk=chunk))
+    return ByteSource(blob), h.nbytes, h
+
+
+def test_reserve_into_and_out():
+    x = tensor(torch.bfloat16, 64, seed=6)
+    f = F(7, 8, 2)
+    ref = qlcw.encode_section(x, f, chunk=64)
+    into = torch.full((ref.numel() + 50,), 0xAB, dtype=torch.uint8)
+    got = tw.encode_section(x, f, chunk=64, reserve=7, into=into)
+    assert got.numel() == ref.numel() + 7 and got.data_ptr() == into.data_ptr()
+    assert torch.equal(got[7:], ref)
+    small = torch.empty(10, dtype=torch.uint8)
+    got = tw.encode_section(x, f, chunk=64, reserve=3, into=small)
+    assert got.data_ptr() != small.data_ptr() and torch.equal(got[3:], ref)
+    blob, h, sec = stream(x, ref)
+    out = torch.empty(x.numel(), dtype=x.dtype)
+    y = tw.decode_section(sec, blob, h, out=out)
+    assert y.data_ptr() == out.data_ptr() and torch.equal(bits(out), bits(x))
+
+
+# -- corrupt streams -----------------------------------------------------------------------------
+
+def _rank_stream():
+    """A bfloat16 stream of pair symbols 0..30 under a code of 15 areas of 2 ranks and area 15
+    of 16 ranks, of which only rank 30 is in the table (T = 31): 3 coded chunks of 64."""
+    x = torch.zeros(192, dtype=torch.bfloat16)
+    v = x.view(torch.int16)
+    sym = torch.arange(96) % 31
+    v[0::2] = ((sym << 7) | 5).to(torch.int16)         # the pair's low field; the high one is 0
+    v[1::2] = 3
+    code = qlcw.WideCode(16, (1,) * 15 + (4,), np.arange(31, dtype=np.int64), False)
+    sec_t = qlcw.encode_section(x, F(7, 8, 2), code, chunk=64)
+    assert torch.equal(sec_t, tw.encode_section(x, F(7, 8, 2), code, chunk=64))
+    blob, h, sec = stream(x, sec_t)
+    assert modes(sec)["coded"] == 3
+    return x, blob, sec
+
+
+def test_crafted_corrupt_streams_raise_the_same_errors():
+    x, blob, sec = _rank_stream()
+    b0 = bytearray(blob.numpy().tobytes())
+    s0 = sec.planes_offset + sec.plane_bytes["prefix"] + sec.plane_bytes["field"]
+    n = sec.modes.size
+    # 1. a suffix byte more in chunk 0's table entry (and in the stream): prefixes disagree
+    b = bytearray(b0)
+    k = sec.planes_offset - 4 * n                      # u32 suffix bytes of chunk 0
+    b[k:k + 4] = (int.from_bytes(b[k:k + 4], "little") + 1).to_bytes(4, "little")
+    b.insert(s0 + int(sec.suffix_len[0]), 0)
+    # 2. every suffix bit of chunk 1 set: area 15 reads rank 30 + 15, past the table
+    c = bytearray(b0)
+    s1 = s0 + int(sec.suffix_len[0])
+    c[s1 : s1 + int(sec.suffix_len[1])] = b"\xff" * int(sec.suffix_len[1])
+    for bad, msg in ((b, "suffix plane does not match the prefixes"), (c, "code names a rank past the table")):
+        ref = decode_outcome(qlcw, bytes(bad), x.dtype, x.numel())
+        assert ref[0] == "error" and ref[1].startswith(msg), ref
+        assert decode_outcome(tw, bytes(bad), x.dtype, x.numel()) == ref
+
+
+def test_fuzzed_planes_end_like_torch_path():
+    """Bit flips and byte overwrites in the planes (they pass parse_section): the same
+    FormatError or the same tensor, on a stream without and one with the escape area."""
+    rng = np.random.default_rng(7)
+    outcomes = set()
+    for dtype, f, chunk in ((torch.bfloat16, F(7, 8, 2), 64), (torch.float16, F(10, 5, 2), 64)):
+        x = tensor(dtype, chunk, seed=8)
+        blob, _, sec = stream(x, qlcw.encode_section(x, f, chunk=chunk))
+        data = blob.numpy().tobytes()
+        end_suffix = sec.planes_offset + sum(sec.plane_bytes[p] for p in ("prefix", "field", "suffix"))
+        for i in range(10):
+            b = bytearray(data)
+            for _ in range(1 + int(rng.integers(3))):
+                # mostly prefix and suffix bytes (what the decoder checks), sometimes anywhere in the planes
+                p = int(rng.integers(sec.planes_offset, end_suffix if i % 3 else len(b)))
+                if i % 2:
+                    b[p] ^= 1 << int(rng.integers(8))
+                else:
+                    b[p] = int(rng.integers(256))
+            ref = decode_outcome(qlcw, bytes(b), dtype, x.numel())
+            assert decode_outcome(tw, bytes(b), dtype, x.numel()) == ref
+            outcomes.add(ref[0] if ref[0] == "ok" else ref[1])
+    assert len(outcomes) >= 2, outcomes
