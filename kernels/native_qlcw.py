@@ -32,7 +32,7 @@ from numba import njit, prange
 from qlccomm import qlc, qlcw
 from qlccomm.errors import EncoderError, FormatError
 
-from .native_qlc import _LOCK, ParallelKernel, _load_le, _raw8_merge, _raw8_split, _store_le, _threads
+from .native_qlc import _LOCK, _u64_put, ParallelKernel, _load_le, _raw8_merge, _raw8_split, _store_le, _threads
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 _SIGNED = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
@@ -163,6 +163,20 @@ def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
     if planes == 1 and tb == 0:          # one byte plane (bfloat16): the loop native_qlc vectorises
         _raw8_split(xs, out[r0:r0 + m], m, w, rhi, rlo)
         return
+    if planes == 1:                      # float16: a byte plane and 1..3 top bits, in one pass
+        dst = out[r0:r0 + m]
+        top = out[top0:top0 + ((m * tb + 7) >> 3)]
+        tmask = (1 << tb) - 1
+        for g8 in range((m + 7) >> 3):
+            base = 8 * g8
+            word = 0
+            for j in range(min(8, m - base)):
+                v = np.int64(xs[base + j])
+                r = ((v >> w) & rhi) | (v & rlo)
+                dst[base + j] = r & 0xFF
+                word |= ((r >> 8) & tmask) << (tb * j)
+            _store_le(top, tb * g8, word, tb)
+        return
     for p in range(planes):
         dst = out[r0 + p * n_nz:r0 + p * n_nz + m]
         sh = 8 * p
@@ -173,63 +187,89 @@ def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
         dst = out[top0:top0 + ((m * tb + 7) >> 3)]
         sh = 8 * planes
         tmask = (1 << tb) - 1
-        acc = 0
-        nacc = 0
-        q = 0
-        for i in range(m):
-            v = np.int64(xs[i])
-            acc |= (((((v >> w) & rhi) | (v & rlo)) >> sh) & tmask) << nacc
-            nacc += tb
-            if nacc >= 32:
-                _store_le(dst, q, acc, 4)
-                q += 4
-                acc >>= 32
-                nacc -= 32
-        _store_le(dst, q, acc, (nacc + 7) >> 3)
+        for g8 in range((m + 7) >> 3):      # 8 values make tb bytes
+            base = 8 * g8
+            word = 0
+            for j in range(min(8, m - base)):
+                v = np.int64(xs[base + j])
+                word |= (((((v >> w) & rhi) | (v & rlo)) >> sh) & tmask) << (tb * j)
+            _store_le(dst, tb * g8, word, tb)
+
+
+@njit(cache=True, inline="always")
+def _two_codes(xs, t, lo, fmask, w, g, enc):
+    """enc entries of codes 2t and 2t + 1 (all their elements present)."""
+    if g == 2:
+        k = np.uintp(4 * t)
+        return (np.int64(enc[_pair(xs, k, lo, fmask, w)]),
+                np.int64(enc[_pair(xs, k + np.uintp(2), lo, fmask, w)]))
+    k = np.uintp(2 * t)
+    return (np.int64(enc[np.uintp((xs[k] >> lo) & fmask)]),
+            np.int64(enc[np.uintp((xs[k + np.uintp(1)] >> lo) & fmask)]))
 
 
 @njit(cache=True)
-def _put_coded(pre, suf, xs, lo, fmask, w, g, enc):
+def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
     """Prefixes (4 bits per code) into pre, suffixes LSB first into suf; returns the suffix bits.
+
     Two codes per step: one prefix byte, at most 32 suffix bits into a 64-bit accumulator
-    (< 32 bits pending) flushed 32 bits at a time."""
+    (< 32 bits pending, so bit 63 is never set).  While suf has 8 bytes of room the step
+    stores the accumulator unconditionally and advances by whole 32-bit words without a
+    branch (whether a word is full is data-dependent: a branch would be mispredicted often);
+    the last steps flush with bounded stores.  `narrow` (every suffix at most 8 bits): four
+    codes per step."""
     m = xs.shape[0]
     ncodes = (m + g - 1) // g
     acc = 0
     nacc = 0
     q = 0
-    step = 2 * g                        # elements per two codes
-    full = m // step
-    for t in range(full):
-        if g == 2:
-            k = np.uintp(4 * t)
-            e0 = np.int64(enc[_pair(xs, k, lo, fmask, w)])
-            e1 = np.int64(enc[_pair(xs, k + np.uintp(2), lo, fmask, w)])
-        else:
-            k = np.uintp(2 * t)
-            e0 = np.int64(enc[np.uintp((xs[k] >> lo) & fmask)])
-            e1 = np.int64(enc[np.uintp((xs[k + np.uintp(1)] >> lo) & fmask)])
+    full = m // (2 * g)                 # steps whose two codes' elements are all present
+    room = suf.shape[0] - 8
+    t = 0
+    if narrow:                          # suffixes of at most 8 bits: four codes per flush
+        while t + 1 < full and q <= room:
+            e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
+            e2, e3 = _two_codes(xs, t + 1, lo, fmask, w, g, enc)
+            pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
+            pre[np.uintp(t + 1)] = ((e2 >> 21) & 15) | (((e3 >> 21) & 15) << 4)
+            acc |= (e0 & 0xFF) << nacc
+            nacc += (e0 >> 16) & 31
+            acc |= (e1 & 0xFF) << nacc
+            nacc += (e1 >> 16) & 31
+            acc |= (e2 & 0xFF) << nacc
+            nacc += (e2 >> 16) & 31
+            acc |= (e3 & 0xFF) << nacc
+            nacc += (e3 >> 16) & 31
+            _u64_put(suf, q, acc)
+            adv = nacc >> 5
+            q += adv << 2
+            acc >>= adv << 5
+            nacc &= 31
+            t += 2
+    while t < full and q <= room:
+        e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
         pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
         acc |= (e0 & 0xFFFF) << nacc
         nacc += (e0 >> 16) & 31
         acc |= (e1 & 0xFFFF) << nacc
         nacc += (e1 >> 16) & 31
-        if nacc >= 32:
-            _store_le(suf, q, acc, 4)
-            q += 4
-            acc >>= 32
-            nacc -= 32
-    for j in range(2 * full, ncodes, 2):
-        e0 = np.int64(enc[_symbol(xs, j, m, lo, fmask, w, g)])
-        nib = (e0 >> 21) & 15
+        _u64_put(suf, q, acc)
+        adv = nacc >> 5                 # 1 when a 32-bit word is complete
+        q += adv << 2
+        acc >>= adv << 5
+        nacc &= 31
+        t += 1
+    for j in range(2 * t, ncodes, 2):
+        if j + 1 < ncodes and 2 * g * (j >> 1) + 2 * g <= m:
+            e0, e1 = _two_codes(xs, j >> 1, lo, fmask, w, g, enc)
+        else:
+            e0 = np.int64(enc[_symbol(xs, j, m, lo, fmask, w, g)])
+            e1 = np.int64(enc[_symbol(xs, j + 1, m, lo, fmask, w, g)]) if j + 1 < ncodes else np.int64(0)
+        pre[j >> 1] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4 if j + 1 < ncodes else 0)
         acc |= (e0 & 0xFFFF) << nacc
         nacc += (e0 >> 16) & 31
-        if j + 1 < ncodes:
-            e1 = np.int64(enc[_symbol(xs, j + 1, m, lo, fmask, w, g)])
-            nib |= ((e1 >> 21) & 15) << 4
-            acc |= (e1 & 0xFFFF) << nacc
-            nacc += (e1 >> 16) & 31
-        pre[j >> 1] = nib
+        acc |= (e1 & 0xFFFF) << nacc
+        nacc += (e1 >> 16) & 31
         if nacc >= 32:
             _store_le(suf, q, acc, 4)
             q += 4
@@ -240,8 +280,8 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc):
 
 
 @ParallelKernel
-def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, enc, table, out, pbase, fbase, sbase, rbase, n_nz,
-                check):
+def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, enc, narrow, table, out, pbase, fbase, sbase, rbase,
+                n_nz, check):
     """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns);
     check[c] = the suffix bits written (the host compares them with qlcw_bits')."""
     n = x.shape[0]
@@ -260,7 +300,7 @@ def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, enc, table, out, pbase
             s0 = sbase + table[c, T_SUFFIX]
             ncodes = (m + g - 1) // g
             check[c] = _put_coded(out[p0:p0 + ((4 * ncodes + 7) >> 3)], out[s0:s0 + table[c, T_SUFLEN]],
-                                  xs, lo, fmask, w, g, enc)
+                                  xs, lo, fmask, w, g, enc, narrow)
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _put_fields(out[f0:f0 + ((m * w + 7) >> 3)], xs, lo, fmask, w)
@@ -280,13 +320,29 @@ def _symbol_of(a, v, firsts, table, T, escape):
     return np.uintp(0), True
 
 
+@njit(cache=True, inline="always")
+def _put_symbol(o, j, s, lo, fmask, w, g):
+    """The field(s) of code j's symbol s into o (all of its elements present)."""
+    if g == 2:
+        k = np.uintp(2 * j)
+        o[k] = (s & fmask) << lo
+        o[k + np.uintp(1)] = (s >> w) << lo
+    else:
+        o[np.uintp(j)] = s << lo
+
+
 @njit(cache=True)
-def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2):
+def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, narrow):
     """Decode a coded chunk's fields (shifted into place) into `o`; returns qlc.ERR_* flags.
 
     Two codes per prefix byte: w2[byte] gives the first code's width (bits 0-7) and both
     widths' sum (bits 8-15), so one 8-byte load at the pair's bit offset serves both
-    suffixes (<= 32 bits of the >= 57 it holds) and the only serial dependency is one add."""
+    suffixes (<= 32 bits of the >= 57 it holds) and the only serial dependency is one add.
+    A code's symbol is one look-up, dtab[area << 8 | next 8 suffix bits] (_decode_table),
+    except for codes of the escape area, of areas wider than 8 bits and ranks past the
+    table (entry -1), which take _symbol_of.  `narrow` (every area at most 8 bits wide, no
+    escape): four codes per 8-byte load, their offsets from two w2 look-ups, and an entry
+    of -1 can only be a rank past the table."""
     m = o.shape[0]
     ncodes = (m + g - 1) // g
     T = np.uintp(table.shape[0])
@@ -296,15 +352,45 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2):
     pos = 0
     past = False
     full = m // (2 * g)                 # prefix bytes whose two codes' elements are all present
-    for t in range(full):
+    t = 0
+    if narrow:
+        while t + 1 < full:
+            p0 = np.uintp(pre[np.uintp(t)])
+            p1 = np.uintp(pre[np.uintp(t + 1)])
+            w0 = np.uintp(w2[p0])
+            w1 = np.uintp(w2[p1])
+            buf = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
+            o2 = w0 >> np.uintp(8)
+            e0 = dtab[((p0 & np.uintp(15)) << np.uintp(8)) | (buf & np.uintp(255))]
+            e1 = dtab[((p0 >> np.uintp(4)) << np.uintp(8)) | ((buf >> (w0 & np.uintp(31))) & np.uintp(255))]
+            e2 = dtab[((p1 & np.uintp(15)) << np.uintp(8)) | ((buf >> o2) & np.uintp(255))]
+            e3 = dtab[((p1 >> np.uintp(4)) << np.uintp(8)) | ((buf >> (o2 + (w1 & np.uintp(31)))) & np.uintp(255))]
+            past |= (e0 | e1 | e2 | e3) < 0
+            pos += np.int64(o2 + (w1 >> np.uintp(8)))
+            _put_symbol(o, 2 * t, np.uintp(max(e0, 0)), ulo, fmask, uw, g)
+            _put_symbol(o, 2 * t + 1, np.uintp(max(e1, 0)), ulo, fmask, uw, g)
+            _put_symbol(o, 2 * t + 2, np.uintp(max(e2, 0)), ulo, fmask, uw, g)
+            _put_symbol(o, 2 * t + 3, np.uintp(max(e3, 0)), ulo, fmask, uw, g)
+            t += 2
+    for t in range(t, full):
         byte = np.uintp(pre[np.uintp(t)])
         a0 = byte & np.uintp(15)
         a1 = byte >> np.uintp(4)
         ww = np.uintp(w2[byte])
         buf = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
-        s0, p0 = _symbol_of(a0, buf & np.uintp(masks[a0]), firsts, table, T, escape)
-        s1, p1 = _symbol_of(a1, (buf >> (ww & np.uintp(31))) & np.uintp(masks[a1]), firsts, table, T, escape)
-        past |= p0 | p1
+        b1 = buf >> (ww & np.uintp(31))
+        e0 = dtab[(a0 << np.uintp(8)) | (buf & np.uintp(255))]
+        e1 = dtab[(a1 << np.uintp(8)) | (b1 & np.uintp(255))]
+        if e0 >= 0:
+            s0 = np.uintp(e0)
+        else:
+            s0, p0 = _symbol_of(a0, buf & np.uintp(masks[a0]), firsts, table, T, escape)
+            past |= p0
+        if e1 >= 0:
+            s1 = np.uintp(e1)
+        else:
+            s1, p1 = _symbol_of(a1, b1 & np.uintp(masks[a1]), firsts, table, T, escape)
+            past |= p1
         pos += np.int64(ww >> np.uintp(8))
         if g == 2:
             k = np.uintp(4 * t)
@@ -349,6 +435,35 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
     if planes == 1 and tb == 0:
         _raw8_merge(o, data[r0:r0 + m], m, w, rhi, rlo)
         return
+    if w == 7 and rhi == 0x100 and rlo == 0xFF and tb == 1:
+        # float16, split (8, 7): the raw value is the low byte and the sign; constants let
+        # LLVM vectorise the loop
+        src = data[r0:r0 + m]
+        top = data[top0:top_end]
+        for g8 in range(m >> 3):
+            t = np.uint16(top[np.uintp(g8)])
+            for j in range(8):
+                i = np.uintp(8 * g8 + j)
+                o[i] |= np.uint16(src[i]) | (((t >> np.uint16(j)) & np.uint16(1)) << np.uint16(15))
+        for i in range(m & ~7, m):
+            o[i] |= np.uint16(src[i]) | (((np.uint16(top[i >> 3]) >> np.uint16(i & 7)) & np.uint16(1)) << np.uint16(15))
+        return
+    if planes == 1:                      # float16: a byte plane and 1..3 top bits, in one pass
+        src = data[r0:r0 + m]
+        top = data[top0:top_end]
+        tmask = (1 << tb) - 1
+        for g8 in range(m >> 3):
+            word = _load_le(top, tb * g8, tb)
+            for j in range(8):
+                i = np.uintp(8 * g8 + j)
+                r = np.int64(src[i]) | (((word >> (tb * j)) & tmask) << 8)
+                o[i] |= ((r & rhi) << w) | (r & rlo)
+        base = m & ~7
+        word = _load_le(top, tb * (m >> 3), tb)
+        for j in range(m - base):
+            r = np.int64(src[base + j]) | (((word >> (tb * j)) & tmask) << 8)
+            o[base + j] |= ((r & rhi) << w) | (r & rlo)
+        return
     for p in range(planes):
         src = data[r0 + p * n_nz:r0 + p * n_nz + m]
         sh = 8 * p
@@ -358,14 +473,18 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
     if tb:
         top = data[top0:top_end]
         sh = 8 * planes
-        for i in range(m):
-            bit = i * tb
-            r = ((_load_le(top, bit >> 3, 2) >> (bit & 7)) & ((1 << tb) - 1)) << sh
-            o[i] |= ((r & rhi) << w) | (r & rlo)
+        tmask = (1 << tb) - 1
+        for g8 in range((m + 7) >> 3):      # 8 values from tb bytes
+            base = 8 * g8
+            word = _load_le(top, tb * g8, tb)
+            for j in range(min(8, m - base)):
+                r = ((word >> (tb * j)) & tmask) << sh
+                o[base + j] |= ((r & rhi) << w) | (r & rlo)
 
 
 @ParallelKernel
-def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, table_syms, escape, w2, table,
+def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, table_syms, escape, w2, dtab,
+                narrow, table,
                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out; flags[c] = the chunk's qlc.ERR_* flags."""
     n = out.shape[0]
@@ -383,9 +502,9 @@ def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts,
             pre = data[p0:min(p0 + ((4 * ncodes + 7) >> 3), pend)]
             suf = data[s0:s0 + table[c, T_SUFLEN]]
             if escape:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, True, w2)
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, True, w2, dtab, False)
             else:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, False, w2)
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, False, w2, dtab, narrow)
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _get_fields(data[f0:min(f0 + ((m * w + 7) >> 3), fend)], o, lo, w)
@@ -410,6 +529,20 @@ def _pair_widths(widths: tuple[int, ...]) -> np.ndarray:
     b = np.arange(256)
     w = np.asarray(widths, np.int64)
     return w[b & 15] | ((w[b & 15] + w[b >> 4]) << 8)
+
+
+def _decode_table(code: qlcw.WideCode) -> np.ndarray:
+    """int32 [16 * 256] by area << 8 | the next 8 suffix bits: the symbol, or -1 for the
+    escape area, areas wider than 8 bits and ranks past the table."""
+    area = np.repeat(np.arange(qlcw.N_AREAS), 256)
+    low = np.tile(np.arange(256), qlcw.N_AREAS)
+    widths = np.asarray(code.widths, np.int64)[area]
+    rank = code.firsts()[area] + (low & ((1 << widths) - 1))
+    T = code.table.size
+    simple = (widths <= 8) & (rank < T)
+    if code.escape:
+        simple &= area != qlcw.ESCAPE_AREA
+    return np.where(simple, code.table[np.minimum(rank, T - 1)], -1).astype(np.int32)
 
 
 def _layout(f: qlcw.Fields, chunk: int, elems, modes, suffix_len, start: int):
@@ -484,7 +617,8 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
     check = np.zeros(nchunks, np.int64)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_encode(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, enc, table,
+        qlcw_encode(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, enc,
+                    max(code.widths) <= 8, table,
                     o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt, check)
     coded = modes == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):
@@ -511,7 +645,8 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
         numba.set_num_threads(_threads())
         qlcw_decode(buf, words, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
                     (np.int64(1) << widths) - 1, code.firsts().astype(np.int64), code.table.astype(np.uint16),
-                    code.escape, _pair_widths(code.widths), table, b["prefix"], e["prefix"], b["field"], e["field"],
+                    code.escape, _pair_widths(code.widths), _decode_table(code),
+                    max(code.widths) <= 8 and not code.escape, table, b["prefix"], e["prefix"], b["field"], e["field"],
                     b["suffix"], b["raw"], e["raw"], nzt, flags)
     bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0
     if bad & qlc.ERR_MISMATCH:

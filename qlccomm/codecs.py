@@ -125,13 +125,14 @@ class QLCCodec:
         return qlc.describe(section)
 
     def variant(self, flat, codebook):
-        """Adaptive coding (no codebook) writes a QLCW stream where its pair code, fitted to the
-        whole tensor, is smaller than QLC's (qlcw.prefer_wide); else a QLC stream."""
+        """Adaptive coding (no codebook) writes a QLCW stream where a QLCW code fitted to the
+        whole tensor (pairs or single fields) is smaller than QLC's (qlcw.prefer_wide), and for
+        float16 tensors of MIN_WIDE_ELEMS elements or more; else a QLC stream."""
         f = qlcw.adaptive_fields(flat) if codebook is None else None
         if f is None:
             return self
-        code = qlcw.prefer_wide(_backend("qlcw", qlcw, flat.device).histogram(flat, f), f, flat.dtype)
-        return self if code is None else QLCWCodec(f, code)
+        choice = qlcw.prefer_wide(_backend("qlcw", qlcw, flat.device).histogram(flat, f), f, flat.dtype)
+        return self if choice is None else QLCWCodec(*choice)
 
 
 class QLCWCodec:

@@ -7,8 +7,8 @@ decode two elements.  The planes are QLC's: prefixes (4 bits), fields of raw chu
 byte-aligned suffixes, raw bits; a chunk decodes with gathers and one prefix sum.
 
     code = build_code(histogram)          # WideCode: 16 widths, rank -> symbol table, escape flag
-    f = adaptive_fields(flat)             # codec="qlc": the split it weighs (or None: QLC) ...
-    code = prefer_wide(histogram(flat, f), f, flat.dtype)   # ... and the code, if smaller than QLC
+    f = adaptive_fields(flat)             # codec="qlc": the pair split it weighs (or None: QLC) ...
+    choice = prefer_wide(histogram(flat, f), f, flat.dtype)  # ... (split, code), or None for QLC
 """
 from __future__ import annotations
 
@@ -140,13 +140,18 @@ def _widths(sorted_counts: np.ndarray, n_areas: int) -> tuple[int, ...]:
 
 
 def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
+    """fit_code's code."""
+    return fit_code(hist, symbol_bits)[0]
+
+
+def fit_code(hist: np.ndarray, symbol_bits: int) -> tuple[WideCode, int]:
     """The smallest code (code bits plus table bytes) for a histogram of symbols (int64 [2^S]).
 
     Either every used symbol is in the table (16 areas), or the table keeps the most
     frequent ones (symbols seen more than once, at most FIT_MAX) and area 15 escapes the
     rest.  FIT_MAX bounds the fitting time (the width programme is linear in the table's
     length, ~1 ms per 1000 symbols on one core) and the decoder's table (8 KiB); the
-    format allows up to TABLE_MAX.
+    format allows up to TABLE_MAX.  Returns the code and its prefix and suffix bits for `hist`.
     """
     hist = np.asarray(hist, np.int64)
     order = _sorted_symbols(hist)
@@ -160,7 +165,21 @@ def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
     if keep < order.size:
         w = _widths(counts[:keep], N_AREAS - 1) + (symbol_bits,)
         options.append(WideCode(symbol_bits, w, order[:keep], True))
-    return min(options, key=lambda c: code_bits(hist, c) + 16 * c.table.size)
+    costs = [_rank_bits(c, counts) for c in options]
+    best = min(range(len(options)), key=lambda i: costs[i] + 16 * options[i].table.size)
+    return options[best], costs[best]
+
+
+def _rank_bits(code: WideCode, counts: np.ndarray) -> int:
+    """Code bits of symbols in rank order with `counts` (int64, at least T; ranks past the
+    table escaped)."""
+    T = code.table.size
+    area = np.searchsorted(code.firsts(), np.arange(T), side="right") - 1
+    if code.escape:
+        area = np.minimum(area, ESCAPE_AREA - 1)   # area 15 holds no ranks (its first is past T)
+    lengths = PREFIX_BITS + np.asarray(code.widths, np.int64)[area]
+    escaped = int(counts[T:].sum()) * (PREFIX_BITS + code.symbol_bits)
+    return int(counts[:T] @ lengths) + escaped
 
 
 def code_bits(hist: np.ndarray, code: WideCode) -> int:
@@ -223,32 +242,43 @@ def best_split(flat: torch.Tensor) -> Fields:
 
 
 def adaptive_fields(flat: torch.Tensor) -> Fields | None:
-    """The QLCW split `codec="qlc"` (adaptive) weighs against a QLC section for `flat`, or None
-    where it writes QLC without looking: tensors under MIN_WIDE_ELEMS elements, and dtypes
-    whose single split is not one field (float16: its QLC plans and QLCW splits differ, and
-    measuring four splits costs more than the bytes they save)."""
-    if flat.numel() < MIN_WIDE_ELEMS or flat.dtype == torch.float16:
+    """The pair split adaptive `codec="qlc"` weighs for `flat` (prefer_wide), or None where it
+    writes QLC without looking (tensors under MIN_WIDE_ELEMS elements, dtypes QLCW does not
+    code): the exponent for bfloat16 and float32, the exponent and the top 2 mantissa bits for
+    float16, the byte for 1-byte dtypes."""
+    if flat.numel() < MIN_WIDE_ELEMS or not candidates(flat.dtype):
         return None
-    c = candidates(flat.dtype)
-    return c[0] if len(c) == 1 else None
+    if flat.dtype == torch.float16:
+        return Fields(8, 7, 2)
+    return candidates(flat.dtype)[0]
 
 
-def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype) -> WideCode | None:
-    """The QLCW code for a symbol histogram of `f` (histogram()), if it codes the tensor in
-    fewer bits than the QLC section fitted to the same fields would (tables included; the raw
-    bits are the same in both), else None.  The QLC side is the adaptive codebook of the
-    fields' own histogram, the pair histogram's marginal."""
-    code = build_code(hist, f.symbol_bits)
-    wide = code_bits(hist, code) + 8 * (HEAD_BYTES + 2 * code.table.size)
-    if f.g == 2:
-        pairs = hist.reshape(1 << f.w, 1 << f.w)            # [high field, low field]
-        single = pairs.sum(axis=0) + pairs.sum(axis=1)
-    else:
-        single = hist
-    plan = candidate_plans(dtype)[0]
-    cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
-    narrow = total_bits(single, cb) + 8 * 264
-    return code if wide < narrow else None
+def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype) -> tuple[Fields, WideCode] | None:
+    """What adaptive `codec="qlc"` writes, from the symbol histogram of pair split `f`
+    (histogram()): a QLCW split and its code, or None for a QLC section.  The smallest of
+
+    * QLCW pairs: the code fitted to `hist`;
+    * QLCW single fields (g = 1): the code fitted to the marginal of `hist` (the fields one at
+      a time; it pays for high-entropy fields such as 1-byte floats: their codes are long, so
+      the 4-bit prefix costs nothing extra, and 16 areas fit them closer than QLC's 8);
+    * QLC: the adaptive codebook of the same marginal, where the QLC plan's symbol is that
+      field (bfloat16 and float32 exponents, bytes; for float16 the QLC plans split
+      differently and QLCW is written: smaller on every float16 tensor measured);
+
+    in bits, tables included (the raw bits are the same in all).  Both backends compute the
+    same histogram, so they choose alike."""
+    pairs = hist.reshape(1 << f.w, 1 << f.w)                # [high field, low field]
+    single = pairs.sum(axis=0) + pairs.sum(axis=1)
+    options = []
+    for fields, h in ((f, hist), (Fields(f.lo, f.w, 1), single)):
+        code, bits = fit_code(h, fields.symbol_bits)
+        options.append((bits + 8 * (HEAD_BYTES + 2 * code.table.size), fields, code))
+    if dtype != torch.float16:
+        plan = candidate_plans(dtype)[0]
+        cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
+        options.append((total_bits(single, cb) + 8 * 264, None, None))
+    best = min(options, key=lambda o: o[0])
+    return None if best[1] is None else (best[1], best[2])
 
 
 # -- encoding ---------------------------------------------------------------------------------

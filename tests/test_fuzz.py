@@ -35,10 +35,10 @@ def test_a_hung_case_is_killed_recorded_and_fails_the_run(tmp_path):
     """A per-case timeout that a decode can hardly meet: a case is a hang (its worker killed and,
     while there is work, replaced), each hang gets a reproducer, and the exit status is 1.
     (A result already waiting when the parent looks is taken, so not every case need hang.)"""
-    proc, summary = campaign(tmp_path, "--streams", "2", "--workers", "1", "--timeout", "0.0001", "--seed", "3")
+    proc, summary = campaign(tmp_path, "--streams", "6", "--workers", "1", "--timeout", "0.0001", "--seed", "3")
     assert proc.returncode == 1, proc.stdout + proc.stderr[-4000:]
     hangs = sum(c["hang"] for c in summary["counts"].values())
-    assert hangs >= 1 and sum(sum(c.values()) for c in summary["counts"].values()) == 2
+    assert hangs >= 1 and sum(sum(c.values()) for c in summary["counts"].values()) == 6
     cases = sorted(json.loads(p.read_text())["case"] for p in tmp_path.glob("hang-3-???????.json"))   # not the .codebook.json beside some
     assert len(cases) == hangs
     first = json.loads((tmp_path / f"hang-3-{cases[0]:07d}.json").read_text())

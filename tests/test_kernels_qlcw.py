@@ -99,7 +99,7 @@ def test_rank_past_the_table_fails_alike():
     assert kc.outcome(bytes(bad), "native") == ref
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16, torch.float8_e4m3fn])
 def test_adaptive_qlc_writes_qlcw_where_smaller_same_bytes_on_both_paths(dtype):
     x = datagen.synthetic("weight", dtype, 60000, seed=2)
     with kc.kernels_env("torch"):
@@ -109,17 +109,23 @@ def test_adaptive_qlc_writes_qlcw_where_smaller_same_bytes_on_both_paths(dtype):
     assert torch.equal(got, ref)
     f = qlcw.adaptive_fields(x)
     wide = qlcw.prefer_wide(qlcw.histogram(x, f), f, dtype)
-    assert qlccomm.inspect(got)["codec"] == ("qlcw" if wide is not None else "qlc")
+    info = qlccomm.inspect(got)
+    assert info["codec"] == ("qlcw" if wide is not None else "qlc")
+    if wide is not None:
+        assert info["fields"] == {"lo": wide[0].lo, "w": wide[0].w, "g": wide[0].g}
     assert torch.equal(qlccomm.decompress(got).view(torch.uint8), x.view(torch.uint8))
-    if dtype == torch.bfloat16:             # exponent pairs beat single exponents on weights
-        assert wide is not None
+    if dtype in (torch.bfloat16, torch.float16):    # QLCW beats QLC on weights (bf16: with pairs)
+        assert wide is not None and (wide[0].g == 2 or dtype == torch.float16)
         assert got.numel() < qlccomm.compress(x, codebook=qlccomm.fit_codebook(x)).numel()
+    if dtype == torch.float8_e4m3fn:                # high-entropy bytes: 16 areas of single bytes
+        assert wide is not None and wide[0].g == 1
 
 
-def test_adaptive_qlc_keeps_qlc_for_small_tensors_float16_and_codebooks():
+def test_adaptive_qlc_keeps_qlc_for_small_tensors_and_codebooks():
     small = datagen.synthetic("weight", torch.bfloat16, qlcw.MIN_WIDE_ELEMS - 1, seed=2)
     assert qlccomm.inspect(qlccomm.compress(small))["codec"] == "qlc"
     half = datagen.synthetic("weight", torch.float16, 60000, seed=2)
-    assert qlccomm.inspect(qlccomm.compress(half))["codec"] == "qlc"
+    info = qlccomm.inspect(qlccomm.compress(half))
+    assert info["codec"] == "qlcw" and (info["fields"]["lo"], info["fields"]["w"]) == (8, 7)
     big = datagen.synthetic("weight", torch.bfloat16, 60000, seed=2)
     assert qlccomm.inspect(qlccomm.compress(big, codebook=qlccomm.fit_codebook(big)))["codec"] == "qlc"
