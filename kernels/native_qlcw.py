@@ -102,14 +102,16 @@ def qlcw_hist(x, chunk, lo, w, g, nz, hist):
 
 
 @ParallelKernel
-def qlcw_bits(x, chunk, lo, w, g, enc, bits, nz, bad):
-    """Per chunk c: nz[c] = any bit set; bits[c] = its suffix bits under `enc` (see _enc_table);
-    bad[c] = a non-zero chunk holds a symbol the code cannot write."""
+def qlcw_bits(x, chunk, lo, w, g, encs, chunk_code, bits, nz, bad):
+    """Per chunk c: nz[c] = any bit set; bits[c] = its suffix bits under its code's table
+    encs[chunk_code[c]] (see _enc_table); bad[c] = a non-zero chunk holds a symbol its code
+    cannot write."""
     n = x.shape[0]
     fmask = (1 << w) - 1
     for c in prange(bits.shape[0]):
         xs = x[c * chunk:min(c * chunk + chunk, n)]
         m = xs.shape[0]
+        enc = encs[chunk_code[c]]
         nonzero = _chunk_any(xs)
         nz[c] = nonzero
         if not nonzero:
@@ -280,10 +282,11 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
 
 
 @ParallelKernel
-def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, enc, narrow, table, out, pbase, fbase, sbase, rbase,
-                n_nz, check):
-    """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns);
-    check[c] = the suffix bits written (the host compares them with qlcw_bits')."""
+def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, encs, narrow, chunk_code, table, out, pbase, fbase, sbase,
+                rbase, n_nz, check):
+    """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns), coded
+    chunks with their code (encs, narrow by chunk_code); check[c] = the suffix bits written
+    (the host compares them with qlcw_bits')."""
     n = x.shape[0]
     fmask = (1 << w) - 1
     for c in prange(table.shape[0]):
@@ -300,7 +303,7 @@ def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, enc, narrow, table, ou
             s0 = sbase + table[c, T_SUFFIX]
             ncodes = (m + g - 1) // g
             check[c] = _put_coded(out[p0:p0 + ((4 * ncodes + 7) >> 3)], out[s0:s0 + table[c, T_SUFLEN]],
-                                  xs, lo, fmask, w, g, enc, narrow)
+                                  xs, lo, fmask, w, g, encs[chunk_code[c]], narrow[chunk_code[c]])
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _put_fields(out[f0:f0 + ((m * w + 7) >> 3)], xs, lo, fmask, w)
@@ -483,10 +486,12 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
 
 
 @ParallelKernel
-def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, table_syms, escape, w2, dtab,
-                narrow, table,
+def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2, dtab,
+                narrow, chunk_code, table,
                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
-    """Decode every chunk of `table` into out; flags[c] = the chunk's qlc.ERR_* flags."""
+    """Decode every chunk of `table` into out, coded chunks with their code (the per-code
+    arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]); flags[c] = the
+    chunk's qlc.ERR_* flags."""
     n = out.shape[0]
     for c in prange(table.shape[0]):
         mode = table[c, T_MODE]
@@ -501,10 +506,13 @@ def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts,
             ncodes = (m + g - 1) // g
             pre = data[p0:min(p0 + ((4 * ncodes + 7) >> 3), pend)]
             suf = data[s0:s0 + table[c, T_SUFLEN]]
-            if escape:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, True, w2, dtab, False)
+            k = chunk_code[c]
+            syms = tables[toff[k]:toff[k + 1]]
+            if escape[k]:
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, True, w2[k], dtab[k], False)
             else:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks, firsts, table_syms, False, w2, dtab, narrow)
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, False, w2[k], dtab[k],
+                                      narrow[k])
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _get_fields(data[f0:min(f0 + ((m * w + 7) >> 3), fend)], o, lo, w)
@@ -580,7 +588,7 @@ def histogram(flat: torch.Tensor, f: qlcw.Fields, chunk: int = qlc.CHUNK_ELEMS) 
     return hist.sum(axis=0)
 
 
-def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | None = None,
+def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | qlcw.CodeSet | None" = None,
                    chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.qlcw.encode_section for CPU tensors (same bytes, same `reserve` and `into`)."""
     from .common import section_buffer
@@ -596,16 +604,19 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
     bad = np.zeros(nchunks, np.bool_)
     if code is None:
         code = qlcw.build_code(histogram(flat, f, chunk), f.symbol_bits)
+    cs = qlcw.CodeSet.of(code, nchunks)
+    encs = np.stack([_enc_table(c) for c in cs.codes])
+    narrow = np.array([max(c.widths) <= 8 for c in cs.codes])
     with _LOCK:
         numba.set_num_threads(_threads())
-        enc = _enc_table(code)
-        qlcw_bits(x, chunk, f.lo, f.w, f.g, enc, bits, nz, bad)
+        qlcw_bits(x, chunk, f.lo, f.w, f.g, encs, cs.chunk_code, bits, nz, bad)
     if bad.any():
         raise EncoderError("QLCW code cannot write a symbol of the tensor")
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
     modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, bits, nz, f.w)
-    head = np.concatenate([np.frombuffer(qlcw.section_head(f, code, chunk, nchunks), np.uint8),
-                           qlc.chunk_table(modes, suffix_len)])
+    head = np.concatenate([np.frombuffer(qlcw.section_head(f, cs, chunk, nchunks), np.uint8),
+                           qlc.chunk_table(modes, suffix_len),
+                           np.frombuffer(qlcw.chunk_codes(cs, nchunks), np.uint8)])
     table, ncodes = _layout(f, chunk, elems, modes, suffix_len, len(head))
     planes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, plan.raw_bits)
     b = _bases(planes, len(head))
@@ -617,8 +628,8 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
     check = np.zeros(nchunks, np.int64)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_encode(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, enc,
-                    max(code.widths) <= 8, table,
+        qlcw_encode(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, encs,
+                    narrow, cs.chunk_code, table,
                     o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt, check)
     coded = modes == qlc.MODE_CODED
     if not np.array_equal(check[coded], bits[coded]):
@@ -629,7 +640,7 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
 def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.qlcw.decode_section for CPU streams (same result, same errors, same `out`)."""
     from .common import decode_target
-    f, code, plan = sec.fields, sec.code, sec.plan
+    f, codes, plan = sec.fields, sec.codes, sec.plan
     nchunks = sec.modes.size
     elems = qlc.chunk_elems(sec.numel, sec.chunk, nchunks, "numpy")
     table, _ = _layout(f, sec.chunk, elems, sec.modes, sec.suffix_len, sec.planes_offset)
@@ -639,14 +650,19 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     words = _words(flat)
     flags = np.zeros(nchunks, np.int32)
     nzt = int(elems[sec.modes != qlc.MODE_ZERO].sum())
-    widths = np.asarray(code.widths, np.int64)
+    widths = np.asarray([c.widths for c in codes], np.int64)                  # [M, 16]
+    sizes = np.array([c.table.size for c in codes], np.int64)
+    toff = np.concatenate([[0], np.cumsum(sizes)])
     buf = data.contiguous().numpy()
     with _LOCK:
         numba.set_num_threads(_threads())
         qlcw_decode(buf, words, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
-                    (np.int64(1) << widths) - 1, code.firsts().astype(np.int64), code.table.astype(np.uint16),
-                    code.escape, _pair_widths(code.widths), _decode_table(code),
-                    max(code.widths) <= 8 and not code.escape, table, b["prefix"], e["prefix"], b["field"], e["field"],
+                    (np.int64(1) << widths) - 1, np.stack([c.firsts() for c in codes]).astype(np.int64),
+                    np.concatenate([c.table for c in codes]).astype(np.uint16), toff,
+                    np.array([c.escape for c in codes]), np.stack([_pair_widths(c.widths) for c in codes]),
+                    np.stack([_decode_table(c) for c in codes]),
+                    np.array([max(c.widths) <= 8 and not c.escape for c in codes]), sec.chunk_code, table,
+                    b["prefix"], e["prefix"], b["field"], e["field"],
                     b["suffix"], b["raw"], e["raw"], nzt, flags)
     bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0
     if bad & qlc.ERR_MISMATCH:
@@ -654,3 +670,27 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     if bad & qlc.ERR_RANK:
         raise FormatError("code names a rank past the table (corrupt stream)")
     return flat
+
+
+@ParallelKernel
+def qlcw_chunk_hist(x, chunk, lo, w, hist):
+    """hist[c] = chunk c's histogram of its elements' fields (lo, w); zero for all-zero chunks."""
+    n = x.shape[0]
+    fmask = (1 << w) - 1
+    for c in prange(hist.shape[0]):
+        xs = x[c * chunk:min(c * chunk + chunk, n)]
+        if not _chunk_any(xs):
+            continue
+        h = hist[c]
+        for i in range(xs.shape[0]):
+            h[np.uintp((xs[np.uintp(i)] >> lo) & fmask)] += 1
+
+
+def chunk_histograms(flat: torch.Tensor, lo: int, w: int, chunk: int = qlc.CHUNK_ELEMS) -> np.ndarray:
+    """qlccomm.qlcw.chunk_histograms for CPU tensors."""
+    x = _words(flat.detach().contiguous())
+    hist = np.zeros((-(-x.shape[0] // chunk), 1 << w), np.int64)
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        qlcw_chunk_hist(x, chunk, lo, w, hist)
+    return hist

@@ -125,13 +125,18 @@ class QLCCodec:
         return qlc.describe(section)
 
     def variant(self, flat, codebook):
-        """Adaptive coding (no codebook) writes a QLCW stream where a QLCW code fitted to the
-        whole tensor (pairs or single fields) is smaller than QLC's (qlcw.prefer_wide), and for
-        float16 tensors of MIN_WIDE_ELEMS elements or more; else a QLC stream."""
+        """Adaptive coding (no codebook) writes a QLCW stream where QLCW codes fitted to the
+        tensor (pairs, single fields, or single fields with a code per group of chunks) are
+        smaller than QLC's (qlcw.prefer_wide), and for float16 tensors of MIN_WIDE_ELEMS
+        elements or more; else a QLC stream."""
         f = qlcw.adaptive_fields(flat) if codebook is None else None
         if f is None:
             return self
-        choice = qlcw.prefer_wide(_backend("qlcw", qlcw, flat.device).histogram(flat, f), f, flat.dtype)
+        backend = _backend("qlcw", qlcw, flat.device)
+        chunk_hist = None
+        if qlcw.weighs_chunk_codes(flat):
+            chunk_hist = getattr(backend, "chunk_histograms", qlcw.chunk_histograms)(flat, f.lo, f.w)
+        choice = qlcw.prefer_wide(backend.histogram(flat, f), f, flat.dtype, chunk_hist)
         return self if choice is None else QLCWCodec(*choice)
 
 
@@ -143,7 +148,7 @@ class QLCWCodec:
 
     name, codec_id = "qlcw", CODEC_QLCW
 
-    def __init__(self, fields: "qlcw.Fields | None" = None, code: "qlcw.WideCode | None" = None):
+    def __init__(self, fields: "qlcw.Fields | None" = None, code: "qlcw.WideCode | qlcw.CodeSet | None" = None):
         self.fields = fields        # None: the writer's choice per tensor
         self.code = code            # None: fitted to the tensor by encode; else one fitted to it already
 

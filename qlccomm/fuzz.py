@@ -82,8 +82,26 @@ def build_corpus(seed: int):
                      cb_key=dtype_name(dt) if cbmode == "fitted" else None, digest=tensor_digest(t), blob=blob)
             streams.append(s)
             known[hashlib.sha256(blob).hexdigest()] = s["digest"]
+    for dt, (lo, w) in ((torch.float8_e4m3fn, (0, 8)), (torch.float16, (8, 7)), (torch.bfloat16, (7, 8))):
+        t = _tensor(dt, (20000,), seed * 1000 + len(streams))       # QLCW with several codes
+        t[:8192] = (t[:8192].float() * 64).to(dt)                  # two groups of chunks apart
+        blob = _multi_code_stream(t, lo, w)
+        s = dict(index=len(streams), dtype=dtype_name(dt), shape=[20000], requested="qlcw-codes", codebook=None,
+                 checksum=False, codec="qlcw", cb_key=None, digest=tensor_digest(t), blob=blob)
+        streams.append(s)
+        known[hashlib.sha256(blob).hexdigest()] = s["digest"]
     specs = {k: (dtype_name(c.dtype), c.plan, list(c.widths), list(c.symbols)) for k, c in fitted.items()}
     return streams, specs, known
+
+
+def _multi_code_stream(t: torch.Tensor, lo: int, w: int) -> bytes:
+    """A QLCW stream of `t` whose chunks use two codes (qlcw.cluster_codes' grouping)."""
+    from . import qlcw
+    from .format import CODEC_QLCW, Header
+    f = qlcw.Fields(lo, w, 1)
+    cs = qlcw.cluster_codes(qlcw.chunk_histograms(t, lo, w), f)[0][1]
+    head = Header(CODEC_QLCW, t.dtype, tuple(t.shape)).encode()
+    return head + qlcw.encode_section(t.reshape(-1), f, cs).numpy().tobytes()
 
 
 def fields(blob: bytes) -> list[tuple[str, int, int]]:
@@ -105,16 +123,24 @@ def fields(blob: bytes) -> list[tuple[str, int, int]]:
         f += [(f"qlc.mode{c}", p + 8 + c, 1) for c in range(K)]
         f += [(f"qlc.suffix_bytes{c}", p + 8 + K + 4 * c, 4) for c in range(K)]
     elif codec == 3 and len(blob) >= s + 24:                   # QLCW
-        f += [("qlcw.lo", s, 1), ("qlcw.w", s + 1, 1), ("qlcw.g", s + 2, 1), ("qlcw.escape", s + 3, 1)]
-        f += [(f"qlcw.width{k}", s + 4 + k, 1) for k in range(16)] + [("qlcw.T", s + 20, 4)]
-        T = struct.unpack_from("<I", blob, s + 20)[0]
-        f += [(f"qlcw.symbol{r}", s + 24 + 2 * r, 2) for r in (0, 1, T - 1) if 0 <= r < T]
-        p = s + 24 + 2 * T
+        f += [("qlcw.lo", s, 1), ("qlcw.w", s + 1, 1), ("qlcw.g", s + 2, 1), ("qlcw.flags", s + 3, 1)]
+        M, p = ((blob[s + 3] >> 1) & 7) + 1, s + 4
+        for m in range(M):                                      # each code: [escape,] widths, T, table
+            if m:
+                f, p = f + [(f"qlcw.code{m}.escape", p, 1)], p + 1
+            if len(blob) < p + 20:
+                break
+            f += [(f"qlcw.code{m}.width{k}", p + k, 1) for k in range(16)] + [(f"qlcw.code{m}.T", p + 16, 4)]
+            T = struct.unpack_from("<I", blob, p + 16)[0]
+            f += [(f"qlcw.code{m}.symbol{r}", p + 20 + 2 * r, 2) for r in (0, 1, T - 1) if 0 <= r < T]
+            p += 20 + 2 * T
         if len(blob) >= p + 8:
             K = struct.unpack_from("<I", blob, p + 4)[0]
             f += [("qlcw.C", p, 4), ("qlcw.K", p + 4, 4)]
             f += [(f"qlcw.mode{c}", p + 8 + c, 1) for c in range(K)]
             f += [(f"qlcw.suffix_bytes{c}", p + 8 + K + 4 * c, 4) for c in range(K)]
+            if M > 1:
+                f += [(f"qlcw.chunk_code{c}", p + 8 + 5 * K + c, 1) for c in range(K)]
     elif codec == 2 and len(blob) >= s + 29:                   # ENEC
         f += [("enec.plan", s, 1), ("enec.b", s + 1, 1), ("enec.n", s + 2, 1), ("enec.m", s + 3, 1),
               ("enec.L", s + 4, 1), ("enec.B", s + 5, 4), ("enec.K", s + 9, 4), ("enec.F", s + 13, 8),

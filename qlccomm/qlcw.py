@@ -33,6 +33,8 @@ PREFIX_BITS = 4
 MAX_WIDTH = 16            # suffix bits
 TABLE_MAX = 32768         # rank -> symbol entries (u16 each: 64 KiB)
 FIT_MAX = 4096            # the writer's tables: at most this many symbols, the rest escaped
+MAX_CODES = 8             # codes in one section (the chunks name theirs)
+MULTI_MIN_ELEMS = 1 << 21 # smaller tensors: the writer weighs one code only
 ESCAPE_AREA = 15
 HEAD_BYTES = 4 + N_AREAS + 4
 MIN_WIDE_ELEMS = 16384    # smaller tensors are written as QLC sections
@@ -126,6 +128,33 @@ class WideCode:
     def to_bytes(self) -> bytes:
         return (bytes(self.widths) + struct.pack("<I", self.table.size)
                 + self.table.astype("<u2").tobytes())
+
+
+@dataclass(frozen=True)
+class CodeSet:
+    """M QLCW codes (1..MAX_CODES) and the code of each chunk (int64 [K], each < M)."""
+
+    codes: tuple[WideCode, ...]
+    chunk_code: np.ndarray
+
+    @staticmethod
+    def of(code: "WideCode | CodeSet", nchunks: int) -> "CodeSet":
+        """A CodeSet as is, or one code for every chunk."""
+        if isinstance(code, CodeSet):
+            if code.chunk_code.shape != (nchunks,):
+                raise ValueError(f"CodeSet names codes for {code.chunk_code.size} chunks, the tensor has {nchunks}")
+            return code
+        return CodeSet((code,), np.zeros(nchunks, np.int64))
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        """The codes' symbol_tables() one after another (int64 [M * 2^S] each): index
+        code << S | symbol."""
+        return {k: np.concatenate([c.tables[k] for c in self.codes]) for k in ("area", "suffix", "length")}
+
+    def head_bytes(self) -> int:
+        """Bytes of the codes' tables after the first (an escape flag each) and of the chunk codes."""
+        extra = sum(1 + N_AREAS + 4 + 2 * c.table.size for c in self.codes[1:])
+        return extra + (self.chunk_code.size if len(self.codes) > 1 else 0)
 
 
 def _sorted_symbols(hist: np.ndarray) -> np.ndarray:
@@ -253,32 +282,133 @@ def adaptive_fields(flat: torch.Tensor) -> Fields | None:
     return candidates(flat.dtype)[0]
 
 
-def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype) -> tuple[Fields, WideCode] | None:
+def weighs_chunk_codes(flat: torch.Tensor) -> bool:
+    """Whether adaptive coding of `flat` also weighs single-field codes per group of chunks
+    (prefer_wide's `chunk_hist`): tensors of MULTI_MIN_ELEMS elements or more (grouping the
+    chunks costs ~10 ms on one core, which smaller tensors do not repay; the collectives'
+    slices are smaller) of the dtypes where single fields can win (1-byte dtypes, float16;
+    for bfloat16 and float32 exponents the 4-bit prefix alone costs more than pairs do)."""
+    return flat.numel() >= MULTI_MIN_ELEMS and (flat.dtype.itemsize == 1 or flat.dtype == torch.float16)
+
+
+def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
+                chunk_hist: np.ndarray | None = None) -> "tuple[Fields, WideCode | CodeSet] | None":
     """What adaptive `codec="qlc"` writes, from the symbol histogram of pair split `f`
-    (histogram()): a QLCW split and its code, or None for a QLC section.  The smallest of
+    (histogram()) and, optionally, each chunk's histogram of the single fields
+    (chunk_histograms()): a QLCW split and its code(s), or None for a QLC section.  The
+    smallest of
 
     * QLCW pairs: the code fitted to `hist`;
-    * QLCW single fields (g = 1): the code fitted to the marginal of `hist` (the fields one at
-      a time; it pays for high-entropy fields such as 1-byte floats: their codes are long, so
-      the 4-bit prefix costs nothing extra, and 16 areas fit them closer than QLC's 8);
-    * QLC: the adaptive codebook of the same marginal, where the QLC plan's symbol is that
+    * QLCW single fields (g = 1): the code fitted to the fields' histogram (it pays for
+      high-entropy fields such as 1-byte floats: their codes are long, so the 4-bit prefix
+      costs nothing extra, and 16 areas fit them closer than QLC's 8);
+    * with `chunk_hist`: single fields with 2, 4 or 8 codes, one per group of chunks whose
+      statistics are alike (cluster_codes);
+    * QLC: the adaptive codebook of the fields' histogram, where the QLC plan's symbol is that
       field (bfloat16 and float32 exponents, bytes; for float16 the QLC plans split
       differently and QLCW is written: smaller on every float16 tensor measured);
 
-    in bits, tables included (the raw bits are the same in all).  Both backends compute the
-    same histogram, so they choose alike."""
-    pairs = hist.reshape(1 << f.w, 1 << f.w)                # [high field, low field]
-    single = pairs.sum(axis=0) + pairs.sum(axis=1)
-    options = []
-    for fields, h in ((f, hist), (Fields(f.lo, f.w, 1), single)):
-        code, bits = fit_code(h, fields.symbol_bits)
-        options.append((bits + 8 * (HEAD_BYTES + 2 * code.table.size), fields, code))
+    in bits, tables and chunk codes included (the raw bits are the same in all).  Both
+    backends compute the same histograms, so they choose alike."""
+    if chunk_hist is not None:
+        single = chunk_hist.sum(axis=0)
+    else:
+        pairs = hist.reshape(1 << f.w, 1 << f.w)            # [high field, low field]
+        single = pairs.sum(axis=0) + pairs.sum(axis=1)
+    f1 = Fields(f.lo, f.w, 1)
+    code, bits = fit_code(single, f1.symbol_bits)
+    options = [(bits + 8 * (HEAD_BYTES + 2 * code.table.size), f1, code)]
+    if chunk_hist is not None:
+        options += [(bits, f1, cs) for bits, cs in cluster_codes(chunk_hist, f1)]
     if dtype != torch.float16:
         plan = candidate_plans(dtype)[0]
         cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
         options.append((total_bits(single, cb) + 8 * 264, None, None))
+    if pair_bound_bits(hist, f.symbol_bits) < min(o[0] for o in options):   # else pairs cannot win: skip the fit
+        code, bits = fit_code(hist, f.symbol_bits)
+        options.insert(0, (bits + 8 * (HEAD_BYTES + 2 * code.table.size), f, code))
     best = min(options, key=lambda o: o[0])
     return None if best[1] is None else (best[1], best[2])
+
+
+def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
+    """A lower bound on what fit_code(hist) can cost, metadata included: the entropy of the
+    symbols (with more than FIT_MAX used, of the FIT_MAX most frequent plus one escape symbol
+    for the rest, which also pay their symbol_bits) and the fixed metadata.  Cheap next to the
+    fit itself (no sort of the used symbols)."""
+    counts = hist[hist > 0].astype(np.float64)
+    n = counts.sum()
+    if n == 0:
+        return 0.0
+    if counts.size > FIT_MAX:
+        top = np.partition(counts, counts.size - FIT_MAX)[counts.size - FIT_MAX:]
+        tail = n - top.sum()
+        counts = np.append(top, tail) if tail > 0 else top
+        extra = tail * symbol_bits
+    else:
+        extra = 0.0
+    return float(-(counts * np.log2(counts / n)).sum() + extra + 8 * HEAD_BYTES)
+
+
+CLUSTER_COUNTS = (2, 8)         # the numbers of codes cluster_codes tries
+CLUSTER_SAMPLE = 1024           # chunks its iterations look at
+CLUSTER_ROUNDS = 6
+
+
+def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]]:
+    """CodeSets of 2 and 8 single-field codes (CLUSTER_COUNTS) for the chunks of `chunk_hist` (int64 [K, 2^w],
+    each chunk's field histogram; all-zero rows: all-zero chunks), each with its bits (codes,
+    tables and chunk codes).
+
+    Chunks are grouped by k-means under code length: each group's model is the log2 frequency
+    of its fields; a chunk joins the group whose model codes it in the fewest bits.  The
+    groups start as quantiles of the chunks' entropy and take CLUSTER_ROUNDS rounds over at
+    most CLUSTER_SAMPLE evenly spaced chunks; every chunk then joins its best group, and each
+    group's code is fitted to its chunks' exact histogram.  Both backends call this on the
+    same integer histograms in the same process, so they choose alike."""
+    live = np.flatnonzero(chunk_hist.any(axis=1))
+    out = []
+    if live.size < 2:
+        return out
+    sample = live[np.unique(np.linspace(0, live.size - 1, min(live.size, CLUSTER_SAMPLE)).round().astype(np.int64))]
+    hs = chunk_hist[sample].astype(np.float64)
+    p = hs / hs.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log2(np.where(p > 0, p, 1))).sum(axis=1)
+    order = np.argsort(entropy, kind="stable")
+    for M in CLUSTER_COUNTS:
+        if M > sample.size:
+            break
+        assign = np.empty(sample.size, np.int64)
+        assign[order] = np.arange(sample.size) * M // sample.size
+        for _ in range(CLUSTER_ROUNDS):
+            assign = _nearest(hs, _models(hs, assign, M))
+        models = _models(hs, assign, M)
+        group = np.concatenate([_nearest(chunk_hist[live[i:i + 4096]].astype(np.float64), models)
+                                for i in range(0, live.size, 4096)])
+        used, group = np.unique(group, return_inverse=True)         # drop empty groups, keep their order
+        if used.size < 2:
+            continue
+        codes, bits = [], 8 * (4 + chunk_hist.shape[0]) + 8 * (N_AREAS + 4)
+        for m in range(used.size):
+            code, b = fit_code(chunk_hist[live[group == m]].sum(axis=0), f.symbol_bits)
+            codes.append(code)
+            bits += b + 8 * (1 + N_AREAS + 4 + 2 * code.table.size)
+        chunk_code = np.zeros(chunk_hist.shape[0], np.int64)
+        chunk_code[live] = group
+        out.append((bits, CodeSet(tuple(codes), chunk_code)))
+    return out
+
+
+def _models(h: np.ndarray, assign: np.ndarray, M: int) -> np.ndarray:
+    """log2 field frequencies of each group ([M, 2^w]; a small floor for unseen fields)."""
+    member = (assign[None, :] == np.arange(M)[:, None]).astype(np.float64)     # [M, rows]
+    counts = member @ h + 1e-3
+    return np.log2(counts / counts.sum(axis=1, keepdims=True))
+
+
+def _nearest(h: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Each row's group: the model that codes it in the fewest bits (first on ties)."""
+    return (h @ -models.T).argmin(axis=1)
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -289,6 +419,17 @@ def histogram(flat: torch.Tensor, f: Fields, chunk: int = CHUNK_ELEMS) -> np.nda
     plan = f.plan(flat.element_size() * 8)
     _, f2, _, nonzero, elems = split_rows(flat, plan, chunk)
     return _histogram(symbols_of(f2, f), nonzero, elems, f, chunk)
+
+
+def chunk_histograms(flat: torch.Tensor, lo: int, w: int, chunk: int = CHUNK_ELEMS) -> np.ndarray:
+    """Each chunk's histogram of its elements' fields (lo, w) (int64 [K, 2^w]); all-zero
+    chunks: zero rows."""
+    plan = _field_plan(flat.element_size() * 8, lo, w)
+    _, f2, _, nonzero, elems = split_rows(flat, plan, chunk)
+    K = f2.shape[0]
+    index = (torch.arange(K, device=flat.device).unsqueeze(1) << w) + f2.to(torch.int64)
+    keep = (torch.arange(chunk, device=flat.device).unsqueeze(0) < elems.unsqueeze(1)) & nonzero.unsqueeze(1)
+    return torch.bincount(index[keep], minlength=K << w).view(K, 1 << w).cpu().numpy()
 
 
 def _histogram(s2: torch.Tensor, nonzero: torch.Tensor, elems: torch.Tensor, f: Fields, chunk: int) -> np.ndarray:
@@ -308,9 +449,19 @@ def check_chunk(chunk: int) -> None:
         raise ValueError(f"QLCW chunk of {chunk} elements: a multiple of 16 up to {MAX_CHUNK_ELEMS}")
 
 
-def section_head(f: Fields, code: WideCode, chunk: int, nchunks: int) -> bytes:
-    return (struct.pack("<BBBB", f.lo, f.w, f.g, int(code.escape)) + code.to_bytes()
-            + struct.pack("<II", chunk, nchunks))
+def section_head(f: Fields, code: "WideCode | CodeSet", chunk: int, nchunks: int) -> bytes:
+    """Split, codes, chunk size and count (the chunk table and the chunk codes follow)."""
+    codes = CodeSet.of(code, nchunks).codes
+    head = struct.pack("<BBBB", f.lo, f.w, f.g, int(codes[0].escape) | (len(codes) - 1) << 1) + codes[0].to_bytes()
+    for c in codes[1:]:
+        head += bytes([int(c.escape)]) + c.to_bytes()
+    return head + struct.pack("<II", chunk, nchunks)
+
+
+def chunk_codes(code: "WideCode | CodeSet", nchunks: int) -> bytes:
+    """The chunk-code bytes after the chunk table (none for one code)."""
+    cs = CodeSet.of(code, nchunks)
+    return cs.chunk_code.astype(np.uint8).tobytes() if len(cs.codes) > 1 else b""
 
 
 def choose_modes(elems, ncodes, suffix_bits, nonzero, w: int):
@@ -322,11 +473,12 @@ def choose_modes(elems, ncodes, suffix_bits, nonzero, w: int):
     return modes, xp.where(modes == MODE_CODED, (suffix_bits + 7) // 8, 0)
 
 
-def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, chunk: int = CHUNK_ELEMS,
-                   reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
+def encode_section(flat: torch.Tensor, f: Fields, code: "WideCode | CodeSet | None" = None,
+                   chunk: int = CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """Encode a 1-D contiguous tensor (at least one element) as a QLCW section with split `f`;
-    `code=None` fits one to the tensor's non-zero chunks.  `reserve` bytes, uninitialised, precede
-    the section; `into`: a uint8 buffer on flat's device to write into when it has room."""
+    `code=None` fits one to the tensor's non-zero chunks; a CodeSet names each chunk's code.
+    `reserve` bytes, uninitialised, precede the section; `into`: a uint8 buffer on flat's
+    device to write into when it has room."""
     check_chunk(chunk)
     dev = flat.device
     g = f.g
@@ -339,7 +491,9 @@ def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, 
     last_codes = int(ncodes[-1])
     if code is None:
         code = build_code(_histogram(s2, nonzero, elems, f, chunk), f.symbol_bits)
-    t = {k: torch.from_numpy(v).to(dev) for k, v in code.tables.items()}
+    cs = CodeSet.of(code, nchunks)
+    t = {k: torch.from_numpy(v).to(dev) for k, v in cs.stacked().items()}
+    s2 = s2 + (torch.from_numpy(cs.chunk_code).to(dev).unsqueeze(1) << f.symbol_bits)   # code << S | symbol
     s_idx = s2.view(-1)
     length = t["length"].index_select(0, s_idx).view(nchunks, per_row)
     if last_codes < per_row:
@@ -363,9 +517,10 @@ def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, 
                                   suffix_len.index_select(0, coded), max_width=MAX_WIDTH)
     raw_plane = (pack_bits(_select_rows(raw2, nz).reshape(-1)[:n_nz], plan.raw_bits)
                  if raw2 is not None else fld.new_empty(0))
-    head = torch.frombuffer(bytearray(section_head(f, code, chunk, nchunks)), dtype=torch.uint8).to(dev)
+    head = torch.frombuffer(bytearray(section_head(f, cs, chunk, nchunks)), dtype=torch.uint8).to(dev)
+    codes = torch.from_numpy(np.frombuffer(chunk_codes(cs, nchunks), np.uint8).copy()).to(dev)
     return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev), head, chunk_table(modes, suffix_len),
-                        prefix_plane, field_plane, suffix_plane, raw_plane], into)
+                        codes, prefix_plane, field_plane, suffix_plane, raw_plane], into)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -373,7 +528,8 @@ def encode_section(flat: torch.Tensor, f: Fields, code: WideCode | None = None, 
 @dataclass
 class QLCWSection:
     fields: Fields
-    code: WideCode
+    codes: tuple[WideCode, ...]
+    chunk_code: np.ndarray      # int64 [K]: each chunk's code
     chunk: int
     numel: int
     modes: np.ndarray           # int64 [K]
@@ -385,6 +541,15 @@ class QLCWSection:
     @property
     def plan(self) -> Plan:
         return self.fields.plan(self.item_bits)
+
+    @property
+    def code(self) -> WideCode:
+        """The first code (the only one of most sections)."""
+        return self.codes[0]
+
+    @property
+    def codeset(self) -> CodeSet:
+        return CodeSet(self.codes, self.chunk_code)
 
 
 def plane_sizes(elems, ncodes, modes, suffix_len, f: Fields, raw_bits: int) -> dict:
@@ -398,27 +563,33 @@ def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
     """Parse and validate a QLCW section at byte `start`; every size is checked against the
     stream's length before anything of that size is allocated."""
     item_bits = header.dtype.itemsize * 8
-    head = src.read(start, start + HEAD_BYTES)
-    lo, w, g, esc = head[0], head[1], head[2], head[3]
+    head = src.read(start, start + 4)
+    lo, w, g, flags = head[0], head[1], head[2], head[3]
     f = Fields(lo, w, g)
     if not candidate_plans(header.dtype) or not valid_fields(header.dtype, f):
         raise FormatError(f"QLCW split lo={lo} w={w} g={g} does not code {header.dtype}")
-    if esc > 1:
-        raise FormatError(f"unknown QLCW escape flag {esc}")
-    widths = tuple(head[4 : 4 + N_AREAS])
-    (T,) = struct.unpack("<I", head[4 + N_AREAS :])
-    S = f.symbol_bits
-    if max(widths) > MAX_WIDTH or (esc and widths[ESCAPE_AREA] != S):
-        raise FormatError(f"bad QLCW area widths {widths}")
-    if not 1 <= T <= TABLE_MAX:
-        raise FormatError(f"QLCW table of {T} entries (1..{TABLE_MAX})")
-    pos = start + HEAD_BYTES
-    table = np.frombuffer(src.read(pos, pos + 2 * T), "<u2").astype(np.int64)
-    pos += 2 * T
-    if int(table.max()) >> S:
-        raise FormatError(f"QLCW table entry exceeds {S} bits")
+    if flags >> 4:
+        raise FormatError(f"unknown QLCW flags {flags:#x}")
+    pos = start + 4
+    codes = []
+    for k in range((flags >> 1) + 1):
+        if k:
+            esc = src.read(pos, pos + 1)[0]
+            pos += 1
+            if esc > 1:
+                raise FormatError(f"unknown QLCW escape flag {esc}")
+        else:
+            esc = flags & 1
+        code, pos = _read_code(src, pos, f.symbol_bits, esc)
+        codes.append(code)
     numel = header.numel
     chunk, modes, suffix_len, elems, pos = read_chunk_table(src, pos, numel, 16)
+    chunk_code = np.zeros(modes.size, np.int64)
+    if len(codes) > 1:
+        chunk_code = np.frombuffer(src.read(pos, pos + modes.size), np.uint8).astype(np.int64)
+        pos += modes.size
+        if bool((chunk_code >= len(codes)).any()):
+            raise FormatError(f"a chunk names a code past the section's {len(codes)}")
     ncodes = (elems + g - 1) // g
     if bool((suffix_len > 2 * ncodes).any()):              # at most 16 suffix bits per symbol
         raise FormatError("suffix length exceeds its chunk")
@@ -426,15 +597,31 @@ def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
     end = pos + sum(planes.values())
     if len(src) != end:
         raise FormatError(f"stream is {len(src)} bytes, its QLCW metadata says {end}")
-    return QLCWSection(f, WideCode(S, widths, table, bool(esc)), chunk, numel, modes, suffix_len, pos, planes,
-                       item_bits)
+    return QLCWSection(f, tuple(codes), chunk_code, chunk, numel, modes, suffix_len, pos, planes, item_bits)
+
+
+def _read_code(src: ByteSource, pos: int, S: int, esc: int) -> tuple[WideCode, int]:
+    """One code's widths, table size and table at byte `pos` (its escape flag read already)."""
+    head = src.read(pos, pos + N_AREAS + 4)
+    widths = tuple(head[:N_AREAS])
+    (T,) = struct.unpack("<I", head[N_AREAS:])
+    if max(widths) > MAX_WIDTH or (esc and widths[ESCAPE_AREA] != S):
+        raise FormatError(f"bad QLCW area widths {widths}")
+    if not 1 <= T <= TABLE_MAX:
+        raise FormatError(f"QLCW table of {T} entries (1..{TABLE_MAX})")
+    pos += N_AREAS + 4
+    table = np.frombuffer(src.read(pos, pos + 2 * T), "<u2").astype(np.int64)
+    if int(table.max()) >> S:
+        raise FormatError(f"QLCW table entry exceeds {S} bits")
+    return WideCode(S, widths, table, bool(esc)), pos + 2 * T
 
 
 def describe(sec: QLCWSection) -> dict:
     m = sec.modes
     return {"fields": {"lo": sec.fields.lo, "w": sec.fields.w, "g": sec.fields.g},
-            "symbol_bits": sec.fields.symbol_bits, "table_entries": int(sec.code.table.size),
-            "escape": sec.code.escape, "widths": list(sec.code.widths), "chunk_elems": sec.chunk,
+            "symbol_bits": sec.fields.symbol_bits, "codes": len(sec.codes),
+            "table_entries": int(sum(c.table.size for c in sec.codes)),
+            "escape": any(c.escape for c in sec.codes), "widths": list(sec.code.widths), "chunk_elems": sec.chunk,
             "chunks": int(m.size), "chunks_zero": int((m == MODE_ZERO).sum()),
             "chunks_coded": int((m == MODE_CODED).sum()), "chunks_raw": int((m == MODE_RAW).sum()),
             "plane_bytes": dict(sec.plane_bytes), "metadata_bytes": sec.planes_offset}
@@ -472,14 +659,17 @@ def decode_section(sec: QLCWSection, data: torch.Tensor, header: Header,
 
 def _decode_coded(sec: QLCWSection, views: dict, elems: torch.Tensor, dev) -> torch.Tensor:
     """Fields ([coded chunks, C], int32) of the coded chunks from the prefix and suffix planes."""
-    f, code = sec.fields, sec.code
+    f, codes = sec.fields, sec.codes
     per_row = sec.chunk // f.g
     ncodes = (elems + f.g - 1) // f.g
     n_codes = int(ncodes.sum())
-    chunk_bytes = torch.from_numpy(sec.suffix_len[sec.modes == MODE_CODED]).to(dev)
+    coded = sec.modes == MODE_CODED
+    chunk_bytes = torch.from_numpy(sec.suffix_len[coded]).to(dev)
+    ci = torch.from_numpy(sec.chunk_code[coded]).to(dev).unsqueeze(1)       # each coded chunk's code
     area = _pad_rows(unpack_bits(views["prefix"], PREFIX_BITS, n_codes), per_row).to(torch.int64)
-    widths = torch.tensor(code.widths, dtype=torch.int64, device=dev)
-    width = widths.index_select(0, area.view(-1)).view(area.shape)
+    at = (ci << 4) | area                                                    # code << 4 | area
+    widths = torch.tensor([c.widths for c in codes], dtype=torch.int64, device=dev).view(-1)
+    width = widths.index_select(0, at.view(-1)).view(area.shape)
     if n_codes % per_row:
         width[-1, n_codes % per_row:] = 0
     if bool(((width.sum(dim=1) + 7) // 8 != chunk_bytes).any()):
@@ -491,13 +681,17 @@ def _decode_coded(sec: QLCWSection, views: dict, elems: torch.Tensor, dev) -> to
     window = plane[:-2] | (plane[1:-1] << 8) | (plane[2:] << 16)   # 24 bits from each byte offset
     value = window.index_select(0, byte_at.view(-1)).view(area.shape)
     value = (value >> (local & 7)) & ((1 << width) - 1)
-    rank = torch.from_numpy(code.firsts()).to(dev).index_select(0, area.view(-1)).view(area.shape) + value
-    escaped = area == ESCAPE_AREA if code.escape else torch.zeros_like(area, dtype=torch.bool)
-    T = code.table.size
-    if bool(((rank >= T) & ~escaped).any()):
+    firsts = torch.from_numpy(np.concatenate([c.firsts() for c in codes])).to(dev)
+    rank = firsts.index_select(0, at.view(-1)).view(area.shape) + value
+    escape = torch.tensor([c.escape for c in codes], device=dev)
+    escaped = (area == ESCAPE_AREA) & escape[ci]
+    sizes = torch.tensor([c.table.size for c in codes], dtype=torch.int64, device=dev)
+    if bool(((rank >= sizes[ci]) & ~escaped).any()):
         raise FormatError("code names a rank past the table (corrupt stream)")
-    table = torch.from_numpy(code.table).to(dev)
-    sym = torch.where(escaped, value, table.index_select(0, rank.clamp(max=T - 1).view(-1)).view(area.shape))
+    table = torch.from_numpy(np.concatenate([c.table for c in codes])).to(dev)
+    offset = (torch.cumsum(sizes, 0) - sizes)[ci]
+    index = offset + torch.minimum(rank, sizes[ci] - 1)
+    sym = torch.where(escaped, value, table.index_select(0, index.view(-1)).view(area.shape))
     if f.g == 1:
         return sym
     mask = (1 << f.w) - 1

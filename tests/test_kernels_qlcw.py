@@ -129,3 +129,88 @@ def test_adaptive_qlc_keeps_qlc_for_small_tensors_and_codebooks():
     assert info["codec"] == "qlcw" and (info["fields"]["lo"], info["fields"]["w"]) == (8, 7)
     big = datagen.synthetic("weight", torch.bfloat16, 60000, seed=2)
     assert qlccomm.inspect(qlccomm.compress(big, codebook=qlccomm.fit_codebook(big)))["codec"] == "qlc"
+
+
+# -- several codes per section ---------------------------------------------------------------------
+def _layered(dtype: torch.dtype, n: int) -> torch.Tensor:
+    """Parts of one tensor scaled apart (as a model's layers are), then an all-zero chunk and
+    an incompressible one: chunk groups with different statistics."""
+    g = torch.Generator().manual_seed(7)
+    parts = [torch.randn(n // 16384 * 4096, generator=g) * s for s in (1.0, 0.03, 300.0, 1e-4)]
+    x = torch.cat(parts)
+    if dtype == torch.float8_e4m3fn:
+        x = x / x.abs().max() * 448
+    x = x.to(dtype)
+    noise = torch.randint(0, 256, (4096 * dtype.itemsize,), generator=g, dtype=torch.int32).to(torch.uint8)
+    return torch.cat([x, torch.zeros(4096, dtype=dtype), noise.view(dtype), x[:777]])
+
+
+def _stream(dtype, section: torch.Tensor, numel: int) -> torch.Tensor:
+    h = Header(CODEC_QLCW, dtype, (numel,))
+    return torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
+
+
+@pytest.mark.parametrize("dtype,lo,w", [(torch.float8_e4m3fn, 0, 8), (torch.float16, 8, 7)])
+def test_code_sets_same_bytes_and_bits_on_both_paths(dtype, lo, w):
+    x = _layered(dtype, 60000)
+    f1 = qlcw.Fields(lo, w, 1)
+    hist = qlcw.chunk_histograms(x, lo, w)
+    assert np.array_equal(native_qlcw.chunk_histograms(x, lo, w), hist)
+    sets = qlcw.cluster_codes(hist, f1)
+    assert len(sets) == 2 and len(sets[0][1].codes) == 2 and 2 < len(sets[1][1].codes) <= 8   # empty groups dropped
+    for bits, cs in sets:
+        ref = qlcw.encode_section(x, f1, cs)
+        assert torch.equal(native_qlcw.encode_section(x, f1, cs), ref)
+        blob = _stream(dtype, ref, x.numel())
+        info = qlccomm.inspect(blob)
+        assert info["codes"] == len(cs.codes) and info["chunks_zero"] == 1
+        assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+    single = qlcw.encode_section(x, f1).numel()
+    assert min(qlcw.encode_section(x, f1, cs).numel() for _, cs in sets) < single   # groups pay here
+
+
+def test_pair_code_sets_and_an_escaping_code():
+    """A CodeSet of pair codes, one of them escaping, fitted to two halves of the chunks."""
+    x = _layered(torch.bfloat16, 40000)
+    f = qlcw.Fields(7, 8, 2)
+    K = -(-x.numel() // 4096)
+    chunk_code = (np.arange(K) >= K // 2).astype(np.int64)
+    first = qlcw.build_code(qlcw.histogram(x[: (K // 2) * 4096], f), 16)
+    room = sum(1 << b for b in first.widths[:15])
+    wide = qlcw.WideCode(16, first.widths[:15] + (16,), first.table[:room][:-3], True)   # area 15 escapes
+    second = qlcw.build_code(qlcw.histogram(x, f), 16)
+    cs = qlcw.CodeSet((wide, second), chunk_code)
+    ref = qlcw.encode_section(x, f, cs)
+    assert torch.equal(native_qlcw.encode_section(x, f, cs), ref)
+    blob = _stream(x.dtype, ref, x.numel())
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+
+
+def test_corrupt_chunk_codes_fail_alike():
+    x = _layered(torch.float8_e4m3fn, 40000)
+    f1 = qlcw.Fields(0, 8, 1)
+    cs = qlcw.cluster_codes(qlcw.chunk_histograms(x, 0, 8), f1)[0][1]
+    blob = _stream(x.dtype, qlcw.encode_section(x, f1, cs), x.numel())
+    info = qlccomm.inspect(blob)
+    codes_at = info["metadata_bytes"] - info["chunks"]               # the chunk codes end the metadata
+    bad = bytearray(blob.numpy().tobytes())
+    bad[codes_at] = len(cs.codes)
+    assert kc.outcome(bytes(bad), "torch") == kc.outcome(bytes(bad), "native")
+    assert "names a code past" in kc.outcome(bytes(bad), "torch")[1]
+    for c in range(info["chunks"]):                                  # another valid code: both paths agree
+        bad = bytearray(blob.numpy().tobytes())
+        bad[codes_at + c] ^= 1
+        assert kc.outcome(bytes(bad), "torch") == kc.outcome(bytes(bad), "native"), c
+
+
+def test_adaptive_qlc_groups_chunks_of_large_tensors():
+    x = _layered(torch.float8_e4m3fn, qlcw.MULTI_MIN_ELEMS)
+    with kc.kernels_env("torch"):
+        ref = qlccomm.compress(x)
+    got = qlccomm.compress(x)
+    assert torch.equal(got, ref)
+    info = qlccomm.inspect(got)
+    assert info["codec"] == "qlcw" and info["codes"] > 1 and info["fields"]["g"] == 1
+    assert torch.equal(qlccomm.decompress(got).view(torch.uint8), x.view(torch.uint8))
+    small = x[: qlcw.MULTI_MIN_ELEMS // 2].contiguous()             # below the size: one code
+    assert qlccomm.inspect(qlccomm.compress(small)).get("codes", 1) == 1

@@ -123,7 +123,7 @@ def _section_start(blob: bytes) -> int:
 
 
 @pytest.mark.parametrize("field, value, match", [
-    (0, 200, "split"), (1, 0, "split"), (2, 3, "split"), (3, 2, "escape"),
+    (0, 200, "split"), (1, 0, "split"), (2, 3, "split"), (3, 16, "flags"), (3, 2, ""),
     (4, 17, "widths"), ("T", 0, "table"), ("T", 40000, "table"), ("C", 12, "chunk"), ("mode", 7, "mode"),
 ])
 def test_corrupt_metadata_is_a_format_error(field, value, match):
