@@ -350,15 +350,15 @@ def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
     return float(-(counts * np.log2(counts / n)).sum() + extra + 8 * HEAD_BYTES)
 
 
-CLUSTER_COUNTS = (2, 8)         # the numbers of codes cluster_codes tries
+CLUSTER_COUNTS = (8,)           # the numbers of codes cluster_codes tries (empty groups are dropped)
 CLUSTER_SAMPLE = 1024           # chunks its iterations look at
-CLUSTER_ROUNDS = 6
+CLUSTER_ROUNDS = 5
 
 
 def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]]:
-    """CodeSets of 2 and 8 single-field codes (CLUSTER_COUNTS) for the chunks of `chunk_hist` (int64 [K, 2^w],
-    each chunk's field histogram; all-zero rows: all-zero chunks), each with its bits (codes,
-    tables and chunk codes).
+    """CodeSets of up to 8 single-field codes (CLUSTER_COUNTS) for the chunks of `chunk_hist`
+    (int64 [K, 2^w], each chunk's field histogram; all-zero rows: all-zero chunks), each with
+    its bits (codes, tables and chunk codes).
 
     Chunks are grouped by k-means under code length: each group's model is the log2 frequency
     of its fields; a chunk joins the group whose model codes it in the fewest bits.  The
@@ -402,13 +402,14 @@ def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]
 def _models(h: np.ndarray, assign: np.ndarray, M: int) -> np.ndarray:
     """log2 field frequencies of each group ([M, 2^w]; a small floor for unseen fields)."""
     member = (assign[None, :] == np.arange(M)[:, None]).astype(np.float64)     # [M, rows]
-    counts = member @ h + 1e-3
+    counts = np.einsum("mr,rb->mb", member, h) + 1e-3
     return np.log2(counts / counts.sum(axis=1, keepdims=True))
 
 
 def _nearest(h: np.ndarray, models: np.ndarray) -> np.ndarray:
-    """Each row's group: the model that codes it in the fewest bits (first on ties)."""
-    return (h @ -models.T).argmin(axis=1)
+    """Each row's group: the model that codes it in the fewest bits (first on ties).  einsum,
+    not matmul: BLAS would start its own threads, which then spin beside the kernels'."""
+    return np.einsum("rb,mb->rm", h, -models).argmin(axis=1)
 
 
 # -- encoding ---------------------------------------------------------------------------------

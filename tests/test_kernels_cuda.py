@@ -100,3 +100,25 @@ def _outcome(blob: torch.Tensor, backend: str):
         except qlccomm.FormatError as e:
             return ("error", str(e))
     return ("ok", y.reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+
+
+@pytest.mark.parametrize("dtype,lo,w,g", [(torch.bfloat16, 7, 8, 2), (torch.float16, 8, 7, 2),
+                                          (torch.float32, 23, 8, 2), (torch.float8_e4m3fn, 0, 8, 1)])
+def test_qlcw_large_matches_torch_path(dtype, lo, w, g):
+    """QLCW at 64 MiB: one code, and (single fields) 8 codes over groups of chunks; the same
+    section bytes as the torch path on the device, and bit-exact decodes of it."""
+    from qlccomm import qlcw
+    from qlccomm.format import CODEC_QLCW, Header
+    from qlccomm.kernels import triton_qlcw as tw
+    x = _big(dtype, 64 * MIB, seed=3)
+    f = qlcw.Fields(lo, w, g)
+    codes = [None]
+    if g == 1:
+        codes += [cs for _, cs in qlcw.cluster_codes(qlcw.chunk_histograms(x, lo, w), f)]
+    h = torch.frombuffer(bytearray(Header(CODEC_QLCW, dtype, (x.numel(),)).encode()), dtype=torch.uint8).to(DEV)
+    for code in codes:
+        ref = qlcw.encode_section(x, f, code)
+        assert torch.equal(tw.encode_section(x, f, code), ref)
+        blob = torch.cat([h, ref])
+        with kc.kernels_env("triton"):
+            assert torch.equal(qlccomm.decompress(blob).view(torch.uint8), x.view(torch.uint8))
