@@ -604,7 +604,7 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     bad = np.zeros(nchunks, np.bool_)
     if code is None:
         code = qlcw.build_code(histogram(flat, f, chunk), f.symbol_bits)
-    cs = qlcw.CodeSet.of(code, nchunks)
+    cs = qlcw.CodeSet.of(code, nchunks, f.symbol_bits)
     encs = np.stack([_enc_table(c) for c in cs.codes])
     narrow = np.array([max(c.widths) <= 8 for c in cs.codes])
     with _LOCK:

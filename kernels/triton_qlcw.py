@@ -8,14 +8,23 @@ the host with the torch path's FormatError messages.  One chunk per program (pro
 loop over chunks past the grid limit), each chunk walked in steps of SUB elements
 (SUB / g symbols) with the bit offsets carried between steps.
 
+Several codes per section (qlcw.CodeSet; a WideCode is one code for every chunk): each
+chunk's code k is a column of the kernels' chunk table (TAB_CODE; the stats pass takes
+the chunk codes as an array); the per-code tables are stacked and indexed by k: the
+per-symbol kernel tables [M * 2^S] at k << S, widths and first ranks [M * 16] at 16 k,
+rank tables concatenated with each code's size, offset and escape flag in info[3 k ..].
+
 Launches per call:
 
-  encode, given code     _qlcw_stats, _qlcw_encode, _qlc_suffix_diff (coded chunks only)
+  encode, given code(s)  _qlcw_stats, _qlcw_encode, _qlc_suffix_diff (coded chunks only)
                          + 1 device->host copy (per-chunk statistics, K int32)
-                         + 3 host->device copies (section head, the kernels' chunk table, per-symbol table)
+                         + 4 host->device copies (section head, the kernels' chunk table,
+                         per-symbol tables, chunk codes)
   encode, fitted code    + _qlcw_hist and a device->host copy of the histogram (2^S counts)
-  decode                 _qlcw_decode + 4 small host->device copies (chunk table, widths,
-                         first ranks, rank table), 1 memset and 1 device->host copy (error word)
+  decode                 _qlcw_decode + 5 small host->device copies (chunk table, widths,
+                         first ranks, rank tables, per-code sizes / offsets / escape flags),
+                         1 memset and 1 device->host copy (error word)
+  chunk_histograms       _qlcw_chunk_hist + 1 memset and 1 device->host copy ([K, 2^w] counts)
 
 The kernels:
 
@@ -26,13 +35,16 @@ The kernels:
                      symbols).  Zero chunks and the padding symbols of a short last chunk
                      are never counted, which is the torch path's bincount less its
                      corrections.  The host fits the code: qlcw.build_code.
+  _qlcw_chunk_hist   (chunk_histograms) the same per chunk for single fields, into row c
+                     of a [K, 2^w] int32 histogram (qlcw.cluster_codes groups the chunks).
   _qlcw_stats        per chunk: stat = 4 * (sum of the suffix widths of its symbols)
-                     + 2 * (some symbol the code cannot write) + (any bit set), from one
-                     gather of the per-symbol kernel table (suffix | area << 16 | width << 20
-                     | unwritable << 25).
+                     + 2 * (some symbol its code cannot write) + (any bit set), from one
+                     gather of its code's per-symbol kernel table (suffix | area << 16 |
+                     width << 20 | unwritable << 25).
   (host)             EncoderError for an unwritable symbol of a non-zero chunk, modes
                      (qlcw.choose_modes), plane sizes (qlcw.plane_sizes), per-chunk plane
-                     offsets, section head (qlcw.section_head + qlc.chunk_table)
+                     offsets, section head (qlcw.section_head + qlc.chunk_table +
+                     qlcw.chunk_codes)
   _qlcw_encode       per chunk: raw planes (byte planes, then the R % 8 high bits packed)
                      for coded and raw chunks; raw chunks: fields packed at w bits; coded
                      chunks: 4-bit prefixes packed 8 per 4 bytes, suffix bit offsets by
@@ -45,8 +57,8 @@ The kernels:
                      0..B) mod 256 = (exclusive tl.cumsum of the parts) + its own parts up
                      to B, and stores it into a scratch buffer
   _qlc_suffix_diff   (shared with triton_qlc) per coded chunk: byte B = P(B) - P(B-1) mod 256
-  _qlcw_decode       per chunk, per element: its symbol's 4-bit prefix -> width (a 16-entry
-                     table), bit offsets by tl.cumsum over the symbols (the second element
+  _qlcw_decode       per chunk (with its code's tables), per element: its symbol's 4-bit
+                     prefix -> width (a 16-entry table), bit offsets by tl.cumsum over the symbols (the second element
                      of a pair adds width 0), a 24-bit window of three byte gathers, rank =
                      first rank of the area + suffix, the rank table gather (or the suffix
                      itself in the escape area), the element's field of the symbol; fields
@@ -57,8 +69,10 @@ The kernels:
 
 Limits as in triton_qlc: int32/int64 arithmetic, uint8 only for bytes, int32 atomics only
 (except the histogram of a tensor of 2^31 or more symbols), at most 65535 programs.
-Chunk sizes that are not a multiple of 16 (streams the reader refuses) and empty tensors
-(the torch path raises) are handed to the torch path.
+Chunk sizes that are not a multiple of 16 (streams the reader refuses), empty tensors
+(the torch path raises) and CodeSets of several codes whose symbol bits differ from the
+split's (the torch path indexes their concatenated tables by code << S | symbol) are
+handed to the torch path.
 """
 from __future__ import annotations
 
@@ -75,7 +89,7 @@ from qlccomm.errors import EncoderError
 from . import common
 from .triton_qlc import MAX_PROGRAMS, NUM_WARPS, _chunk_row, _pack_store, _qlc_suffix_diff, _unpack
 
-__all__ = ["encode_section", "decode_section", "histogram"]
+__all__ = ["encode_section", "decode_section", "histogram", "chunk_histograms"]
 
 # Elements per step inside a chunk (see triton_qlc.SUB_MAX); tests set a small value to
 # exercise the offsets carried between steps.  At least 16: 8 symbols of pairs.
@@ -83,6 +97,9 @@ SUB_MAX = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 
 # the kernel table's columns (int32 per symbol)
 ENC_AREA_SHIFT, ENC_WIDTH_SHIFT, ENC_BAD_SHIFT = 16, 20, 25
+# the chunk table's column holding each chunk's code (the spare one; rows of 8 int64, as _chunk_row reads)
+assert common.TAB_COLS == 8
+TAB_CODE = tl.constexpr(common.TAB_COLS - 1)
 
 
 def _sub(chunk: int) -> int:
@@ -130,13 +147,36 @@ def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
 
 
 @triton.jit
-def _qlcw_stats(x_ptr, enc_ptr, stat_ptr, n, chunk, nchunks, nprog,
-                LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
-    """stat[c] = 4 * (sum of chunk c's suffix widths) + 2 * (a symbol the code cannot
-    write) + (any bit of chunk c set); padding symbols of a short last chunk left out."""
+def _qlcw_chunk_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog, LO: tl.constexpr, W: tl.constexpr,
+                     SUB: tl.constexpr):
+    """hist[c << W | field] += 1 for each element of the chunks c with a set bit."""
+    for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
+        base = c * chunk
+        elems = tl.minimum(n - base, chunk)
+        nz = 0
+        for s in range(0, chunk, SUB):
+            idx = s + tl.arange(0, SUB)
+            x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0)
+            nz += tl.sum((x != 0).to(tl.int32), axis=0)
+        if nz > 0:
+            for s in range(0, chunk, SUB):
+                idx = s + tl.arange(0, SUB)
+                valid = idx < elems
+                x = tl.load(x_ptr + base + idx, mask=valid, other=0).to(tl.int32)
+                tl.atomic_add(hist_ptr + (c << W) + ((x >> LO) & ((1 << W) - 1)),
+                              tl.full([SUB], 1, tl.int32), mask=valid)
+
+
+@triton.jit
+def _qlcw_stats(x_ptr, enc_ptr, code_ptr, stat_ptr, n, chunk, nchunks, nprog,
+                LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, S: tl.constexpr, SUB: tl.constexpr):
+    """stat[c] = 4 * (sum of chunk c's suffix widths) + 2 * (a symbol its code cannot
+    write) + (any bit of chunk c set); padding symbols of a short last chunk left out.
+    Chunk c's code is code[c]: its kernel table is enc[code[c] << S : (code[c] + 1) << S]."""
     SUBC: tl.constexpr = SUB // G
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         base = c * chunk
+        enc = enc_ptr + (tl.load(code_ptr + c).to(tl.int64) << S)
         elems = tl.minimum(n - base, chunk)
         ncodes = (elems + G - 1) // G
         bits = 0
@@ -146,7 +186,7 @@ def _qlcw_stats(x_ptr, enc_ptr, stat_ptr, n, chunk, nchunks, nprog,
             jj = s + tl.arange(0, SUBC)
             valid = jj < ncodes
             sym, nzs = _symbols(x_ptr, base, jj, elems, LO, W, G)
-            e = tl.load(enc_ptr + sym, mask=valid, other=0)
+            e = tl.load(enc + sym, mask=valid, other=0)
             bits += tl.sum((e >> 20) & 31, axis=0)
             bad |= tl.max(((e >> 25) & 1).to(tl.int32), axis=0)
             nz |= tl.max(nzs.to(tl.int32), axis=0)
@@ -172,11 +212,13 @@ def _store_raw(out_ptr, raw, valid, r0, plane, top_base, top_limit,
 def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, nprog,
                  pbase, fbase, rbase, n_nz,
                  LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
-                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, SUB: tl.constexpr):
+                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, S: tl.constexpr,
+                 SUB: tl.constexpr):
     SUBC: tl.constexpr = SUB // G
     plane = tl.zeros([], tl.int64) + n_nz          # int64: byte plane p starts at p * n_nz
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
+        enc = enc_ptr + (tl.load(tab_ptr + c * 8 + TAB_CODE) << S)   # the chunk's code's kernel table
         if mode != 0:
             base = c * chunk
             ncodes = (elems + G - 1) // G
@@ -202,7 +244,7 @@ def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, npro
                     jj = s + tl.arange(0, SUBC)
                     cv = jj < ncodes
                     sym, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
-                    e = tl.load(enc_ptr + sym, mask=cv, other=0)
+                    e = tl.load(enc + sym, mask=cv, other=0)
                     e = tl.where(cv, e, 0)
                     sfx = e & 0xFFFF
                     w = (e >> 20) & 31
@@ -227,14 +269,23 @@ def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, npro
 
 
 @triton.jit
-def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks, nprog,
-                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, T,
+def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, info_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks,
+                 nprog, pbase, pend, fbase, fend, sbase, rbase, rend, n_nz,
                  LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
                  RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, ESC: tl.constexpr,
                  SUB: tl.constexpr):
+    """Code k (the chunk's, column TAB_CODE): widths wid[16k : 16k + 16], first ranks
+    first[16k : 16k + 16], info[3k : 3k + 3] = (table size T, table offset in rank, escape
+    flag); ESC: some code escapes."""
     plane = tl.zeros([], tl.int64) + n_nz
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
+        k = tl.load(tab_ptr + c * 8 + TAB_CODE)
+        wid = wid_ptr + 16 * k
+        first = first_ptr + 16 * k
+        T = tl.load(info_ptr + 3 * k)
+        ranks = rank_ptr + tl.load(info_ptr + 3 * k + 1)
+        esc = tl.load(info_ptr + 3 * k + 2)
         base = c * chunk
         ncodes = (elems + G - 1) // G
         s0 = sbase + soff
@@ -250,7 +301,7 @@ def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, tab_ptr, out_ptr, err_p
                 j = idx // G                                # the element's symbol
                 cv = j < ncodes
                 a = _unpack(data_ptr, pbase + poff, j, pend, cv, 4)
-                w = tl.where(cv, tl.load(wid_ptr + a), 0)
+                w = tl.where(cv, tl.load(wid + a), 0)
                 if G == 2:
                     wl = tl.where((idx & 1) == 0, w, 0)     # a pair's width counted once
                 else:
@@ -261,13 +312,13 @@ def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, tab_ptr, out_ptr, err_p
                 v1 = tl.load(data_ptr + q + 1, mask=cv & (q + 1 < send), other=0).to(tl.int32)
                 v2 = tl.load(data_ptr + q + 2, mask=cv & (q + 2 < send), other=0).to(tl.int32)
                 v = ((v0 | (v1 << 8) | (v2 << 16)) >> (o & 7)) & ((1 << w) - 1)
-                rank = tl.load(first_ptr + a) + v
+                rank = tl.load(first + a) + v
                 if ESC:
-                    escaped = a == 15
+                    escaped = (a == 15) & (esc != 0)
                 else:
                     escaped = a < 0
                 flags |= 2 * tl.max((cv & (rank >= T) & (~escaped)).to(tl.int32), axis=0)
-                sym = tl.load(rank_ptr + tl.minimum(rank, T - 1), mask=cv, other=0)
+                sym = tl.load(ranks + tl.minimum(rank, T - 1), mask=cv, other=0)
                 sym = tl.where(escaped, v, sym)
                 if G == 2:
                     sym = sym >> (W * (idx & 1))
@@ -293,7 +344,7 @@ def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, tab_ptr, out_ptr, err_p
 
 # ---------------------------------------------------------------------------------------------------
 # host side
-def _kernel_table(code: qlcw.WideCode, dev) -> torch.Tensor:
+def _kernel_table(code: qlcw.WideCode) -> np.ndarray:
     """Per symbol (int32 [2^S]): suffix | area << 16 | suffix width << 20 | unwritable << 25."""
     # WideCode.tables: symbol_tables() cached on the code, where qlcw has it
     t = code.tables if hasattr(type(code), "tables") else code.symbol_tables()
@@ -301,14 +352,15 @@ def _kernel_table(code: qlcw.WideCode, dev) -> torch.Tensor:
     width = np.where(bad, 0, t["length"] - qlcw.PREFIX_BITS)
     enc = (t["suffix"] | (t["area"] << ENC_AREA_SHIFT) | (width << ENC_WIDTH_SHIFT)
            | (bad.astype(np.int64) << ENC_BAD_SHIFT))
-    return torch.from_numpy(enc.astype(np.int32)).to(dev)
+    return enc.astype(np.int32)
 
 
 def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, suffix_len: np.ndarray,
-            raw_bits: int, start: int):
+            chunk_code: np.ndarray, raw_bits: int, start: int):
     """The kernels' chunk table (int64 [K, common.TAB_COLS]: mode, elements, and each chunk's
-    place in the planes: prefix byte, field element, suffix byte, suffix bytes, raw element),
-    plane bases (from `start`) and sizes (qlcw.plane_sizes), elements of the non-zero chunks."""
+    place in the planes: prefix byte, field element, suffix byte, suffix bytes, raw element;
+    and its code, TAB_CODE), plane bases (from `start`) and sizes (qlcw.plane_sizes),
+    elements of the non-zero chunks."""
     ncodes = (elems + f.g - 1) // f.g
     coded, raw, nz = modes == qlc.MODE_CODED, modes == qlc.MODE_RAW, modes != qlc.MODE_ZERO
     excl = qlc._exclusive_cumsum
@@ -316,7 +368,7 @@ def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, su
             common.TAB_PREFIX: excl(np.where(coded, qlcw.PREFIX_BITS * (chunk // f.g) // 8, 0)),
             common.TAB_SYMBOL: excl(np.where(raw, elems, 0)),
             common.TAB_SUFFIX: excl(suffix_len), common.TAB_SUFLEN: suffix_len,
-            common.TAB_RAW: excl(np.where(nz, elems, 0)), common.TAB_COLS - 1: elems * 0}
+            common.TAB_RAW: excl(np.where(nz, elems, 0)), TAB_CODE.value: chunk_code}
     table = np.stack([np.asarray(cols[c], np.int64) for c in range(common.TAB_COLS)], 1)
     sizes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, raw_bits)
     bases, pos = {}, start
@@ -351,10 +403,30 @@ def histogram(flat: torch.Tensor, f: qlcw.Fields, chunk: int = qlc.CHUNK_ELEMS) 
     return _histogram(flat.view(f.plan(flat.element_size() * 8).word), f, chunk)
 
 
-def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | None = None,
+def chunk_histograms(flat: torch.Tensor, lo: int, w: int, chunk: int = qlc.CHUNK_ELEMS) -> np.ndarray:
+    """qlccomm.qlcw.chunk_histograms: each chunk's histogram of its elements' fields (lo, w)
+    (int64 [K, 2^w], host); all-zero chunks: zero rows."""
+    if chunk <= 0 or flat.numel() == 0 or not 1 <= w <= 8 or lo < 0 or lo + w > 8 * flat.element_size():
+        return qlcw.chunk_histograms(flat, lo, w, chunk)
+    flat = flat.detach().contiguous().view(-1)
+    x = flat.view(qlcw.Fields(lo, w, 1).plan(flat.element_size() * 8).word)
+    n = x.numel()
+    nchunks = -(-n // chunk)
+    hist = torch.zeros(nchunks << w, dtype=torch.int32, device=x.device)   # counts <= chunk <= 2^20 per row
+    g = _grid(nchunks)
+    _qlcw_chunk_hist[(g,)](x, hist, n, chunk, nchunks, g, LO=lo, W=w, SUB=_sub(chunk), num_warps=NUM_WARPS)
+    return hist.view(nchunks, 1 << w).cpu().numpy().astype(np.int64)
+
+
+def _codeset(code, nchunks: int, S: int) -> "qlcw.CodeSet":
+    """The section's codes as a CodeSet (qlcw.CodeSet.of: the torch path's ValueErrors)."""
+    return qlcw.CodeSet.of(code, nchunks, S)
+
+
+def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | qlcw.CodeSet | None" = None,
                    chunk: int = qlc.CHUNK_ELEMS, reserve: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """qlccomm.qlcw.encode_section on the tensor's device (same bytes, same errors, same
-    `reserve` and `into`)."""
+    `reserve` and `into`); a CodeSet names each chunk's code."""
     if chunk < 16 or chunk % 16 or flat.numel() == 0:     # streams no reader takes: the torch path's outcome
         return qlcw.encode_section(flat, f, code, chunk=chunk, reserve=reserve, into=into)
     flat = flat.detach().contiguous().view(-1)
@@ -368,11 +440,13 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
     g = _grid(nchunks)
     if code is None:
         code = qlcw.build_code(_histogram(x, f, chunk), S)
-    if code.symbol_bits < S:
-        raise IndexError(f"a code of {code.symbol_bits}-bit symbols cannot write {S}-bit symbols")
-    enc = _kernel_table(code, dev)
+    cs = _codeset(code, nchunks, S)
+    # the codes' kernel tables one after another, each 2^S entries
+    enc = torch.from_numpy(np.concatenate([_kernel_table(c) for c in cs.codes])).to(dev)
+    chunk_code = np.asarray(cs.chunk_code, np.int64)
     stat = torch.empty(nchunks, dtype=torch.int32, device=dev)
-    _qlcw_stats[(g,)](x, enc, stat, n, chunk, nchunks, g, LO=f.lo, W=f.w, G=f.g, SUB=sub, num_warps=NUM_WARPS)
+    _qlcw_stats[(g,)](x, enc, torch.from_numpy(chunk_code.astype(np.int32)).to(dev), stat, n, chunk, nchunks, g,
+                      LO=f.lo, W=f.w, G=f.g, S=S, SUB=sub, num_warps=NUM_WARPS)
     stat = stat.cpu().numpy().astype(np.int64)
     nonzero = (stat & 1) != 0
     if bool((nonzero & ((stat & 2) != 0)).any()):
@@ -380,9 +454,10 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
     modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, stat >> 2, nonzero, f.w)
     modes, suffix_len = modes.astype(np.int64), suffix_len.astype(np.int64)
-    head = np.concatenate([np.frombuffer(qlcw.section_head(f, code, chunk, nchunks), np.uint8),
-                           qlc.chunk_table(modes, suffix_len)])
-    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, plan.raw_bits, len(head))
+    head = np.concatenate([np.frombuffer(qlcw.section_head(f, cs, chunk, nchunks), np.uint8),
+                           qlc.chunk_table(modes, suffix_len),
+                           np.frombuffer(qlcw.chunk_codes(cs, nchunks), np.uint8)])
+    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, chunk_code, plan.raw_bits, len(head))
     total = len(head) + sum(sizes.values())
     buf = common.section_buffer(reserve + total, into, dev)
     out = buf[reserve:]
@@ -390,7 +465,7 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
     table = torch.from_numpy(table).to(dev)
     scratch = torch.empty(max(sizes["suffix"], 1), dtype=torch.uint8, device=dev)
     _qlcw_encode[(g,)](x, enc, table, out, scratch, chunk, nchunks, g, bases["prefix"], bases["field"],
-                       bases["raw"], n_nz, **_split_consts(f, plan), SUB=sub, num_warps=NUM_WARPS)
+                       bases["raw"], n_nz, **_split_consts(f, plan), S=S, SUB=sub, num_warps=NUM_WARPS)
     if sizes["suffix"]:
         # suffix bytes of a chunk: at most 2 per symbol
         _qlc_suffix_diff[(g,)](scratch, table, out, bases["suffix"], 2 * (chunk // f.g), nchunks, g,
@@ -399,30 +474,39 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: qlcw.WideCode | Non
 
 
 def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch.Tensor | None = None) -> torch.Tensor:
-    """qlccomm.qlcw.decode_section on the stream's device (same result, same errors, same `out`)."""
+    """qlccomm.qlcw.decode_section on the stream's device (same result, same errors, same `out`);
+    each coded chunk with its code (sec.codes[sec.chunk_code[c]])."""
     dev = data.device
     f, chunk, n = sec.fields, sec.chunk, sec.numel
     plan = sec.plan
     modes, suffix_len = np.asarray(sec.modes, np.int64), np.asarray(sec.suffix_len, np.int64)
     nchunks = modes.size
+    codes = tuple(sec.codes)
+    # parse_section checked the chunk codes; chunks that are not coded never read theirs
+    chunk_code = np.where(modes == qlc.MODE_CODED, np.asarray(sec.chunk_code, np.int64), 0)
+    assert chunk_code.size == 0 or (0 <= chunk_code.min() and chunk_code.max() < len(codes)), "chunk codes"
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
-    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, plan.raw_bits, sec.planes_offset)
+    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, chunk_code, plan.raw_bits,
+                                        sec.planes_offset)
     assert sizes == sec.plane_bytes, (sizes, sec.plane_bytes)   # parse_section checked the stream
     ends = {k: bases[k] + sizes[k] for k in bases}
     data = data.contiguous()
     flat = common.decode_target(n, header.dtype, out, dev)
     y = flat.view(plan.word)
-    code = sec.code
-    widths = torch.tensor(code.widths, dtype=torch.int32).to(dev)
-    firsts = torch.from_numpy(code.firsts().astype(np.int32)).to(dev)
-    ranks = torch.from_numpy(np.asarray(code.table, np.int32)).to(dev)
+    sizes_t = np.array([c.table.size for c in codes], np.int64)
+    info = np.stack([sizes_t, qlc._exclusive_cumsum(sizes_t), [int(c.escape) for c in codes]], 1)
+    widths = torch.from_numpy(np.asarray([c.widths for c in codes], np.int32).reshape(-1)).to(dev)
+    firsts = torch.from_numpy(np.concatenate([c.firsts() for c in codes]).astype(np.int32)).to(dev)
+    ranks = torch.from_numpy(np.concatenate([np.asarray(c.table) for c in codes]).astype(np.int32)).to(dev)
+    info = torch.from_numpy(info.astype(np.int32).reshape(-1)).to(dev)
     table = torch.from_numpy(table).to(dev)
     err = torch.zeros(1, dtype=torch.int32, device=dev)
     g = _grid(nchunks)
-    _qlcw_decode[(g,)](data, widths, firsts, ranks, table, y, err, chunk, nchunks, g,
+    _qlcw_decode[(g,)](data, widths, firsts, ranks, info, table, y, err, chunk, nchunks, g,
                        bases["prefix"], ends["prefix"], bases["field"], ends["field"], bases["suffix"],
-                       bases["raw"], ends["raw"], n_nz, int(code.table.size),
-                       **_split_consts(f, plan), ESC=bool(code.escape), SUB=_sub(chunk), num_warps=NUM_WARPS)
+                       bases["raw"], ends["raw"], n_nz,
+                       **_split_consts(f, plan), ESC=any(c.escape for c in codes), SUB=_sub(chunk),
+                       num_warps=NUM_WARPS)
     flags = int(err.item())
     if flags:
         raise qlc.decode_error(flags, plan)

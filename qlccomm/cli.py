@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, api, bench
+from . import __version__, api, bench, kernels, qlcw
 from .codebook import (ALPHABET, codebook_from_histogram, entropy_bits, huffman_bits,
                        symbol_histogram, total_bits)
 from .datagen import KINDS, synthetic
@@ -656,6 +656,10 @@ def cmd_warmup(args) -> int:
             out = api.decompress(api.compress(x, codec=codec, codebook=codebook))
             if not torch.equal(out.view(torch.uint8), x.view(torch.uint8)):
                 raise RuntimeError(f"{codec} round trip of {dtype} is not bit-exact")
+        f = qlcw.adaptive_fields(x)
+        if f is not None:      # the chunk histograms of large tensors (qlcw.weighs_chunk_codes)
+            backend = kernels.implementation("qlcw", "cpu")
+            getattr(backend, "chunk_histograms", qlcw.chunk_histograms)(x, f.lo, f.w)
     torch.set_num_threads(threads)
     print(f"cpu kernels: {kernel_note()}; ready in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -138,13 +138,22 @@ class CodeSet:
     chunk_code: np.ndarray
 
     @staticmethod
-    def of(code: "WideCode | CodeSet", nchunks: int) -> "CodeSet":
-        """A CodeSet as is, or one code for every chunk."""
-        if isinstance(code, CodeSet):
-            if code.chunk_code.shape != (nchunks,):
-                raise ValueError(f"CodeSet names codes for {code.chunk_code.size} chunks, the tensor has {nchunks}")
-            return code
-        return CodeSet((code,), np.zeros(nchunks, np.int64))
+    def of(code: "WideCode | CodeSet", nchunks: int, symbol_bits: int | None = None) -> "CodeSet":
+        """A CodeSet as is, or one code for every chunk; ValueError for one the format cannot
+        write (other than 1..MAX_CODES codes, codes of other than `symbol_bits` bits when
+        given, a chunk naming a code past the set, another number of chunks)."""
+        cs = code if isinstance(code, CodeSet) else CodeSet((code,), np.zeros(nchunks, np.int64))
+        M = len(cs.codes)
+        if not 1 <= M <= MAX_CODES:
+            raise ValueError(f"a QLCW section holds 1..{MAX_CODES} codes, not {M}")
+        if symbol_bits is not None and any(c.symbol_bits != symbol_bits for c in cs.codes):
+            raise ValueError(f"QLCW codes of {sorted({c.symbol_bits for c in cs.codes})}-bit symbols for a split "
+                             f"of {symbol_bits}-bit symbols")
+        if cs.chunk_code.shape != (nchunks,):
+            raise ValueError(f"CodeSet names codes for {cs.chunk_code.size} chunks, the tensor has {nchunks}")
+        if nchunks and (int(cs.chunk_code.min()) < 0 or int(cs.chunk_code.max()) >= M):
+            raise ValueError(f"a chunk names a code outside the CodeSet's {M}")
+        return cs
 
     def stacked(self) -> dict[str, np.ndarray]:
         """The codes' symbol_tables() one after another (int64 [M * 2^S] each): index
@@ -302,7 +311,7 @@ def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
     * QLCW single fields (g = 1): the code fitted to the fields' histogram (it pays for
       high-entropy fields such as 1-byte floats: their codes are long, so the 4-bit prefix
       costs nothing extra, and 16 areas fit them closer than QLC's 8);
-    * with `chunk_hist`: single fields with 2, 4 or 8 codes, one per group of chunks whose
+    * with `chunk_hist`: single fields with up to 8 codes, one per group of chunks whose
       statistics are alike (cluster_codes);
     * QLC: the adaptive codebook of the fields' histogram, where the QLC plan's symbol is that
       field (bfloat16 and float32 exponents, bytes; for float16 the QLC plans split
@@ -492,7 +501,7 @@ def encode_section(flat: torch.Tensor, f: Fields, code: "WideCode | CodeSet | No
     last_codes = int(ncodes[-1])
     if code is None:
         code = build_code(_histogram(s2, nonzero, elems, f, chunk), f.symbol_bits)
-    cs = CodeSet.of(code, nchunks)
+    cs = CodeSet.of(code, nchunks, f.symbol_bits)
     t = {k: torch.from_numpy(v).to(dev) for k, v in cs.stacked().items()}
     s2 = s2 + (torch.from_numpy(cs.chunk_code).to(dev).unsqueeze(1) << f.symbol_bits)   # code << S | symbol
     s_idx = s2.view(-1)

@@ -279,3 +279,215 @@ def test_fuzzed_planes_end_like_torch_path():
             assert decode_outcome(tw, bytes(b), dtype, x.numel()) == ref
             outcomes.add(ref[0] if ref[0] == "ok" else ref[1])
     assert len(outcomes) >= 2, outcomes
+
+
+# -- several codes per section -------------------------------------------------------------------
+
+SCALES = {"a": 1e-3, "b": 1.0, "c": 1e3}
+
+
+def scaled(dtype: torch.dtype, chunk: int, pattern: str, tail: int, seed: int) -> torch.Tensor:
+    """Chunks after `pattern` (a, b, c: normal values scaled by 1e-3, 1, 1e3, so each part has
+    its own exponents; z: all zero; r: random bits), then a short last chunk of `tail`
+    c-scaled elements."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for p in pattern + "t":
+        if p == "z":
+            parts.append(torch.zeros(chunk, dtype=dtype))
+        elif p == "r":
+            parts.append(kc.raw_like(chunk, dtype, gen))
+        else:
+            m = tail if p == "t" else chunk
+            parts.append((torch.randn(m, generator=gen) * SCALES.get(p, 1e3)).to(dtype))
+    return torch.cat([q.view(torch.uint8) for q in parts]).view(dtype)
+
+
+def _by_count(hist: np.ndarray) -> np.ndarray:
+    used = np.flatnonzero(hist)
+    return used[np.lexsort((used, -hist[used]))]
+
+
+def escape_code(hist: np.ndarray, S: int) -> qlcw.WideCode:
+    """A code that lists the more frequent half of the histogram's symbols (15 areas of
+    1..128 ranks) and escapes the rest in area 15."""
+    widths = (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7)
+    order = _by_count(hist)
+    keep = max(1, min(order.size // 2, sum(1 << b for b in widths)))
+    return qlcw.WideCode(S, widths + (S,), order[:keep], True)
+
+
+def group_codes(x: torch.Tensor, f: qlcw.Fields, chunk: int, groups, escape=(), unfitted=()) -> qlcw.CodeSet:
+    """One code per group of chunks (groups[c]: chunk c's code): for the groups in `escape` an
+    escape code (escape_code), else a code of 16 areas listing every symbol of its chunks
+    (qlcw.build_code, every count raised by one so that none is worth escaping).  Escape codes
+    are fitted without the chunks in `unfitted`."""
+    groups = np.asarray(groups, np.int64)
+    codes = []
+    for m in range(int(groups.max()) + 1):
+        rows = [x[c * chunk:(c + 1) * chunk] for c in np.flatnonzero(groups == m)
+                if not (m in escape and c in unfitted)]
+        hist = qlcw.histogram(torch.cat(rows), f, chunk)   # chunks in order: the short last one last
+        codes.append(escape_code(hist, f.symbol_bits) if m in escape
+                     else qlcw.build_code(hist + (hist > 0), f.symbol_bits))
+    return qlcw.CodeSet(tuple(codes), groups)
+
+
+# chunks a b z c a r b c + a short last one (c); codes: 0 for a (an escape code, also the
+# random chunk's, fitted without it: raw), 1 for b (and the all-zero chunk: a writer may name any
+# code there), 2 for c
+MULTI_PATTERN, MULTI_GROUPS = "abzcarbc", [0, 1, 1, 2, 0, 0, 1, 2, 2]
+
+
+def multi_stream(f: qlcw.Fields, chunk: int = 64, seed: int = 41):
+    x = scaled(torch.bfloat16, chunk, MULTI_PATTERN, tail=chunk // 2 + 1, seed=seed)
+    return x, group_codes(x, f, chunk, MULTI_GROUPS, escape={0}, unfitted={MULTI_PATTERN.index("r")})
+
+
+@pytest.mark.parametrize("g,steps", [(1, "whole"), (2, "whole"), (2, "small")])
+def test_codesets_match_torch_path(g, steps, request):
+    """Three codes (one escaping), each chunk with its own: coded chunks under each code,
+    all-zero, raw and a short odd last chunk; with `small_steps` 2 programs loop over chunks
+    of different codes."""
+    if steps == "small":
+        request.getfixturevalue("small_steps")
+    f = F(7, 8, g)
+    x, cs = multi_stream(f)
+    assert [c.escape for c in cs.codes] == [True, False, False]
+    sec = assert_same(x, f, 64, cs)
+    assert len(sec.codes) == 3 and np.array_equal(sec.chunk_code, MULTI_GROUPS)
+    assert all(v > 0 for v in modes(sec).values()), modes(sec)
+    coded = sec.modes == qlc.MODE_CODED
+    assert set(sec.chunk_code[coded].tolist()) == {0, 1, 2}
+    assert x.numel() % 64 % 2 == 1
+
+
+def test_chunk_histograms_match_torch_path(small_steps):
+    """Per-chunk field histograms (zero rows for all-zero chunks, a short last chunk)."""
+    cases = [(torch.bfloat16, 7, 8, 64), (torch.float16, 8, 7, 128), (torch.uint8, 0, 8, 64),
+             (torch.float32, 23, 8, 48)]
+    for dtype, lo, w, chunk in cases:
+        x = tensor(dtype, chunk, seed=lo + w, pattern="czrcz")
+        ref = qlcw.chunk_histograms(x, lo, w, chunk)
+        got = tw.chunk_histograms(x, lo, w, chunk)
+        assert got.dtype == ref.dtype and np.array_equal(got, ref), (dtype, lo, w)
+        assert not ref[1].any() and ref[0].any()
+
+
+def test_clustered_codes_match_torch_path():
+    """The writer's code sets: qlcw.cluster_codes on the (Triton) chunk histograms of a tensor
+    with differently-scaled parts (up to 8 codes, escaping and not), g = 1."""
+    x = scaled(torch.bfloat16, 64, "abzcarbcab", tail=17, seed=45)
+    f = F(7, 8, 1)
+    sets = qlcw.cluster_codes(tw.chunk_histograms(x, 7, 8, 64), f)
+    assert sets and all(len(cs.codes) >= 2 for _, cs in sets)
+    for _, cs in sets:
+        sec = assert_same(x, f, 64, cs)
+        assert len(sec.codes) == len(cs.codes) and np.array_equal(sec.chunk_code, cs.chunk_code)
+
+
+def test_codeset_errors_match_torch_path():
+    """A chunk whose code cannot write its symbols (EncoderError), a CodeSet for another chunk
+    count, a chunk code past the set (ValueError each): the torch path's exceptions."""
+    f = F(7, 8, 2)
+    x, cs = multi_stream(f)
+    groups = np.array(MULTI_GROUPS)
+    groups[1] = 2                                    # a b-scaled chunk under the c-scaled code
+    bad = qlcw.CodeSet(cs.codes, groups)
+    ref = encode_outcome(qlcw, x, f, bad, 64)
+    assert ref[0] == "error" and "cannot write" in ref[1]
+    assert encode_outcome(tw, x, f, bad, 64) == ref
+    for wrong, exc in ((qlcw.CodeSet(cs.codes, groups[:-1]), ValueError),
+                       (qlcw.CodeSet(cs.codes, np.array(MULTI_GROUPS) * 0 + 3), ValueError)):
+        with pytest.raises(exc):
+            qlcw.encode_section(x, f, wrong, chunk=64)
+        with pytest.raises(exc):
+            tw.encode_section(x, f, wrong, chunk=64)
+
+
+def _swap_stream():
+    """A bfloat16 stream (g = 2) of 4 codes: A listing the symbols of the chunks other than the
+    random one, B = A's table reversed (same widths and size), C = the first half of A's table
+    (same widths), D an escape code; coded chunks use A and B, the random chunk D (raw), no
+    chunk C.  Returns x, the stream bytes and the parsed section."""
+    f = F(7, 8, 2)
+    x = scaled(torch.bfloat16, 64, "abzrc", tail=33, seed=47)
+    hist = qlcw.histogram(torch.cat([x[:3 * 64], x[4 * 64:]]), f, 64)
+    a = qlcw.build_code(hist + (hist > 0), 16)             # every symbol listed (group_codes)
+    assert not a.escape and a.table.size >= 4
+    codes = (a, qlcw.WideCode(16, a.widths, a.table[::-1].copy(), False),
+             qlcw.WideCode(16, a.widths, a.table[: a.table.size // 2].copy(), False),
+             escape_code(hist, 16))
+    cs = qlcw.CodeSet(codes, np.array([0, 1, 0, 3, 1, 0]))
+    ref = qlcw.encode_section(x, f, cs, chunk=64)
+    assert torch.equal(ref, tw.encode_section(x, f, cs, chunk=64))
+    blob, _, sec = stream(x, ref)
+    return x, blob.numpy().tobytes(), sec
+
+
+def test_chunk_codes_corrupted_end_like_torch_path():
+    """Chunk-code bytes past the set: parse_section's FormatError (both paths).  A chunk that
+    names another valid code: both decoders end alike, and the outcomes are those expected:
+    decoded (same widths, other table), a rank past the table (same widths, shorter table),
+    the prefixes disagreeing with the suffix bytes (other widths); with both of the last two
+    in one stream, the mismatch is reported (the torch path's order)."""
+    x, blob, sec = _swap_stream()
+    K = sec.modes.size
+    at = sec.planes_offset - K                          # chunk c's code: byte at + c
+    coded = [int(c) for c in np.flatnonzero(sec.modes == qlc.MODE_CODED)]
+    other = [int(c) for c in np.flatnonzero(sec.modes != qlc.MODE_CODED)]
+    assert len(coded) == 4 and len(other) == 2, sec.modes
+
+    def outcome(*changes):
+        b = bytearray(blob)
+        for c, k in changes:
+            b[at + c] = k
+        ref = decode_outcome(qlcw, bytes(b), x.dtype, x.numel())
+        assert decode_outcome(tw, bytes(b), x.dtype, x.numel()) == ref, changes
+        return ref
+
+    for c, k in ((coded[0], 4), (coded[1], 255), (other[0], 4)):   # every chunk's code is checked
+        ref = outcome((c, k))
+        assert ref[0] == "error" and ref[1].startswith("a chunk names a code past"), ref
+    same = ("ok", bits(x).numpy().tobytes())
+    assert outcome(*[(c, 2) for c in other]) == same   # zero and raw chunks ignore their code
+    for c in coded[:2]:
+        swapped = outcome((c, 1 - int(sec.chunk_code[c])))
+        assert swapped[0] == "ok" and swapped != same
+    rank = "code names a rank past the table"
+    mismatch = "suffix plane does not match the prefixes"
+    found = {}
+    for c in coded:
+        for k in (2, 3):
+            r = outcome((c, k))
+            found.setdefault(r[0] if r[0] == "ok" else r[1].split(" (")[0], []).append((c, k))
+    assert rank in found and mismatch in found, found
+    # one chunk past C's table, another under D's widths: the mismatch is reported
+    r1 = found[rank][0]
+    r2 = next(ck for ck in found[mismatch] if ck[0] != r1[0])
+    ref = outcome(r1, r2)
+    assert ref[0] == "error" and ref[1].startswith(mismatch), ref
+
+
+def test_fuzzed_multi_code_stream_ends_like_torch_path():
+    """Bit flips and byte overwrites in the chunk codes and planes of a 3-code stream (g = 2)."""
+    rng = np.random.default_rng(11)
+    f = F(7, 8, 2)
+    x, cs = multi_stream(f, seed=53)
+    blob, _, sec = stream(x, qlcw.encode_section(x, f, cs, chunk=64))
+    data = blob.numpy().tobytes()
+    K = sec.modes.size
+    end_suffix = sec.planes_offset + sum(sec.plane_bytes[p] for p in ("prefix", "field", "suffix"))
+    outcomes = set()
+    for i in range(8):
+        b = bytearray(data)
+        for _ in range(1 + int(rng.integers(2))):
+            p = int(rng.integers(sec.planes_offset - K, end_suffix))
+            if i % 2:
+                b[p] ^= 1 << int(rng.integers(8))
+            else:
+                b[p] = int(rng.integers(256))
+        ref = decode_outcome(qlcw, bytes(b), x.dtype, x.numel())
+        assert decode_outcome(tw, bytes(b), x.dtype, x.numel()) == ref
+        outcomes.add(ref[0] if ref[0] == "ok" else ref[1])
+    assert len(outcomes) >= 2, outcomes
