@@ -621,10 +621,9 @@ def cmd_bench(args) -> int:
 
 def kernel_note() -> str:
     """Which CPU kernels run, with a hint where only the torch reference path is available."""
-    from . import kernels
-    qlc_b, enec_b = kernels.backend_for("cpu", "qlc"), kernels.backend_for("cpu", "enec")
-    text = f"qlc {qlc_b}, enec {enec_b}"
-    if "torch" in (qlc_b, enec_b):
+    qlc_b, enec_b, qlcw_b = (kernels.backend_for("cpu", c) for c in ("qlc", "enec", "qlcw"))
+    text = f"qlc {qlc_b}, enec {enec_b}, qlcw {qlcw_b}"
+    if "torch" in (qlc_b, enec_b, qlcw_b):
         if os.environ.get(kernels.ENV, "").strip().lower() not in ("", "auto"):
             text += f" (forced by {kernels.ENV}={os.environ[kernels.ENV]}: the slow torch reference path)"
         elif not kernels.available("native"):
