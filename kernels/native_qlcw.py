@@ -526,10 +526,19 @@ def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts,
 # host side
 def _enc_table(code: qlcw.WideCode) -> np.ndarray:
     """int32 [2^S] by symbol: suffix | suffix width << 16 | area << 21; -1 where the code
-    cannot write the symbol."""
-    t = code.tables
-    enc = t["suffix"] | ((t["length"] - qlcw.PREFIX_BITS) << 16) | (t["area"] << 21)
-    return np.where(t["length"] == 0, -1, enc).astype(np.int32)
+    cannot write the symbol.  Built from the table alone (O(T) plus one fill)."""
+    S = code.symbol_bits
+    if code.escape:
+        enc = np.arange(1 << S, dtype=np.int64) | (S << 16) | (qlcw.ESCAPE_AREA << 21)
+    else:
+        enc = np.full(1 << S, -1, np.int64)
+    firsts = code.firsts()
+    rank = np.arange(code.table.size)
+    area = np.searchsorted(firsts, rank, side="right") - 1
+    if code.escape:
+        area = np.minimum(area, qlcw.ESCAPE_AREA - 1)
+    enc[code.table] = (rank - firsts[area]) | (np.asarray(code.widths, np.int64)[area] << 16) | (area << 21)
+    return enc.astype(np.int32)
 
 
 def _pair_widths(widths: tuple[int, ...]) -> np.ndarray:

@@ -95,11 +95,15 @@ def build_corpus(seed: int):
 
 
 def _multi_code_stream(t: torch.Tensor, lo: int, w: int) -> bytes:
-    """A QLCW stream of `t` whose chunks use two codes (qlcw.cluster_codes' grouping)."""
+    """A QLCW stream of `t` whose chunks use two codes, one fitted to each half of them."""
+    import numpy as np
     from . import qlcw
     from .format import CODEC_QLCW, Header
     f = qlcw.Fields(lo, w, 1)
-    cs = qlcw.cluster_codes(qlcw.chunk_histograms(t, lo, w), f)[0][1]
+    hist = qlcw.chunk_histograms(t.reshape(-1), lo, w)
+    half = (np.arange(hist.shape[0]) >= hist.shape[0] // 2).astype(np.int64)
+    codes = tuple(qlcw.build_code(hist[half == k].sum(axis=0), w) for k in (0, 1))
+    cs = qlcw.CodeSet(codes, half)
     head = Header(CODEC_QLCW, t.dtype, tuple(t.shape)).encode()
     return head + qlcw.encode_section(t.reshape(-1), f, cs).numpy().tobytes()
 

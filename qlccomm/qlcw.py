@@ -291,13 +291,19 @@ def adaptive_fields(flat: torch.Tensor) -> Fields | None:
     return candidates(flat.dtype)[0]
 
 
+def singles_can_win(dtype: torch.dtype) -> bool:
+    """Whether single-field QLCW codes can beat pairs or QLC on `dtype`: 1-byte dtypes and
+    float16 (high-entropy fields).  For bfloat16 and float32 exponents (~2.7 bits of entropy)
+    the 4-bit prefix alone costs more than pairs do."""
+    return dtype.itemsize == 1 or dtype == torch.float16
+
+
 def weighs_chunk_codes(flat: torch.Tensor) -> bool:
     """Whether adaptive coding of `flat` also weighs single-field codes per group of chunks
     (prefer_wide's `chunk_hist`): tensors of MULTI_MIN_ELEMS elements or more (grouping the
     chunks costs ~10 ms on one core, which smaller tensors do not repay; the collectives'
-    slices are smaller) of the dtypes where single fields can win (1-byte dtypes, float16;
-    for bfloat16 and float32 exponents the 4-bit prefix alone costs more than pairs do)."""
-    return flat.numel() >= MULTI_MIN_ELEMS and (flat.dtype.itemsize == 1 or flat.dtype == torch.float16)
+    slices are smaller) of the dtypes where single fields can win (singles_can_win)."""
+    return flat.numel() >= MULTI_MIN_ELEMS and singles_can_win(flat.dtype)
 
 
 def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
@@ -308,9 +314,9 @@ def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
     smallest of
 
     * QLCW pairs: the code fitted to `hist`;
-    * QLCW single fields (g = 1): the code fitted to the fields' histogram (it pays for
-      high-entropy fields such as 1-byte floats: their codes are long, so the 4-bit prefix
-      costs nothing extra, and 16 areas fit them closer than QLC's 8);
+    * QLCW single fields (g = 1), where singles_can_win: the code fitted to the fields'
+      histogram (it pays for high-entropy fields such as 1-byte floats: their codes are
+      long, so the 4-bit prefix costs nothing extra, and 16 areas fit them closer than QLC's 8);
     * with `chunk_hist`: single fields with up to 8 codes, one per group of chunks whose
       statistics are alike (cluster_codes);
     * QLC: the adaptive codebook of the fields' histogram, where the QLC plan's symbol is that
@@ -325,15 +331,17 @@ def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
         pairs = hist.reshape(1 << f.w, 1 << f.w)            # [high field, low field]
         single = pairs.sum(axis=0) + pairs.sum(axis=1)
     f1 = Fields(f.lo, f.w, 1)
-    code, bits = fit_code(single, f1.symbol_bits)
-    options = [(bits + 8 * (HEAD_BYTES + 2 * code.table.size), f1, code)]
+    options = []
+    if singles_can_win(dtype):
+        code, bits = fit_code(single, f1.symbol_bits)
+        options.append((bits + 8 * (HEAD_BYTES + 2 * code.table.size), f1, code))
     if chunk_hist is not None:
         options += [(bits, f1, cs) for bits, cs in cluster_codes(chunk_hist, f1)]
     if dtype != torch.float16:
         plan = candidate_plans(dtype)[0]
         cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
         options.append((total_bits(single, cb) + 8 * 264, None, None))
-    if pair_bound_bits(hist, f.symbol_bits) < min(o[0] for o in options):   # else pairs cannot win: skip the fit
+    if not options or pair_bound_bits(hist, f.symbol_bits) < min(o[0] for o in options):   # else pairs cannot win
         code, bits = fit_code(hist, f.symbol_bits)
         options.insert(0, (bits + 8 * (HEAD_BYTES + 2 * code.table.size), f, code))
     best = min(options, key=lambda o: o[0])
