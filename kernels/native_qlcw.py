@@ -32,7 +32,8 @@ from numba import njit, prange
 from qlccomm import qlc, qlcw
 from qlccomm.errors import EncoderError, FormatError
 
-from .native_qlc import _LOCK, _u64_put, ParallelKernel, _load_le, _raw8_merge, _raw8_split, _store_le, _threads
+from .native_qlc import (_LOCK, ParallelKernel, _chunk_any, _load_le, _raw8_merge, _raw8_split, _store_le, _threads,
+                         _u64_put)
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 _SIGNED = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
@@ -60,14 +61,6 @@ def _symbol(xs, j, m, lo, fmask, w, g):
 def _pair(xs, k, lo, fmask, w):
     """Symbol of elements k, k + 1 (both present)."""
     return np.uintp((xs[k] >> lo) & fmask) | (np.uintp((xs[k + np.uintp(1)] >> lo) & fmask) << np.uintp(w))
-
-
-@njit(cache=True)
-def _chunk_any(xs):
-    acc = 0
-    for i in range(xs.shape[0]):
-        acc |= xs[i]
-    return acc != 0
 
 
 @ParallelKernel
@@ -140,6 +133,15 @@ def qlcw_bits(x, chunk, lo, w, g, encs, chunk_code, bits, nz, bad):
 
 # ---------------------------------------------------------------------------------------------------
 # encode
+@njit(cache=True, inline="always")
+def _flush_word(dst, q, acc, nacc):
+    """Store acc's low 32 bits at dst[q:] once nacc (pending bits) reaches 32: (acc, nacc, q)."""
+    if nacc >= 32:
+        _store_le(dst, q, acc, 4)
+        return acc >> 32, nacc - 32, q + 4
+    return acc, nacc, q
+
+
 @njit(cache=True)
 def _put_fields(dst, xs, lo, fmask, w):
     """The elements' fields, w bits each, LSB first (bitpack.pack_bits' order for w <= 8)."""
@@ -149,11 +151,7 @@ def _put_fields(dst, xs, lo, fmask, w):
     for i in range(xs.shape[0]):
         acc |= np.int64((xs[i] >> lo) & fmask) << nacc
         nacc += w
-        if nacc >= 32:
-            _store_le(dst, q, acc, 4)
-            q += 4
-            acc >>= 32
-            nacc -= 32
+        acc, nacc, q = _flush_word(dst, q, acc, nacc)
     _store_le(dst, q, acc, (nacc + 7) >> 3)
 
 
@@ -272,11 +270,7 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
         nacc += (e0 >> 16) & 31
         acc |= (e1 & 0xFFFF) << nacc
         nacc += (e1 >> 16) & 31
-        if nacc >= 32:
-            _store_le(suf, q, acc, 4)
-            q += 4
-            acc >>= 32
-            nacc -= 32
+        acc, nacc, q = _flush_word(suf, q, acc, nacc)
     _store_le(suf, q, acc, (nacc + 7) >> 3)
     return 8 * q + nacc
 

@@ -126,6 +126,17 @@ def _symbols(x_ptr, base, jj, elems, LO: tl.constexpr, W: tl.constexpr, G: tl.co
 
 
 @triton.jit
+def _chunk_set_bits(x_ptr, base, elems, chunk, SUB: tl.constexpr):
+    """How many of the chunk's `elems` elements from `base` have a set bit."""
+    nz = 0
+    for s in range(0, chunk, SUB):
+        idx = s + tl.arange(0, SUB)
+        x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0)
+        nz += tl.sum((x != 0).to(tl.int32), axis=0)
+    return nz
+
+
+@triton.jit
 def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
                LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
     """hist[s] += number of symbols s in the chunks with a set bit (padding excluded)."""
@@ -134,11 +145,7 @@ def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
         base = c * chunk
         elems = tl.minimum(n - base, chunk)
         ncodes = (elems + G - 1) // G
-        nz = 0
-        for s in range(0, chunk, SUB):
-            idx = s + tl.arange(0, SUB)
-            x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0)
-            nz += tl.sum((x != 0).to(tl.int32), axis=0)
+        nz = _chunk_set_bits(x_ptr, base, elems, chunk, SUB)
         if nz > 0:
             for s in range(0, chunk // G, SUBC):
                 jj = s + tl.arange(0, SUBC)
@@ -153,11 +160,7 @@ def _qlcw_chunk_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog, LO: tl.constexpr
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         base = c * chunk
         elems = tl.minimum(n - base, chunk)
-        nz = 0
-        for s in range(0, chunk, SUB):
-            idx = s + tl.arange(0, SUB)
-            x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0)
-            nz += tl.sum((x != 0).to(tl.int32), axis=0)
+        nz = _chunk_set_bits(x_ptr, base, elems, chunk, SUB)
         if nz > 0:
             for s in range(0, chunk, SUB):
                 idx = s + tl.arange(0, SUB)
