@@ -84,7 +84,7 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     chosen = codecs.get(name)
     if flat.numel() and name != "raw":
         chosen = chosen.variant(flat, cb)    # the codec's choice for this tensor (QLCW: its split)
-    header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum)
+    header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum, getattr(chosen, "stream_version", 0))
     hlen = header.nbytes            # the codecs leave this much room in front of their section
     blob = chosen.encode(flat, cb, reserve=hlen, into=out) if flat.numel() and chosen.name != "raw" else None
     if blob is None or blob.numel() - hlen >= header.raw_bytes:  # never expand: store raw

@@ -141,7 +141,7 @@ class QLCCodec:
 
 
 class QLCWCodec:
-    """QLC over wide symbols (codec 3, format version 2): a field of each element, alone or
+    """QLC over wide symbols (codec 3, format version 2; 3 with several codes): a field of each element, alone or
     paired with its neighbour's, 16 areas, an embedded rank -> symbol table fitted to each
     tensor.  Asked for by name (`codec="qlcw"`; the split is the writer's estimate per tensor),
     and written by adaptive `codec="qlc"` where it is smaller (QLCCodec.variant)."""
@@ -151,6 +151,11 @@ class QLCWCodec:
     def __init__(self, fields: "qlcw.Fields | None" = None, code: "qlcw.WideCode | qlcw.CodeSet | None" = None):
         self.fields = fields        # None: the writer's choice per tensor
         self.code = code            # None: fitted to the tensor by encode; else one fitted to it already
+
+    @property
+    def stream_version(self) -> int:
+        """The format version its streams record (3 with several codes, else 2)."""
+        return qlcw.stream_version(self.code)
 
     def codes(self, dtype: torch.dtype) -> bool:
         return bool(qlcw.candidates(dtype))

@@ -104,7 +104,7 @@ def _multi_code_stream(t: torch.Tensor, lo: int, w: int) -> bytes:
     half = (np.arange(hist.shape[0]) >= hist.shape[0] // 2).astype(np.int64)
     codes = tuple(qlcw.build_code(hist[half == k].sum(axis=0), w) for k in (0, 1))
     cs = qlcw.CodeSet(codes, half)
-    head = Header(CODEC_QLCW, t.dtype, tuple(t.shape)).encode()
+    head = Header(CODEC_QLCW, t.dtype, tuple(t.shape), version=qlcw.stream_version(cs)).encode()
     return head + qlcw.encode_section(t.reshape(-1), f, cs).numpy().tobytes()
 
 

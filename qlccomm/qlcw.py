@@ -22,7 +22,7 @@ import torch
 from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
 from .codebook import codebook_from_histogram, total_bits
 from .errors import EncoderError, FormatError
-from .format import ByteSource, Header
+from .format import CODEC_QLCW, CODEC_SINCE, ByteSource, Header
 from .qlc import (CHUNK_ELEMS, MAX_CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
                   _pack_suffixes, _pad_rows, _rows, _scatter_rows, _select_rows, chunk_elems, chunk_table,
                   read_chunk_table, split_rows)
@@ -35,6 +35,7 @@ TABLE_MAX = 32768         # rank -> symbol entries (u16 each: 64 KiB)
 FIT_MAX = 4096            # the writer's tables: at most this many symbols, the rest escaped
 MAX_CODES = 8             # codes in one section (the chunks name theirs)
 MULTI_MIN_ELEMS = 1 << 21 # smaller tensors: the writer weighs one code only
+SEVERAL_CODES_SINCE = 3   # the format version that introduced sections of several codes
 ESCAPE_AREA = 15
 HEAD_BYTES = 4 + N_AREAS + 4
 MIN_WIDE_ELEMS = 16384    # smaller tensors are written as QLC sections
@@ -164,6 +165,14 @@ class CodeSet:
         """Bytes of the codes' tables after the first (an escape flag each) and of the chunk codes."""
         extra = sum(1 + N_AREAS + 4 + 2 * c.table.size for c in self.codes[1:])
         return extra + (self.chunk_code.size if len(self.codes) > 1 else 0)
+
+
+def stream_version(code: "WideCode | CodeSet | None") -> int:
+    """The format version a QLCW stream with `code` records (the lowest that reads it): 3 for
+    several codes, else 2."""
+    if isinstance(code, CodeSet) and len(code.codes) > 1:
+        return SEVERAL_CODES_SINCE
+    return CODEC_SINCE[CODEC_QLCW]
 
 
 def _sorted_symbols(hist: np.ndarray) -> np.ndarray:
@@ -588,6 +597,9 @@ def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
         raise FormatError(f"QLCW split lo={lo} w={w} g={g} does not code {header.dtype}")
     if flags >> 4:
         raise FormatError(f"unknown QLCW flags {flags:#x}")
+    if flags >> 1 and header.version < SEVERAL_CODES_SINCE:
+        raise FormatError(f"QLCW section of several codes in a version-{header.version} stream (it needs "
+                          f"version {SEVERAL_CODES_SINCE})")
     pos = start + 4
     codes = []
     for k in range((flags >> 1) + 1):

@@ -115,10 +115,10 @@ def test_qlcw_large_matches_torch_path(dtype, lo, w, g):
     codes = [None]
     if g == 1:
         codes += [cs for _, cs in qlcw.cluster_codes(qlcw.chunk_histograms(x, lo, w), f)]
-    h = torch.frombuffer(bytearray(Header(CODEC_QLCW, dtype, (x.numel(),)).encode()), dtype=torch.uint8).to(DEV)
     for code in codes:
         ref = qlcw.encode_section(x, f, code)
         assert torch.equal(tw.encode_section(x, f, code), ref)
-        blob = torch.cat([h, ref])
+        head = Header(CODEC_QLCW, dtype, (x.numel(),), version=qlcw.stream_version(code)).encode()
+        blob = torch.cat([torch.frombuffer(bytearray(head), dtype=torch.uint8).to(DEV), ref])
         with kc.kernels_env("triton"):
             assert torch.equal(qlccomm.decompress(blob).view(torch.uint8), x.view(torch.uint8))

@@ -145,8 +145,8 @@ def _layered(dtype: torch.dtype, n: int) -> torch.Tensor:
     return torch.cat([x, torch.zeros(4096, dtype=dtype), noise.view(dtype), x[:777]])
 
 
-def _stream(dtype, section: torch.Tensor, numel: int) -> torch.Tensor:
-    h = Header(CODEC_QLCW, dtype, (numel,))
+def _stream(dtype, section: torch.Tensor, numel: int, code=None) -> torch.Tensor:
+    h = Header(CODEC_QLCW, dtype, (numel,), version=qlcw.stream_version(code))
     return torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
 
 
@@ -161,7 +161,7 @@ def test_code_sets_same_bytes_and_bits_on_both_paths(dtype, lo, w):
     for bits, cs in sets:
         ref = qlcw.encode_section(x, f1, cs)
         assert torch.equal(native_qlcw.encode_section(x, f1, cs), ref)
-        blob = _stream(dtype, ref, x.numel())
+        blob = _stream(dtype, ref, x.numel(), cs)
         info = qlccomm.inspect(blob)
         assert info["codes"] == len(cs.codes) and info["chunks_zero"] == 1
         assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
@@ -182,15 +182,18 @@ def test_pair_code_sets_and_an_escaping_code():
     cs = qlcw.CodeSet((wide, second), chunk_code)
     ref = qlcw.encode_section(x, f, cs)
     assert torch.equal(native_qlcw.encode_section(x, f, cs), ref)
-    blob = _stream(x.dtype, ref, x.numel())
+    blob = _stream(x.dtype, ref, x.numel(), cs)
     assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+    v2 = bytearray(blob.numpy().tobytes())
+    v2[4] = 2                                  # several codes need version 3
+    assert "needs version 3" in kc.outcome(bytes(v2), "torch")[1]
 
 
 def test_corrupt_chunk_codes_fail_alike():
     x = _layered(torch.float8_e4m3fn, 40000)
     f1 = qlcw.Fields(0, 8, 1)
     cs = qlcw.cluster_codes(qlcw.chunk_histograms(x, 0, 8), f1)[0][1]
-    blob = _stream(x.dtype, qlcw.encode_section(x, f1, cs), x.numel())
+    blob = _stream(x.dtype, qlcw.encode_section(x, f1, cs), x.numel(), cs)
     info = qlccomm.inspect(blob)
     codes_at = info["metadata_bytes"] - info["chunks"]               # the chunk codes end the metadata
     bad = bytearray(blob.numpy().tobytes())

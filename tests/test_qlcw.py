@@ -106,7 +106,9 @@ def test_version_rules():
     blob[4] = 1
     with pytest.raises(qlccomm.FormatError, match="version"):
         qlccomm.decompress(bytes(blob))
-    blob[4] = 3
+    blob[4] = 3                                # a later version reads it too
+    assert torch.equal(qlccomm.decompress(bytes(blob)).view(torch.uint8), x.view(torch.uint8))
+    blob[4] = 4
     with pytest.raises(qlccomm.FormatError, match="version"):
         qlccomm.decompress(bytes(blob))
 

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from qlccomm import qlc, qlcw  # noqa: E402
 from qlccomm.errors import EncoderError, FormatError  # noqa: E402
-from qlccomm.format import CODEC_QLCW, ByteSource, Header  # noqa: E402
+from qlccomm.format import CODEC_QLCW, FORMAT_VERSION, ByteSource, Header  # noqa: E402
 
 import kernel_cases as kc  # noqa: E402
 
@@ -84,7 +84,7 @@ def tensor(dtype: torch.dtype, chunk: int, seed: int, pattern: str = "czrc") -> 
 
 def stream(x: torch.Tensor, section: torch.Tensor):
     """(blob, header, parsed section) of a QLCW stream holding `section`."""
-    h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
+    h = Header(CODEC_QLCW, x.dtype, (x.numel(),), version=FORMAT_VERSION)
     blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section.cpu()])
     return blob, h, qlcw.parse_section(ByteSource(blob), h.nbytes, h)
 
@@ -117,7 +117,7 @@ def modes(sec) -> dict:
 
 def decode_outcome(impl, blob: bytes, dtype: torch.dtype, numel: int):
     """("ok", decoded bytes) or ("error", FormatError message): parse, then impl decodes."""
-    h = Header(CODEC_QLCW, dtype, (numel,))
+    h = Header(CODEC_QLCW, dtype, (numel,), version=FORMAT_VERSION)
     data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
     try:
         sec = qlcw.parse_section(ByteSource(data), h.nbytes, h)
