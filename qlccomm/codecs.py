@@ -136,7 +136,8 @@ class QLCCodec:
         chunk_hist = None
         if qlcw.weighs_chunk_codes(flat):
             chunk_hist = getattr(backend, "chunk_histograms", qlcw.chunk_histograms)(flat, f.lo, f.w)
-        choice = qlcw.prefer_wide(backend.histogram(flat, f), f, flat.dtype, chunk_hist)
+        more = [(s, backend.histogram(flat, s)) for s in qlcw.more_pair_splits(flat.dtype)]
+        choice = qlcw.prefer_wide(backend.histogram(flat, f), f, flat.dtype, chunk_hist, more)
         return self if choice is None else QLCWCodec(*choice)
 
 

@@ -315,14 +315,22 @@ def weighs_chunk_codes(flat: torch.Tensor) -> bool:
     return flat.numel() >= MULTI_MIN_ELEMS and singles_can_win(flat.dtype)
 
 
-def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
-                chunk_hist: np.ndarray | None = None) -> "tuple[Fields, WideCode | CodeSet] | None":
+def more_pair_splits(dtype: torch.dtype) -> list[Fields]:
+    """Pair splits adaptive coding weighs besides adaptive_fields' (prefer_wide's
+    `more_pairs`): for float16 the exponent with 3 mantissa bits (smaller on sparse
+    gradients, where the split with 2 wins on weights)."""
+    return [Fields(7, 8, 2)] if dtype == torch.float16 else []
+
+
+def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype, chunk_hist: np.ndarray | None = None,
+                more_pairs: "list[tuple[Fields, np.ndarray]]" = ()) -> "tuple[Fields, WideCode | CodeSet] | None":
     """What adaptive `codec="qlc"` writes, from the symbol histogram of pair split `f`
     (histogram()) and, optionally, each chunk's histogram of the single fields
     (chunk_histograms()): a QLCW split and its code(s), or None for a QLC section.  The
     smallest of
 
-    * QLCW pairs: the code fitted to `hist`;
+    * QLCW pairs: the code fitted to `hist`, and to each (split, histogram) of `more_pairs`
+      (their raw bits counted against `f`'s: the fields differ in width);
     * QLCW single fields (g = 1), where singles_can_win: the code fitted to the fields'
       histogram (it pays for high-entropy fields such as 1-byte floats: their codes are
       long, so the 4-bit prefix costs nothing extra, and 16 areas fit them closer than QLC's 8);
@@ -350,9 +358,12 @@ def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype,
         plan = candidate_plans(dtype)[0]
         cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
         options.append((total_bits(single, cb) + 8 * 264, None, None))
-    if not options or pair_bound_bits(hist, f.symbol_bits) < min(o[0] for o in options):   # else pairs cannot win
-        code, bits = fit_code(hist, f.symbol_bits)
-        options.insert(0, (bits + 8 * (HEAD_BYTES + 2 * code.table.size), f, code))
+    elements = 2 * int(hist.sum())                          # of the non-zero chunks (pairs)
+    for fp, h in [(f, hist), *more_pairs]:
+        raw = (f.w - fp.w) * elements                       # raw bits beside f's
+        if not options or pair_bound_bits(h, fp.symbol_bits) + raw < min(o[0] for o in options):
+            code, bits = fit_code(h, fp.symbol_bits)        # else these pairs cannot win: no fit
+            options.insert(0, (bits + raw + 8 * (HEAD_BYTES + 2 * code.table.size), fp, code))
     best = min(options, key=lambda o: o[0])
     return None if best[1] is None else (best[1], best[2])
 

@@ -121,6 +121,21 @@ def test_adaptive_qlc_writes_qlcw_where_smaller_same_bytes_on_both_paths(dtype):
         assert wide is not None and wide[0].g == 1
 
 
+def test_adaptive_float16_weighs_a_second_pair_split():
+    """Sparse float16 gradients: pairs of exponent + 3 mantissa bits, the split the writer also
+    weighs there (qlcw.more_pair_splits); the same bytes on both paths."""
+    x = datagen.synthetic("grad", torch.float16, 1 << 18, seed=4).view(-1, 4096).clone()
+    x[1::2] = 0
+    x = x.view(-1)
+    with kc.kernels_env("torch"):
+        ref = qlccomm.compress(x)
+    got = qlccomm.compress(x)
+    assert torch.equal(got, ref)
+    sizes = {f: qlcw.encode_section(x, f).numel() for f in (qlcw.Fields(8, 7, 2), qlcw.Fields(7, 8, 2))}
+    fields = qlccomm.inspect(got)["fields"]
+    assert got.numel() <= min(sizes.values()) * 1.005 + 64, (fields, got.numel(), sizes)
+
+
 def test_adaptive_qlc_keeps_qlc_for_small_tensors_and_codebooks():
     small = datagen.synthetic("weight", torch.bfloat16, qlcw.MIN_WIDE_ELEMS - 1, seed=2)
     assert qlccomm.inspect(qlccomm.compress(small))["codec"] == "qlc"
