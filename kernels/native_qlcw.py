@@ -528,9 +528,7 @@ def _enc_table(code: qlcw.WideCode) -> np.ndarray:
         enc = np.full(1 << S, -1, np.int64)
     firsts = code.firsts()
     rank = np.arange(code.table.size)
-    area = np.searchsorted(firsts, rank, side="right") - 1
-    if code.escape:
-        area = np.minimum(area, qlcw.ESCAPE_AREA - 1)
+    area = code.rank_areas()
     enc[code.table] = (rank - firsts[area]) | (np.asarray(code.widths, np.int64)[area] << 16) | (area << 21)
     return enc.astype(np.int32)
 

@@ -657,8 +657,7 @@ def cmd_warmup(args) -> int:
                 raise RuntimeError(f"{codec} round trip of {dtype} is not bit-exact")
         f = qlcw.adaptive_fields(x)
         if f is not None:      # the chunk histograms of large tensors (qlcw.weighs_chunk_codes)
-            backend = kernels.implementation("qlcw", "cpu")
-            getattr(backend, "chunk_histograms", qlcw.chunk_histograms)(x, f.lo, f.w)
+            (kernels.implementation("qlcw", "cpu") or qlcw).chunk_histograms(x, f.lo, f.w)
     torch.set_num_threads(threads)
     print(f"cpu kernels: {kernel_note()}; ready in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -135,7 +135,7 @@ class QLCCodec:
         backend = _backend("qlcw", qlcw, flat.device)
         chunk_hist = None
         if qlcw.weighs_chunk_codes(flat):
-            chunk_hist = getattr(backend, "chunk_histograms", qlcw.chunk_histograms)(flat, f.lo, f.w)
+            chunk_hist = backend.chunk_histograms(flat, f.lo, f.w)
         more = [(s, backend.histogram(flat, s)) for s in qlcw.more_pair_splits(flat.dtype)]
         choice = qlcw.prefer_wide(backend.histogram(flat, f), f, flat.dtype, chunk_hist, more)
         return self if choice is None else QLCWCodec(*choice)

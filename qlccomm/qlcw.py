@@ -98,10 +98,18 @@ class WideCode:
     table: np.ndarray           # int64 [T], symbols in rank order
     escape: bool
 
+    def _sizes(self) -> np.ndarray:
+        """Ranks each area holds (int64 [16]); the escape area holds none."""
+        return np.array([0 if (self.escape and k == ESCAPE_AREA) else 1 << b for k, b in enumerate(self.widths)])
+
     def firsts(self) -> np.ndarray:
         """First rank of each area (int64 [16]); the escape area holds none."""
-        sizes = np.array([0 if (self.escape and k == ESCAPE_AREA) else 1 << b for k, b in enumerate(self.widths)])
+        sizes = self._sizes()
         return np.cumsum(sizes) - sizes
+
+    def rank_areas(self) -> np.ndarray:
+        """The area of each rank of the table (int64 [T])."""
+        return np.searchsorted(np.cumsum(self._sizes()), np.arange(self.table.size), side="right")
 
     @cached_property
     def tables(self) -> dict[str, np.ndarray]:
@@ -119,8 +127,7 @@ class WideCode:
             length[:] = PREFIX_BITS + self.symbol_bits
         widths = np.asarray(self.widths)
         rank = np.arange(self.table.size)
-        k = np.searchsorted(np.cumsum([0 if (self.escape and j == ESCAPE_AREA) else 1 << b
-                                       for j, b in enumerate(self.widths)]), rank, side="right")
+        k = self.rank_areas()
         area[self.table] = k
         suffix[self.table] = rank - self.firsts()[k]
         length[self.table] = PREFIX_BITS + widths[k]
@@ -221,10 +228,7 @@ def _rank_bits(code: WideCode, counts: np.ndarray) -> int:
     """Code bits of symbols in rank order with `counts` (int64, at least T; ranks past the
     table escaped)."""
     T = code.table.size
-    area = np.searchsorted(code.firsts(), np.arange(T), side="right") - 1
-    if code.escape:
-        area = np.minimum(area, ESCAPE_AREA - 1)   # area 15 holds no ranks (its first is past T)
-    lengths = PREFIX_BITS + np.asarray(code.widths, np.int64)[area]
+    lengths = PREFIX_BITS + np.asarray(code.widths, np.int64)[code.rank_areas()]
     escaped = int(counts[T:].sum()) * (PREFIX_BITS + code.symbol_bits)
     return int(counts[:T] @ lengths) + escaped
 
