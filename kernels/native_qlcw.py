@@ -6,11 +6,13 @@ run over chunks in parallel (`prange`):
 
     qlcw_hist    (histogram) the symbol histogram of the non-zero chunks, one per
                  block of chunks (summed on the host), and whether each chunk has a set bit
-    host         qlcw.build_code, then the chunks' modes and plane offsets (qlcw and qlc
-                 functions, so this path and the torch path cannot drift apart)
-    qlcw_bits    per chunk: the suffix bits under the code (and whether it has a set bit)
-    qlcw_encode  per chunk: the raw planes, then prefixes + suffixes (coded) or fields (raw),
-                 written straight into the section at the chunk's offsets
+    host         qlcw.build_code (unless given a code)
+    qlcw_code    per chunk: whether it has a set bit, its prefixes and suffixes under the
+                 code into a slot of its own, and its suffix bits
+    host         the chunks' modes and plane offsets (qlcw and qlc functions, so this
+                 path and the torch path cannot drift apart)
+    qlcw_write   per chunk: the raw planes, then the prefixes + suffixes copied from its
+                 slot (coded) or the fields (raw), at the chunk's offsets in the section
     qlcw_decode  per chunk: fields from the prefixes, suffixes and the rank -> symbol table,
                  then the raw bits merged in; errors as per-chunk flags, raised on the host
                  with the torch path's messages in its order
@@ -94,43 +96,6 @@ def qlcw_hist(x, chunk, lo, w, g, nz, hist):
             hist[b, s] = h[0, s] + h[1, s]
 
 
-@ParallelKernel
-def qlcw_bits(x, chunk, lo, w, g, encs, chunk_code, bits, nz, bad):
-    """Per chunk c: nz[c] = any bit set; bits[c] = its suffix bits under its code's table
-    encs[chunk_code[c]] (see _enc_table); bad[c] = a non-zero chunk holds a symbol its code
-    cannot write."""
-    n = x.shape[0]
-    fmask = (1 << w) - 1
-    for c in prange(bits.shape[0]):
-        xs = x[c * chunk:min(c * chunk + chunk, n)]
-        m = xs.shape[0]
-        enc = encs[chunk_code[c]]
-        nonzero = _chunk_any(xs)
-        nz[c] = nonzero
-        if not nonzero:
-            continue
-        t0 = 0
-        t1 = 0
-        err = 0
-        ncodes = (m + g - 1) // g
-        j = 0
-        if g == 2:
-            for q in range(m >> 2):
-                k = np.uintp(4 * q)
-                e0 = enc[_pair(xs, k, lo, fmask, w)]
-                e1 = enc[_pair(xs, k + np.uintp(2), lo, fmask, w)]
-                err |= e0 | e1
-                t0 += (e0 >> 16) & 31
-                t1 += (e1 >> 16) & 31
-            j = 2 * (m >> 2)
-        for jj in range(j, ncodes):
-            e = enc[_symbol(xs, jj, m, lo, fmask, w, g)]
-            err |= e
-            t0 += (e >> 16) & 31
-        bits[c] = t0 + t1
-        bad[c] = err < 0
-
-
 # ---------------------------------------------------------------------------------------------------
 # encode
 @njit(cache=True, inline="always")
@@ -162,6 +127,24 @@ def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
     m = xs.shape[0]
     if planes == 1 and tb == 0:          # one byte plane (bfloat16): the loop native_qlc vectorises
         _raw8_split(xs, out[r0:r0 + m], m, w, rhi, rlo)
+        return
+    if w == 7 and rhi == 0x100 and rlo == 0xFF and tb == 1:
+        # float16, split (8, 7): the raw value is the low byte and the sign; two loops with
+        # constants, which LLVM vectorises (qlcw_decode's _merge_raw mirrors it)
+        dst = out[r0:r0 + m]
+        for i in range(m):
+            dst[np.uintp(i)] = np.uint8(xs[np.uintp(i)] & np.uint16(0xFF))
+        top = out[top0:top0 + ((m + 7) >> 3)]
+        for g8 in range(m >> 3):
+            b = np.uint16(0)
+            for j in range(8):
+                b |= (xs[np.uintp(8 * g8 + j)] >> np.uint16(15)) << np.uint16(j)
+            top[np.uintp(g8)] = np.uint8(b)
+        if m & 7:
+            b = np.uint16(0)
+            for j in range(m & 7):
+                b |= (xs[np.uintp((m & ~7) + j)] >> np.uint16(15)) << np.uint16(j)
+            top[np.uintp(m >> 3)] = np.uint8(b)
         return
     if planes == 1:                      # float16: a byte plane and 1..3 top bits, in one pass
         dst = out[r0:r0 + m]
@@ -216,8 +199,9 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
     (< 32 bits pending, so bit 63 is never set).  While suf has 8 bytes of room the step
     stores the accumulator unconditionally and advances by whole 32-bit words without a
     branch (whether a word is full is data-dependent: a branch would be mispredicted often);
-    the last steps flush with bounded stores.  `narrow` (every suffix at most 8 bits): four
-    codes per step."""
+    the last steps flush with bounded stores (clipped at suf's end: the bits are counted
+    all the same).  `narrow` (every suffix at most 8 bits): four codes per step.  Returns -1
+    where a symbol has no code (enc entry -1)."""
     m = xs.shape[0]
     ncodes = (m + g - 1) // g
     acc = 0
@@ -225,11 +209,13 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
     q = 0
     full = m // (2 * g)                 # steps whose two codes' elements are all present
     room = suf.shape[0] - 8
+    err = 0
     t = 0
     if narrow:                          # suffixes of at most 8 bits: four codes per flush
         while t + 1 < full and q <= room:
             e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
             e2, e3 = _two_codes(xs, t + 1, lo, fmask, w, g, enc)
+            err |= e0 | e1 | e2 | e3
             pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
             pre[np.uintp(t + 1)] = ((e2 >> 21) & 15) | (((e3 >> 21) & 15) << 4)
             acc |= (e0 & 0xFF) << nacc
@@ -248,6 +234,7 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
             t += 2
     while t < full and q <= room:
         e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
+        err |= e0 | e1
         pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
         acc |= (e0 & 0xFFFF) << nacc
         nacc += (e0 >> 16) & 31
@@ -265,6 +252,7 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
         else:
             e0 = np.int64(enc[_symbol(xs, j, m, lo, fmask, w, g)])
             e1 = np.int64(enc[_symbol(xs, j + 1, m, lo, fmask, w, g)]) if j + 1 < ncodes else np.int64(0)
+        err |= e0 | e1
         pre[j >> 1] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4 if j + 1 < ncodes else 0)
         acc |= (e0 & 0xFFFF) << nacc
         nacc += (e0 >> 16) & 31
@@ -272,15 +260,37 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
         nacc += (e1 >> 16) & 31
         acc, nacc, q = _flush_word(suf, q, acc, nacc)
     _store_le(suf, q, acc, (nacc + 7) >> 3)
-    return 8 * q + nacc
+    return -1 if err < 0 else 8 * q + nacc
 
 
 @ParallelKernel
-def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, encs, narrow, chunk_code, table, out, pbase, fbase, sbase,
-                rbase, n_nz, check):
-    """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns), coded
-    chunks with their code (encs, narrow by chunk_code); check[c] = the suffix bits written
-    (the host compares them with qlcw_bits')."""
+def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, nz, bits):
+    """Per chunk c: nz[c] = whether it has a set bit; a non-zero chunk's prefixes into pre[c]
+    and suffixes into suf[c] under its code (encs, narrow by chunk_code); bits[c] = its
+    suffix bits, or -1 where it holds a symbol its code cannot write.  suf[c] has room for
+    the suffix bytes a coded chunk can have (fewer than its fields take raw, less its
+    prefixes) and 8 bytes of slack: a chunk that needs more is clipped there (it is written
+    raw; its bits are counted all the same)."""
+    n = x.shape[0]
+    fmask = (1 << w) - 1
+    for c in prange(bits.shape[0]):
+        xs = x[c * chunk:min(c * chunk + chunk, n)]
+        nonzero = _chunk_any(xs)
+        nz[c] = nonzero
+        if not nonzero:
+            continue
+        m = xs.shape[0]
+        pbytes = (4 * ((m + g - 1) // g) + 7) >> 3
+        cap = max(((m * w + 7) >> 3) - pbytes, 0) + 8
+        k = chunk_code[c]
+        bits[c] = _put_coded(pre[c, :pbytes], suf[c, :cap], xs, lo, fmask, w, g, encs[k], narrow[k])
+
+
+@ParallelKernel
+def qlcw_write(x, chunk, lo, w, g, rhi, rlo, planes, tb, pre, suf, table, out, pbase, fbase, sbase, rbase, n_nz):
+    """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns): the
+    raw planes, then a coded chunk's prefixes and suffixes from qlcw_code's pre and suf, or
+    a raw chunk's fields."""
     n = x.shape[0]
     fmask = (1 << w) - 1
     for c in prange(table.shape[0]):
@@ -294,10 +304,11 @@ def qlcw_encode(x, chunk, lo, w, g, rhi, rlo, planes, tb, encs, narrow, chunk_co
             _put_raw(out, rbase + r, n_nz, rbase + planes * n_nz + ((r * tb) >> 3), xs, w, rhi, rlo, planes, tb)
         if mode == qlc.MODE_CODED:
             p0 = pbase + table[c, T_PREFIX]
+            pbytes = (4 * ((m + g - 1) // g) + 7) >> 3
+            out[p0:p0 + pbytes] = pre[c, :pbytes]
             s0 = sbase + table[c, T_SUFFIX]
-            ncodes = (m + g - 1) // g
-            check[c] = _put_coded(out[p0:p0 + ((4 * ncodes + 7) >> 3)], out[s0:s0 + table[c, T_SUFLEN]],
-                                  xs, lo, fmask, w, g, encs[chunk_code[c]], narrow[chunk_code[c]])
+            sbytes = table[c, T_SUFLEN]
+            out[s0:s0 + sbytes] = suf[c, :sbytes]
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _put_fields(out[f0:f0 + ((m * w + 7) >> 3)], xs, lo, fmask, w)
@@ -329,20 +340,22 @@ def _put_symbol(o, j, s, lo, fmask, w, g):
 
 
 @njit(cache=True)
-def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, narrow):
+def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, dbits, narrow):
     """Decode a coded chunk's fields (shifted into place) into `o`; returns qlc.ERR_* flags.
 
     Two codes per prefix byte: w2[byte] gives the first code's width (bits 0-7) and both
     widths' sum (bits 8-15), so one 8-byte load at the pair's bit offset serves both
     suffixes (<= 32 bits of the >= 57 it holds) and the only serial dependency is one add.
-    A code's symbol is one look-up, dtab[area << 8 | next 8 suffix bits] (_decode_table),
-    except for codes of the escape area, of areas wider than 8 bits and ranks past the
-    table (entry -1), which take _symbol_of.  `narrow` (every area at most 8 bits wide, no
-    escape): four codes per 8-byte load, their offsets from two w2 look-ups, and an entry
-    of -1 can only be a rank past the table."""
+    A code's symbol is one look-up, dtab[area << dbits | next dbits suffix bits]
+    (_decode_table), except for codes of the escape area, of areas wider than dbits and
+    ranks past the table (entry -1), which take _symbol_of.  `narrow` (every area at most
+    dbits <= 10 wide, no escape): four codes (<= 40 bits) per 8-byte load, their offsets
+    from two w2 look-ups, and an entry of -1 can only be a rank past the table."""
     m = o.shape[0]
     ncodes = (m + g - 1) // g
     T = np.uintp(table.shape[0])
+    dsh = np.uintp(dbits)
+    dmask = np.uintp((1 << dbits) - 1)
     fmask = np.uintp((1 << w) - 1)
     ulo = np.uintp(lo)
     uw = np.uintp(w)
@@ -358,10 +371,10 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, na
             w1 = np.uintp(w2[p1])
             buf = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
             o2 = w0 >> np.uintp(8)
-            e0 = dtab[((p0 & np.uintp(15)) << np.uintp(8)) | (buf & np.uintp(255))]
-            e1 = dtab[((p0 >> np.uintp(4)) << np.uintp(8)) | ((buf >> (w0 & np.uintp(31))) & np.uintp(255))]
-            e2 = dtab[((p1 & np.uintp(15)) << np.uintp(8)) | ((buf >> o2) & np.uintp(255))]
-            e3 = dtab[((p1 >> np.uintp(4)) << np.uintp(8)) | ((buf >> (o2 + (w1 & np.uintp(31)))) & np.uintp(255))]
+            e0 = dtab[((p0 & np.uintp(15)) << dsh) | (buf & dmask)]
+            e1 = dtab[((p0 >> np.uintp(4)) << dsh) | ((buf >> (w0 & np.uintp(31))) & dmask)]
+            e2 = dtab[((p1 & np.uintp(15)) << dsh) | ((buf >> o2) & dmask)]
+            e3 = dtab[((p1 >> np.uintp(4)) << dsh) | ((buf >> (o2 + (w1 & np.uintp(31)))) & dmask)]
             past |= (e0 | e1 | e2 | e3) < 0
             pos += np.int64(o2 + (w1 >> np.uintp(8)))
             _put_symbol(o, 2 * t, np.uintp(max(e0, 0)), ulo, fmask, uw, g)
@@ -376,8 +389,8 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, na
         ww = np.uintp(w2[byte])
         buf = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
         b1 = buf >> (ww & np.uintp(31))
-        e0 = dtab[(a0 << np.uintp(8)) | (buf & np.uintp(255))]
-        e1 = dtab[(a1 << np.uintp(8)) | (b1 & np.uintp(255))]
+        e0 = dtab[(a0 << dsh) | (buf & dmask)]
+        e1 = dtab[(a1 << dsh) | (b1 & dmask)]
         if e0 >= 0:
             s0 = np.uintp(e0)
         else:
@@ -481,7 +494,7 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
 
 @ParallelKernel
 def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2, dtab,
-                narrow, chunk_code, table,
+                dbits, narrow, chunk_code, table,
                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out, coded chunks with their code (the per-code
     arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]); flags[c] = the
@@ -503,9 +516,9 @@ def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts,
             k = chunk_code[c]
             syms = tables[toff[k]:toff[k + 1]]
             if escape[k]:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, True, w2[k], dtab[k], False)
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, True, w2[k], dtab[k], dbits, False)
             else:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, False, w2[k], dtab[k],
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, False, w2[k], dtab[k], dbits,
                                       narrow[k])
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
@@ -540,15 +553,23 @@ def _pair_widths(widths: tuple[int, ...]) -> np.ndarray:
     return w[b & 15] | ((w[b & 15] + w[b >> 4]) << 8)
 
 
-def _decode_table(code: qlcw.WideCode) -> np.ndarray:
-    """int32 [16 * 256] by area << 8 | the next 8 suffix bits: the symbol, or -1 for the
-    escape area, areas wider than 8 bits and ranks past the table."""
-    area = np.repeat(np.arange(qlcw.N_AREAS), 256)
-    low = np.tile(np.arange(256), qlcw.N_AREAS)
+def _lookup_bits(codes) -> int:
+    """Suffix bits the decode tables look up (8..10): the widest non-escape area of the
+    codes, so that a code whose rare last area is 9 or 10 bits wide still decodes four
+    codes per load (its table: 16 << bits int32 entries, 16..64 KiB)."""
+    widths = [b for c in codes for k, b in enumerate(c.widths) if not (c.escape and k == qlcw.ESCAPE_AREA)]
+    return min(max(8, *widths), 10)
+
+
+def _decode_table(code: qlcw.WideCode, bits: int = 8) -> np.ndarray:
+    """int32 [16 << bits] by area << bits | the next `bits` suffix bits: the symbol, or -1
+    for the escape area, areas wider than `bits` and ranks past the table."""
+    area = np.repeat(np.arange(qlcw.N_AREAS), 1 << bits)
+    low = np.tile(np.arange(1 << bits), qlcw.N_AREAS)
     widths = np.asarray(code.widths, np.int64)[area]
     rank = code.firsts()[area] + (low & ((1 << widths) - 1))
     T = code.table.size
-    simple = (widths <= 8) & (rank < T)
+    simple = (widths <= bits) & (rank < T)
     if code.escape:
         simple &= area != qlcw.ESCAPE_AREA
     return np.where(simple, code.table[np.minimum(rank, T - 1)], -1).astype(np.int32)
@@ -600,18 +621,20 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     nchunks = -(-n // chunk)
     item_bits = 8 * flat.element_size()
     plan = f.plan(item_bits)
-    nz = np.zeros(nchunks, np.bool_)
-    bits = np.zeros(nchunks, np.int64)
-    bad = np.zeros(nchunks, np.bool_)
     if code is None:
         code = qlcw.build_code(histogram(flat, f, chunk), f.symbol_bits)
     cs = qlcw.CodeSet.of(code, nchunks, f.symbol_bits)
     encs = np.stack([_enc_table(c) for c in cs.codes])
     narrow = np.array([max(c.widths) <= 8 for c in cs.codes])
+    pbytes = (qlcw.PREFIX_BITS * (chunk // f.g) + 7) >> 3
+    pre = np.empty((nchunks, pbytes), np.uint8)                          # each chunk's prefixes ...
+    suf = np.empty((nchunks, max((chunk * f.w + 7) // 8 - pbytes, 0) + 8), np.uint8)   # ... and suffixes
+    nz = np.zeros(nchunks, np.bool_)
+    bits = np.zeros(nchunks, np.int64)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_bits(x, chunk, f.lo, f.w, f.g, encs, cs.chunk_code, bits, nz, bad)
-    if bad.any():
+        qlcw_code(x, chunk, f.lo, f.w, f.g, encs, narrow, cs.chunk_code, pre, suf, nz, bits)
+    if (bits < 0).any():
         raise EncoderError("QLCW code cannot write a symbol of the tensor")
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
     modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, bits, nz, f.w)
@@ -626,15 +649,10 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     o = out.numpy()[reserve:]
     o[:len(head)] = head
     nzt = int(table[:, T_ELEMS][modes != qlc.MODE_ZERO].sum())
-    check = np.zeros(nchunks, np.int64)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_encode(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, encs,
-                    narrow, cs.chunk_code, table,
-                    o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt, check)
-    coded = modes == qlc.MODE_CODED
-    if not np.array_equal(check[coded], bits[coded]):
-        raise EncoderError("the tensor changed while it was being encoded (suffix bits differ between passes)")
+        qlcw_write(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, pre, suf, table,
+                   o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt)
     return out
 
 
@@ -655,14 +673,15 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     sizes = np.array([c.table.size for c in codes], np.int64)
     toff = np.concatenate([[0], np.cumsum(sizes)])
     buf = data.contiguous().numpy()
+    dbits = _lookup_bits(codes)
     with _LOCK:
         numba.set_num_threads(_threads())
         qlcw_decode(buf, words, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
                     (np.int64(1) << widths) - 1, np.stack([c.firsts() for c in codes]).astype(np.int64),
                     np.concatenate([c.table for c in codes]).astype(np.uint16), toff,
                     np.array([c.escape for c in codes]), np.stack([_pair_widths(c.widths) for c in codes]),
-                    np.stack([_decode_table(c) for c in codes]),
-                    np.array([max(c.widths) <= 8 and not c.escape for c in codes]), sec.chunk_code, table,
+                    np.stack([_decode_table(c, dbits) for c in codes]), dbits,
+                    np.array([max(c.widths) <= dbits and not c.escape for c in codes]), sec.chunk_code, table,
                     b["prefix"], e["prefix"], b["field"], e["field"],
                     b["suffix"], b["raw"], e["raw"], nzt, flags)
     bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0

@@ -392,8 +392,8 @@ def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
 
 
 CLUSTER_COUNTS = (8,)           # the numbers of codes cluster_codes tries (empty groups are dropped)
-CLUSTER_SAMPLE = 1024           # chunks its iterations look at
-CLUSTER_ROUNDS = 5
+CLUSTER_SAMPLE = 512            # chunks its iterations look at
+CLUSTER_ROUNDS = 3
 
 
 def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]]:

@@ -99,6 +99,28 @@ def test_rank_past_the_table_fails_alike():
     assert kc.outcome(bytes(bad), "native") == ref
 
 
+@pytest.mark.parametrize("wide", [9, 10, 12])
+def test_codes_with_a_wide_last_area_match_and_fail_alike(wide):
+    """A code whose last area is 9..12 bits wide (bfloat16 weights' fitted codes have a 9-bit
+    one): the native decoder looks 9 or 10 suffix bits up at once (wider areas take its
+    code-by-code path); same bytes, same bits and the same errors as the torch path."""
+    g = torch.Generator().manual_seed(wide)
+    x = torch.randint(0, 256, (20000,), generator=g, dtype=torch.int32).to(torch.uint8)
+    x[:15000] = (x[:15000] % 5).to(torch.uint8)             # mostly the short codes
+    f = qlcw.Fields(0, 8, 1)
+    perm = torch.randperm(256, generator=g).numpy().astype(np.int64)
+    code = qlcw.WideCode(8, (0,) * 5 + (1, 1, 2, 2, 3, 3, 4, 4, 5, 6, wide), perm, False)
+    section = qlcw.encode_section(x, f, code)
+    assert torch.equal(native_qlcw.encode_section(x, f, code), section)
+    h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
+    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.numpy().tobytes())
+    planes = SimpleNamespace(planes_offset=qlccomm.inspect(blob)["metadata_bytes"])
+    rng = np.random.default_rng(wide)
+    for bad in kc.corruptions(blob, planes, rng, 40):
+        assert kc.outcome(bad, "native") == kc.outcome(bad, "torch")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16, torch.float8_e4m3fn])
 def test_adaptive_qlc_writes_qlcw_where_smaller_same_bytes_on_both_paths(dtype):
     x = datagen.synthetic("weight", dtype, 60000, seed=2)
