@@ -191,6 +191,14 @@ def _two_codes(xs, t, lo, fmask, w, g, enc):
             np.int64(enc[np.uintp((xs[k + np.uintp(1)] >> lo) & fmask)]))
 
 
+@njit(cache=True, inline="always")
+def _add_code(suf, q, acc, nacc, e):
+    """One code's suffix (enc entry e) into the accumulator, flushed with a bounded store."""
+    acc |= (e & 0xFFFF) << nacc
+    nacc += (e >> 16) & 31
+    return _flush_word(suf, q, acc, nacc)
+
+
 @njit(cache=True)
 def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
     """Prefixes (4 bits per code) into pre, suffixes LSB first into suf; returns the suffix bits.
@@ -200,8 +208,10 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
     stores the accumulator unconditionally and advances by whole 32-bit words without a
     branch (whether a word is full is data-dependent: a branch would be mispredicted often);
     the last steps flush with bounded stores (clipped at suf's end: the bits are counted
-    all the same).  `narrow` (every suffix at most 8 bits): four codes per step.  Returns -1
-    where a symbol has no code (enc entry -1)."""
+    all the same).  `narrow` (every suffix at most 10 bits): four codes per step, stored at
+    once where they fit the accumulator (always with suffixes of at most 8 bits), else one
+    at a time with bounded stores (a rare branch: wide areas hold the rare symbols).
+    Returns -1 where a symbol has no code (enc entry -1)."""
     m = xs.shape[0]
     ncodes = (m + g - 1) // g
     acc = 0
@@ -211,26 +221,35 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
     room = suf.shape[0] - 8
     err = 0
     t = 0
-    if narrow:                          # suffixes of at most 8 bits: four codes per flush
+    if narrow:                          # four codes per flush while they fit the accumulator
         while t + 1 < full and q <= room:
             e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
             e2, e3 = _two_codes(xs, t + 1, lo, fmask, w, g, enc)
             err |= e0 | e1 | e2 | e3
             pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
             pre[np.uintp(t + 1)] = ((e2 >> 21) & 15) | (((e3 >> 21) & 15) << 4)
-            acc |= (e0 & 0xFF) << nacc
-            nacc += (e0 >> 16) & 31
-            acc |= (e1 & 0xFF) << nacc
-            nacc += (e1 >> 16) & 31
-            acc |= (e2 & 0xFF) << nacc
-            nacc += (e2 >> 16) & 31
-            acc |= (e3 & 0xFF) << nacc
-            nacc += (e3 >> 16) & 31
-            _u64_put(suf, q, acc)
-            adv = nacc >> 5
-            q += adv << 2
-            acc >>= adv << 5
-            nacc &= 31
+            w0 = (e0 >> 16) & 31
+            w1 = (e1 >> 16) & 31
+            w2 = (e2 >> 16) & 31
+            if nacc + w0 + w1 + w2 + ((e3 >> 16) & 31) < 64:
+                acc |= (e0 & 0xFFFF) << nacc
+                nacc += w0
+                acc |= (e1 & 0xFFFF) << nacc
+                nacc += w1
+                acc |= (e2 & 0xFFFF) << nacc
+                nacc += w2
+                acc |= (e3 & 0xFFFF) << nacc
+                nacc += (e3 >> 16) & 31
+                _u64_put(suf, q, acc)
+                adv = nacc >> 5
+                q += adv << 2
+                acc >>= adv << 5
+                nacc &= 31
+            else:                       # rare: wide codes among the four, one at a time
+                acc, nacc, q = _add_code(suf, q, acc, nacc, e0)
+                acc, nacc, q = _add_code(suf, q, acc, nacc, e1)
+                acc, nacc, q = _add_code(suf, q, acc, nacc, e2)
+                acc, nacc, q = _add_code(suf, q, acc, nacc, e3)
             t += 2
     while t < full and q <= room:
         e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
@@ -625,7 +644,7 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
         code = qlcw.build_code(histogram(flat, f, chunk), f.symbol_bits)
     cs = qlcw.CodeSet.of(code, nchunks, f.symbol_bits)
     encs = np.stack([_enc_table(c) for c in cs.codes])
-    narrow = np.array([max(c.widths) <= 8 for c in cs.codes])
+    narrow = np.array([max(c.widths) <= 10 for c in cs.codes])
     pbytes = (qlcw.PREFIX_BITS * (chunk // f.g) + 7) >> 3
     pre = np.empty((nchunks, pbytes), np.uint8)                          # each chunk's prefixes ...
     suf = np.empty((nchunks, max((chunk * f.w + 7) // 8 - pbytes, 0) + 8), np.uint8)   # ... and suffixes
