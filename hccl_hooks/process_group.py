@@ -10,6 +10,7 @@ backend.
 """
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -132,3 +133,22 @@ def init_process_group(backend=None, timeout=None, **kwargs):
     dist.init_process_group(backend, init_method=kwargs.pop("init_method", init_method), rank=rank,
                             world_size=world, **kwargs)
     return DistInfo(rank, world, local, backend, device, env["launcher"])
+
+
+SETTLE_S = 0.25
+"""Seconds destroy_process_group leaves the GIL free after the group is destroyed."""
+
+
+def destroy_process_group(settle_s: float = SETTLE_S) -> None:
+    """torch.distributed.destroy_process_group(), then `settle_s` seconds with the GIL free.
+
+    Call it last, in place of dist.destroy_process_group().  Gloo's worker threads drop a
+    finished call's tensors just after the caller has its result, and need the GIL for it.
+    A DDP model keeps its process group alive past destroy_process_group (torch holds
+    references to it: pytorch/pytorch#109478), so those threads are still there at exit; one
+    that reaches for the GIL while the interpreter finalizes aborts the process after the job
+    succeeded ("terminate called without an active exception", SIGABRT).  The pause lets
+    them finish first.
+    """
+    dist.destroy_process_group()
+    time.sleep(settle_s)

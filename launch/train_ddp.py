@@ -135,7 +135,7 @@ def main(argv=None):
     log0(info.rank, f"qlccomm {qlccomm.__version__}: {info.world_size} ranks, backend {info.backend}, "
                     f"device {info.device.type}, launcher {info.launcher}, torch {torch.__version__}")
     result = train_and_compare(args, info)
-    dist.destroy_process_group()
+    hccl_hooks.destroy_process_group()
     return 0 if result["ok"] else 1
 
 

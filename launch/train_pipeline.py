@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import hccl_hooks
 import qlccomm
 from qlccomm.collectives import WireStats
 
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         raise SystemExit("train_pipeline.py runs on exactly 2 ranks")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     ok = run(rank, args)
-    dist.destroy_process_group()
+    hccl_hooks.destroy_process_group()
     return 0 if ok else 1
 
 
