@@ -34,7 +34,7 @@ from numba import njit, prange
 from qlccomm import qlc, qlcw
 from qlccomm.errors import EncoderError, FormatError
 
-from .native_qlc import (_LOCK, ParallelKernel, _chunk_any, _load_le, _raw8_merge, _raw8_split, _store_le, _threads,
+from .native_qlc import (_LOCK, ParallelKernel, _chunk_any, _load_le, _raw8_merge, _raw8_split, _store_le, _threads, _u64_at,
                          _u64_put)
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
@@ -358,6 +358,61 @@ def _put_symbol(o, j, s, lo, fmask, w, g):
         o[np.uintp(j)] = s << lo
 
 
+@njit(cache=True, inline="always")
+def _get_narrow_singles(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
+    """_get_coded's narrow loop for single symbols (g = 1): eight codes (four prefix bytes)
+    per step, each one table look-up stored as it is (shifted into place); the steps whose
+    two 8-byte suffix loads stay inside suf load without a bounds test.  An entry of -1 (a
+    rank past the table) only sets the flag: the chunk's output is garbage then, and the
+    host raises.  Returns (prefix bytes done, suffix bit position, whether a rank was past
+    the table)."""
+    t = 0
+    pos = 0
+    bad = 0
+    safe = (suf.shape[0] - 16) * 8       # below this bit position both loads are in bounds
+    while t + 3 < full:
+        p0 = np.uintp(pre[np.uintp(t)])
+        p1 = np.uintp(pre[np.uintp(t + 1)])
+        p2 = np.uintp(pre[np.uintp(t + 2)])
+        p3 = np.uintp(pre[np.uintp(t + 3)])
+        w0 = np.uintp(w2[p0])
+        w1 = np.uintp(w2[p1])
+        w2_ = np.uintp(w2[p2])
+        w3 = np.uintp(w2[p3])
+        o1 = w0 >> np.uintp(8)
+        pos1 = pos + np.int64(o1 + (w1 >> np.uintp(8)))
+        if pos < safe:
+            b0 = np.uintp(_u64_at(suf, pos >> 3))
+            b1 = np.uintp(_u64_at(suf, pos1 >> 3))
+        else:
+            b0 = np.uintp(_load_le(suf, pos >> 3, 8))
+            b1 = np.uintp(_load_le(suf, pos1 >> 3, 8))
+        b0 >>= np.uintp(pos & 7)
+        b1 >>= np.uintp(pos1 & 7)
+        o3 = w2_ >> np.uintp(8)
+        e0 = dtab[((p0 & np.uintp(15)) << dsh) | (b0 & dmask)]
+        e1 = dtab[((p0 >> np.uintp(4)) << dsh) | ((b0 >> (w0 & np.uintp(31))) & dmask)]
+        e2 = dtab[((p1 & np.uintp(15)) << dsh) | ((b0 >> o1) & dmask)]
+        e3 = dtab[((p1 >> np.uintp(4)) << dsh) | ((b0 >> (o1 + (w1 & np.uintp(31)))) & dmask)]
+        e4 = dtab[((p2 & np.uintp(15)) << dsh) | (b1 & dmask)]
+        e5 = dtab[((p2 >> np.uintp(4)) << dsh) | ((b1 >> (w2_ & np.uintp(31))) & dmask)]
+        e6 = dtab[((p3 & np.uintp(15)) << dsh) | ((b1 >> o3) & dmask)]
+        e7 = dtab[((p3 >> np.uintp(4)) << dsh) | ((b1 >> (o3 + (w3 & np.uintp(31)))) & dmask)]
+        bad |= e0 | e1 | e2 | e3 | e4 | e5 | e6 | e7
+        pos = pos1 + np.int64(o3 + (w3 >> np.uintp(8)))
+        k = np.uintp(2 * t)
+        o[k] = np.uintp(e0) << ulo
+        o[k + np.uintp(1)] = np.uintp(e1) << ulo
+        o[k + np.uintp(2)] = np.uintp(e2) << ulo
+        o[k + np.uintp(3)] = np.uintp(e3) << ulo
+        o[k + np.uintp(4)] = np.uintp(e4) << ulo
+        o[k + np.uintp(5)] = np.uintp(e5) << ulo
+        o[k + np.uintp(6)] = np.uintp(e6) << ulo
+        o[k + np.uintp(7)] = np.uintp(e7) << ulo
+        t += 4
+    return t, pos, bad < 0
+
+
 @njit(cache=True)
 def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, dbits, narrow):
     """Decode a coded chunk's fields (shifted into place) into `o`; returns qlc.ERR_* flags.
@@ -366,7 +421,7 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, db
     widths' sum (bits 8-15), so one 8-byte load at the pair's bit offset serves both
     suffixes (<= 32 bits of the >= 57 it holds) and the only serial dependency is one add.
     A code's symbol is one look-up, dtab[area << dbits | next dbits suffix bits]
-    (_decode_table), except for codes of the escape area, of areas wider than dbits and
+    (_decode_tables), except for codes of the escape area, of areas wider than dbits and
     ranks past the table (entry -1), which take _symbol_of.  `narrow` (every area at most
     dbits <= 10 wide, no escape): four codes (<= 40 bits) per 8-byte load, their offsets
     from two w2 look-ups, and an entry of -1 can only be a rank past the table."""
@@ -382,7 +437,9 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, db
     past = False
     full = m // (2 * g)                 # prefix bytes whose two codes' elements are all present
     t = 0
-    if narrow:
+    if narrow and g == 1:
+        t, pos, past = _get_narrow_singles(pre, suf, o, ulo, w2, dtab, dsh, dmask, full)
+    elif narrow:
         while t + 1 < full:
             p0 = np.uintp(pre[np.uintp(t)])
             p1 = np.uintp(pre[np.uintp(t + 1)])
@@ -580,18 +637,27 @@ def _lookup_bits(codes) -> int:
     return min(max(8, *widths), 10)
 
 
-def _decode_table(code: qlcw.WideCode, bits: int = 8) -> np.ndarray:
-    """int32 [16 << bits] by area << bits | the next `bits` suffix bits: the symbol, or -1
-    for the escape area, areas wider than `bits` and ranks past the table."""
-    area = np.repeat(np.arange(qlcw.N_AREAS), 1 << bits)
-    low = np.tile(np.arange(1 << bits), qlcw.N_AREAS)
-    widths = np.asarray(code.widths, np.int64)[area]
-    rank = code.firsts()[area] + (low & ((1 << widths) - 1))
-    T = code.table.size
-    simple = (widths <= bits) & (rank < T)
-    if code.escape:
-        simple &= area != qlcw.ESCAPE_AREA
-    return np.where(simple, code.table[np.minimum(rank, T - 1)], -1).astype(np.int32)
+@njit(cache=True)
+def _fill_decode_tables(widths, firsts, tables, toff, escape, bits, dtab):
+    """dtab[k, a << bits | v] for code k (see _decode_tables)."""
+    for k in range(dtab.shape[0]):
+        T = toff[k + 1] - toff[k]
+        for a in range(16):
+            wa = widths[k, a]
+            simple = wa <= bits and not (escape[k] and a == qlcw.ESCAPE_AREA)
+            for v in range(1 << bits):
+                rank = firsts[k, a] + (v & ((1 << wa) - 1))
+                dtab[k, (a << bits) | v] = tables[toff[k] + rank] if simple and rank < T else -1
+
+
+def _decode_tables(codes, widths, firsts, tables, toff, bits: int) -> np.ndarray:
+    """int32 [M, 16 << bits], code k's row by area << bits | the next `bits` suffix bits: the
+    symbol, or -1 for the escape area, areas wider than `bits` and ranks past the table.
+    (widths, firsts: int64 [M, 16]; tables: the codes' tables end to end, code k's from
+    toff[k] to toff[k + 1].)"""
+    dtab = np.empty((len(codes), 16 << bits), np.int32)
+    _fill_decode_tables(widths, firsts, tables, toff, np.array([c.escape for c in codes]), bits, dtab)
+    return dtab
 
 
 def _layout(f: qlcw.Fields, chunk: int, elems, modes, suffix_len, start: int):
@@ -689,17 +755,19 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     flags = np.zeros(nchunks, np.int32)
     nzt = int(elems[sec.modes != qlc.MODE_ZERO].sum())
     widths = np.asarray([c.widths for c in codes], np.int64)                  # [M, 16]
+    firsts = np.stack([c.firsts() for c in codes]).astype(np.int64)
     sizes = np.array([c.table.size for c in codes], np.int64)
     toff = np.concatenate([[0], np.cumsum(sizes)])
+    tables = np.concatenate([c.table for c in codes]).astype(np.uint16)
     buf = data.contiguous().numpy()
     dbits = _lookup_bits(codes)
+    dtab = _decode_tables(codes, widths, firsts, tables, toff, dbits)
     with _LOCK:
         numba.set_num_threads(_threads())
         qlcw_decode(buf, words, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
-                    (np.int64(1) << widths) - 1, np.stack([c.firsts() for c in codes]).astype(np.int64),
-                    np.concatenate([c.table for c in codes]).astype(np.uint16), toff,
+                    (np.int64(1) << widths) - 1, firsts, tables, toff,
                     np.array([c.escape for c in codes]), np.stack([_pair_widths(c.widths) for c in codes]),
-                    np.stack([_decode_table(c, dbits) for c in codes]), dbits,
+                    dtab, dbits,
                     np.array([max(c.widths) <= dbits and not c.escape for c in codes]), sec.chunk_code, table,
                     b["prefix"], e["prefix"], b["field"], e["field"],
                     b["suffix"], b["raw"], e["raw"], nzt, flags)
