@@ -547,6 +547,12 @@ def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w
 @njit(cache=True, nogil=True)
 def _optimal_widths(counts, n_areas, max_width):
     A = counts.shape[0]
+    # an area wider than the narrowest that holds all A symbols costs more, or ties and loses
+    # to the narrower one met first: leave those widths out (the same result, fewer steps)
+    cap = 0
+    while (1 << cap) < A:
+        cap += 1
+    max_width = min(max_width, cap)
     big = np.int64(1) << 60
     S = np.zeros(A + 1, np.int64)
     for i in range(A):

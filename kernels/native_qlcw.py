@@ -779,6 +779,29 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     return flat
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _group_scores(h, models, out):
+    """out[r, m] = h[r] . models[m]: sums of integers below 2^53 (qlcw.MODEL_SCALE), exact in
+    any order, so the reordering the vectorised sum does changes nothing."""
+    B = np.uintp(h.shape[1])
+    for r in range(h.shape[0]):
+        hr = h[r]
+        for m in range(models.shape[0]):
+            mm = models[m]
+            acc = 0.0
+            for b in range(B):
+                acc += hr[np.uintp(b)] * mm[np.uintp(b)]
+            out[r, m] = acc
+
+
+def group_scores(h: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """qlccomm.qlcw._scores (float64 [rows, M]: each row of `h` under each model) in numba; the
+    same numbers (exact integer sums, qlcw.MODEL_SCALE)."""
+    out = np.empty((h.shape[0], models.shape[0]), np.float64)
+    _group_scores(np.ascontiguousarray(h, np.float64), np.ascontiguousarray(models, np.float64), out)
+    return out
+
+
 @ParallelKernel
 def qlcw_chunk_hist(x, chunk, lo, w, hist):
     """hist[c] = chunk c's histogram of its elements' fields (lo, w); zero for all-zero chunks."""

@@ -440,17 +440,40 @@ def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]
     return out
 
 
+MODEL_SCALE = 1 << 20
+"""cluster_codes' models hold code lengths in units of 1 / MODEL_SCALE bits, rounded: a chunk's
+score (at most 2^20 fields, lengths below 40 bits: 2^26 units) is then a sum of integers
+below 2^46, exact in float64 whatever the order of the sum, so every backend scores alike."""
+
+
 def _models(h: np.ndarray, assign: np.ndarray, M: int) -> np.ndarray:
-    """log2 field frequencies of each group ([M, 2^w]; a small floor for unseen fields)."""
-    member = (assign[None, :] == np.arange(M)[:, None]).astype(np.float64)     # [M, rows]
-    counts = np.einsum("mr,rb->mb", member, h) + 1e-3
-    return np.log2(counts / counts.sum(axis=1, keepdims=True))
+    """Each group's code length of every field in units of 1 / MODEL_SCALE bits, rounded
+    (float64 [M, 2^w] holding integers; a small floor for unseen fields)."""
+    counts = np.stack([h[assign == m].sum(axis=0) for m in range(M)]).astype(np.float64) + 1e-3
+    return np.round(-np.log2(counts / counts.sum(axis=1, keepdims=True)) * MODEL_SCALE)
 
 
 def _nearest(h: np.ndarray, models: np.ndarray) -> np.ndarray:
-    """Each row's group: the model that codes it in the fewest bits (first on ties).  einsum,
-    not matmul: BLAS would start its own threads, which then spin beside the kernels'."""
-    return np.einsum("rb,mb->rm", h, -models).argmin(axis=1)
+    """Each row's group: the model that codes it in the fewest bits (first on ties); exact
+    integer sums (MODEL_SCALE), from the native kernel where there is one."""
+    return _fast_scores()(h, models).argmin(axis=1)
+
+
+def _scores(h: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Bits (1 / MODEL_SCALE) of each row under each model: float64 [rows, M].  einsum, not
+    matmul: BLAS would start its own threads, which then spin beside the kernels'."""
+    return np.einsum("rb,mb->rm", h, models)
+
+
+@lru_cache(maxsize=1)
+def _fast_scores():
+    """_scores compiled by numba where the native kernels are installed (the same, exact,
+    numbers), else itself."""
+    try:
+        from .kernels.native_qlcw import group_scores
+    except Exception:      # noqa: BLE001 - no numba, or a broken install: einsum
+        return _scores
+    return group_scores
 
 
 # -- encoding ---------------------------------------------------------------------------------

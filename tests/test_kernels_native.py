@@ -181,6 +181,7 @@ def test_compiled_widths_programme_matches_numpy():
     for h in cases:
         c = np.sort(h)[::-1]
         assert nq.optimal_widths_native(c) == optimal_widths(c)
-    for A, na, mw in ((7, 4, 5), (33, 3, 6), (100, 8, 8)):
+    for A, na, mw in ((7, 4, 5), (33, 3, 6), (100, 8, 8), (1, 16, 16), (2, 16, 16), (5, 16, 16), (248, 16, 16),
+                      (452, 16, 16), (1000, 15, 16)):      # the last rows: QLCW's 16 areas up to 16 bits
         c = np.sort(rng.integers(0, 50, A))[::-1]
         assert nq.optimal_widths_native(c, na, mw) == optimal_widths(c, na, mw)

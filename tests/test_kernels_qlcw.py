@@ -206,6 +206,19 @@ def test_code_sets_same_bytes_and_bits_on_both_paths(dtype, lo, w):
     assert min(qlcw.encode_section(x, f1, cs).numel() for _, cs in sets) < single   # groups pay here
 
 
+def test_group_scores_are_exact_on_every_path():
+    """cluster_codes' chunk scores: the numba kernel (a reordered, vectorised sum) and einsum
+    give the same numbers, integer sums exact in float64, so the groups come out alike."""
+    x = _layered(torch.float8_e4m3fn, 60000)
+    hist = qlcw.chunk_histograms(x, 0, 8).astype(np.float64)
+    assign = np.arange(hist.shape[0]) % 3
+    models = qlcw._models(hist, assign, 3)
+    assert np.array_equal(models, np.round(models)) and models.max() < 2**26
+    assert np.array_equal(native_qlcw.group_scores(hist, models), qlcw._scores(hist, models))
+    big = np.full((2, 256), 4096.0)                            # a 2^20-element chunk's worth
+    assert np.array_equal(native_qlcw.group_scores(big, models), qlcw._scores(big, models))
+
+
 def test_pair_code_sets_and_an_escaping_code():
     """A CodeSet of pair codes, one of them escaping, fitted to two halves of the chunks."""
     x = _layered(torch.bfloat16, 40000)
