@@ -359,13 +359,16 @@ def _put_symbol(o, j, s, lo, fmask, w, g):
 
 
 @njit(cache=True, inline="always")
-def _get_narrow_singles(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
-    """_get_coded's narrow loop for single symbols (g = 1): eight codes (four prefix bytes)
-    per step, each one table look-up stored as it is (shifted into place); the steps whose
-    two 8-byte suffix loads stay inside suf load without a bounds test.  An entry of -1 (a
-    rank past the table) only sets the flag: the chunk's output is garbage then, and the
-    host raises.  Returns (prefix bytes done, suffix bit position, whether a rank was past
-    the table)."""
+def _get_narrow(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
+    """_get_coded's narrow loop where one table entry is one item of `o`: code j's entry,
+    shifted by ulo, into o[j].  Single fields (g = 1): o is the chunk's output, entries the
+    symbols.  Packed pairs: o is the chunk's output as 32-bit words, each entry both elements
+    of a pair code in place (_decode_tables' `packed`), ulo 0.  Eight codes (four prefix
+    bytes) per step, the steps whose two 8-byte suffix loads stay inside suf without a bounds
+    test, then two codes per step to the last full prefix byte.  An entry of -1 (a rank past
+    the table) only sets the flag: the chunk's output is garbage then, and the host raises.
+    Returns (prefix bytes done: `full`, suffix bit position, whether a rank was past the
+    table)."""
     t = 0
     pos = 0
     bad = 0
@@ -410,11 +413,23 @@ def _get_narrow_singles(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
         o[k + np.uintp(6)] = np.uintp(e6) << ulo
         o[k + np.uintp(7)] = np.uintp(e7) << ulo
         t += 4
+    while t < full:
+        p0 = np.uintp(pre[np.uintp(t)])
+        w0 = np.uintp(w2[p0])
+        b0 = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
+        e0 = dtab[((p0 & np.uintp(15)) << dsh) | (b0 & dmask)]
+        e1 = dtab[((p0 >> np.uintp(4)) << dsh) | ((b0 >> (w0 & np.uintp(31))) & dmask)]
+        bad |= e0 | e1
+        pos += np.int64(w0 >> np.uintp(8))
+        k = np.uintp(2 * t)
+        o[k] = np.uintp(e0) << ulo
+        o[k + np.uintp(1)] = np.uintp(e1) << ulo
+        t += 1
     return t, pos, bad < 0
 
 
 @njit(cache=True)
-def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, dbits, narrow):
+def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, dbits, narrow, o32):
     """Decode a coded chunk's fields (shifted into place) into `o`; returns qlc.ERR_* flags.
 
     Two codes per prefix byte: w2[byte] gives the first code's width (bits 0-7) and both
@@ -424,7 +439,9 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, db
     (_decode_tables), except for codes of the escape area, of areas wider than dbits and
     ranks past the table (entry -1), which take _symbol_of.  `narrow` (every area at most
     dbits <= 10 wide, no escape): four codes (<= 40 bits) per 8-byte load, their offsets
-    from two w2 look-ups, and an entry of -1 can only be a rank past the table."""
+    from two w2 look-ups, and an entry of -1 can only be a rank past the table; single
+    fields, and pairs with a non-empty `o32` (the chunk's output as 32-bit words, dtab
+    packed), take _get_narrow."""
     m = o.shape[0]
     ncodes = (m + g - 1) // g
     T = np.uintp(table.shape[0])
@@ -438,7 +455,9 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, db
     full = m // (2 * g)                 # prefix bytes whose two codes' elements are all present
     t = 0
     if narrow and g == 1:
-        t, pos, past = _get_narrow_singles(pre, suf, o, ulo, w2, dtab, dsh, dmask, full)
+        t, pos, past = _get_narrow(pre, suf, o, ulo, w2, dtab, dsh, dmask, full)
+    elif narrow and o32.shape[0]:       # packed pairs: one 32-bit store per code
+        t, pos, past = _get_narrow(pre, suf, o32, np.uintp(0), w2, dtab, dsh, dmask, full)
     elif narrow:
         while t + 1 < full:
             p0 = np.uintp(pre[np.uintp(t)])
@@ -569,12 +588,12 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
 
 
 @ParallelKernel
-def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2, dtab,
-                dbits, narrow, chunk_code, table,
+def qlcw_decode(data, out, out32, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2,
+                dtab, dbits, narrow, chunk_code, table,
                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out, coded chunks with their code (the per-code
     arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]); flags[c] = the
-    chunk's qlc.ERR_* flags."""
+    chunk's qlc.ERR_* flags.  out32: out as 32-bit words where dtab is packed, else empty."""
     n = out.shape[0]
     for c in prange(table.shape[0]):
         mode = table[c, T_MODE]
@@ -591,11 +610,13 @@ def qlcw_decode(data, out, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts,
             suf = data[s0:s0 + table[c, T_SUFLEN]]
             k = chunk_code[c]
             syms = tables[toff[k]:toff[k + 1]]
+            o32 = out32[(c * chunk) >> 1:((c * chunk) >> 1) + (m >> 2) * 2] if out32.shape[0] else out32
             if escape[k]:
-                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, True, w2[k], dtab[k], dbits, False)
+                flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, True, w2[k], dtab[k], dbits, False,
+                                      o32)
             else:
                 flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, False, w2[k], dtab[k], dbits,
-                                      narrow[k])
+                                      narrow[k], o32)
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _get_fields(data[f0:min(f0 + ((m * w + 7) >> 3), fend)], o, lo, w)
@@ -638,8 +659,9 @@ def _lookup_bits(codes) -> int:
 
 
 @njit(cache=True)
-def _fill_decode_tables(widths, firsts, tables, toff, escape, bits, dtab):
+def _fill_decode_tables(widths, firsts, tables, toff, escape, bits, packed, lo, w, dtab):
     """dtab[k, a << bits | v] for code k (see _decode_tables)."""
+    fmask = (1 << w) - 1
     for k in range(dtab.shape[0]):
         T = toff[k + 1] - toff[k]
         for a in range(16):
@@ -647,16 +669,23 @@ def _fill_decode_tables(widths, firsts, tables, toff, escape, bits, dtab):
             simple = wa <= bits and not (escape[k] and a == qlcw.ESCAPE_AREA)
             for v in range(1 << bits):
                 rank = firsts[k, a] + (v & ((1 << wa) - 1))
-                dtab[k, (a << bits) | v] = tables[toff[k] + rank] if simple and rank < T else -1
+                if not (simple and rank < T):
+                    dtab[k, (a << bits) | v] = -1
+                    continue
+                s = np.int64(tables[toff[k] + rank])
+                dtab[k, (a << bits) | v] = (((s & fmask) << lo) | ((s >> w) << (lo + 16))) if packed else s
 
 
-def _decode_tables(codes, widths, firsts, tables, toff, bits: int) -> np.ndarray:
+def _decode_tables(codes, widths, firsts, tables, toff, bits: int, packed: bool = False, lo: int = 0,
+                   w: int = 0) -> np.ndarray:
     """int32 [M, 16 << bits], code k's row by area << bits | the next `bits` suffix bits: the
     symbol, or -1 for the escape area, areas wider than `bits` and ranks past the table.
-    (widths, firsts: int64 [M, 16]; tables: the codes' tables end to end, code k's from
-    toff[k] to toff[k + 1].)"""
+    `packed` (pair codes of 16-bit elements, lo + w <= 15): in place of the symbol, both
+    elements' fields shifted into place as one 32-bit word (the first element low), which
+    the decoder stores as it is.  (widths, firsts: int64 [M, 16]; tables: the codes' tables
+    end to end, code k's from toff[k] to toff[k + 1].)"""
     dtab = np.empty((len(codes), 16 << bits), np.int32)
-    _fill_decode_tables(widths, firsts, tables, toff, np.array([c.escape for c in codes]), bits, dtab)
+    _fill_decode_tables(widths, firsts, tables, toff, np.array([c.escape for c in codes]), bits, packed, lo, w, dtab)
     return dtab
 
 
@@ -761,14 +790,16 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     tables = np.concatenate([c.table for c in codes]).astype(np.uint16)
     buf = data.contiguous().numpy()
     dbits = _lookup_bits(codes)
-    dtab = _decode_tables(codes, widths, firsts, tables, toff, dbits)
+    narrow = np.array([max(c.widths) <= dbits and not c.escape for c in codes])
+    packed = f.g == 2 and words.itemsize == 2 and f.lo + f.w <= 15 and bool(narrow.all())
+    dtab = _decode_tables(codes, widths, firsts, tables, toff, dbits, packed, f.lo, f.w)
+    out32 = words[:words.shape[0] & ~1].view(np.uint32) if packed else np.empty(0, np.uint32)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_decode(buf, words, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
+        qlcw_decode(buf, words, out32, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
                     (np.int64(1) << widths) - 1, firsts, tables, toff,
                     np.array([c.escape for c in codes]), np.stack([_pair_widths(c.widths) for c in codes]),
-                    dtab, dbits,
-                    np.array([max(c.widths) <= dbits and not c.escape for c in codes]), sec.chunk_code, table,
+                    dtab, dbits, narrow, sec.chunk_code, table,
                     b["prefix"], e["prefix"], b["field"], e["field"],
                     b["suffix"], b["raw"], e["raw"], nzt, flags)
     bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0

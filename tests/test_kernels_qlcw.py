@@ -99,6 +99,35 @@ def test_rank_past_the_table_fails_alike():
     assert kc.outcome(bytes(bad), "native") == ref
 
 
+@pytest.mark.parametrize("numel", [5001, 8192 + 8])
+def test_packed_pair_decoding_matches_and_fails_alike(numel):
+    """bfloat16 exponent pairs, the decoder's packed path (one 32-bit store per pair code):
+    an odd or short last chunk decodes alike, and a suffix naming a rank past the table is
+    caught, in the first chunk and in the last one."""
+    g = torch.Generator().manual_seed(numel)
+    exps = torch.tensor([127, 128])[torch.randint(0, 2, (numel,), generator=g)]
+    exps[1::2][exps[0::2][: exps[1::2].numel()] == 128] = 127            # pairs (128, 128) never occur
+    words = (exps << 7) | torch.randint(0, 128, (numel,), generator=g) | (torch.randint(0, 2, (numel,), generator=g) << 15)
+    x = words.to(torch.int16).view(torch.bfloat16)
+    f = qlcw.Fields(7, 8, 2)
+    pairs = np.array([127 | 127 << 8, 128 | 127 << 8, 127 | 128 << 8, 127])   # the last: a lone 127 with field 0
+    code = qlcw.WideCode(16, (2,) + (0,) * 15, pairs[:3] if numel % 2 == 0 else pairs, False)
+    section = qlcw.encode_section(x, f, code)
+    assert torch.equal(native_qlcw.encode_section(x, f, code), section)
+    blob = _stream(x.dtype, section, numel)
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+    if numel % 2:
+        return                                                  # a 4-entry table has no rank past it
+    info = qlccomm.inspect(blob)
+    suffix_at = info["metadata_bytes"] + info["plane_bytes"]["prefix"] + info["plane_bytes"]["field"]
+    for at in (suffix_at, len(blob) - info["plane_bytes"]["raw"] - 1):   # the first code of each chunk
+        bad = bytearray(blob.numpy().tobytes())
+        bad[at] |= 0x03                                         # its suffix: rank 3 of a 3-entry table
+        ref = kc.outcome(bytes(bad), "torch")
+        assert ref[0] == "error"
+        assert kc.outcome(bytes(bad), "native") == ref
+
+
 @pytest.mark.parametrize("wide", [9, 10, 12])
 def test_codes_with_a_wide_last_area_match_and_fail_alike(wide):
     """A code whose last area is 9..12 bits wide (bfloat16 weights' fitted codes have a 9-bit
