@@ -428,8 +428,85 @@ def _get_narrow(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
     return t, pos, bad < 0
 
 
+@njit(cache=True, inline="always")
+def _two_of_byte(p, b, w2, dtab, dsh, dmask, ulo, ebits):
+    """Both codes of prefix byte p (suffix bits from b's low bits) as one output word, from
+    the single-code table: (word, the two entries OR-ed: negative for a rank past the table)."""
+    e0 = dtab[((p & np.uintp(15)) << dsh) | (b & dmask)]
+    e1 = dtab[((p >> np.uintp(4)) << dsh) | ((b >> (np.uintp(w2[p]) & np.uintp(31))) & dmask)]
+    return (np.uintp(e0) << ulo) | ((np.uintp(e1) << ulo) << ebits), e0 | e1
+
+
+@njit(cache=True, inline="always")
+def _get_byte_pairs(pre, suf, op, ulo, w2, dtab, dsh, dmask, btab, K, ebits, full):
+    """_get_coded's narrow loop for single fields with a byte-pair table: both codes of a
+    prefix byte in one look-up, btab[byte << K | the next K suffix bits], an entry holding
+    both elements' fields in place as one item of `op` (the chunk's output as items of twice
+    the element's width), or -1 where the two suffixes take more than K bits or name a rank
+    past the table: that byte decodes from the single-code table instead.  Four prefix bytes
+    per step, two 8-byte suffix loads (unchecked below the plane's last 16 bytes).  Returns
+    as _get_narrow does."""
+    t = 0
+    pos = 0
+    bad = 0
+    kmask = np.uintp((1 << K) - 1)
+    uk = np.uintp(K)
+    ueb = np.uintp(ebits)
+    safe = (suf.shape[0] - 16) * 8
+    while t + 3 < full:
+        p0 = np.uintp(pre[np.uintp(t)])
+        p1 = np.uintp(pre[np.uintp(t + 1)])
+        p2 = np.uintp(pre[np.uintp(t + 2)])
+        p3 = np.uintp(pre[np.uintp(t + 3)])
+        o1 = np.uintp(w2[p0]) >> np.uintp(8)
+        pos1 = pos + np.int64(o1 + (np.uintp(w2[p1]) >> np.uintp(8)))
+        o3 = np.uintp(w2[p2]) >> np.uintp(8)
+        if pos < safe:
+            b0 = np.uintp(_u64_at(suf, pos >> 3))
+            b1 = np.uintp(_u64_at(suf, pos1 >> 3))
+        else:
+            b0 = np.uintp(_load_le(suf, pos >> 3, 8))
+            b1 = np.uintp(_load_le(suf, pos1 >> 3, 8))
+        b0 >>= np.uintp(pos & 7)
+        b1 >>= np.uintp(pos1 & 7)
+        f0 = btab[(p0 << uk) | (b0 & kmask)]
+        f1 = btab[(p1 << uk) | ((b0 >> o1) & kmask)]
+        f2 = btab[(p2 << uk) | (b1 & kmask)]
+        f3 = btab[(p3 << uk) | ((b1 >> o3) & kmask)]
+        k = np.uintp(t)
+        if (f0 | f1 | f2 | f3) >= 0:
+            op[k] = f0
+            op[k + np.uintp(1)] = f1
+            op[k + np.uintp(2)] = f2
+            op[k + np.uintp(3)] = f3
+        else:                           # a wide pair or a rank past the table: code by code
+            v, e = _two_of_byte(p0, b0, w2, dtab, dsh, dmask, ulo, ueb)
+            op[k] = v
+            bad |= e
+            v, e = _two_of_byte(p1, b0 >> o1, w2, dtab, dsh, dmask, ulo, ueb)
+            op[k + np.uintp(1)] = v
+            bad |= e
+            v, e = _two_of_byte(p2, b1, w2, dtab, dsh, dmask, ulo, ueb)
+            op[k + np.uintp(2)] = v
+            bad |= e
+            v, e = _two_of_byte(p3, b1 >> o3, w2, dtab, dsh, dmask, ulo, ueb)
+            op[k + np.uintp(3)] = v
+            bad |= e
+        pos = pos1 + np.int64(o3 + (np.uintp(w2[p3]) >> np.uintp(8)))
+        t += 4
+    while t < full:
+        p0 = np.uintp(pre[np.uintp(t)])
+        b0 = np.uintp(_load_le(suf, pos >> 3, 8)) >> np.uintp(pos & 7)
+        v, e = _two_of_byte(p0, b0, w2, dtab, dsh, dmask, ulo, ueb)
+        op[np.uintp(t)] = v
+        bad |= e
+        pos += np.int64(np.uintp(w2[p0]) >> np.uintp(8))
+        t += 1
+    return t, pos, bad < 0
+
+
 @njit(cache=True)
-def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, dbits, narrow, o32):
+def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, dbits, narrow, op, btab, K):
     """Decode a coded chunk's fields (shifted into place) into `o`; returns qlc.ERR_* flags.
 
     Two codes per prefix byte: w2[byte] gives the first code's width (bits 0-7) and both
@@ -439,9 +516,10 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, db
     (_decode_tables), except for codes of the escape area, of areas wider than dbits and
     ranks past the table (entry -1), which take _symbol_of.  `narrow` (every area at most
     dbits <= 10 wide, no escape): four codes (<= 40 bits) per 8-byte load, their offsets
-    from two w2 look-ups, and an entry of -1 can only be a rank past the table; single
-    fields, and pairs with a non-empty `o32` (the chunk's output as 32-bit words, dtab
-    packed), take _get_narrow."""
+    from two w2 look-ups, and an entry of -1 can only be a rank past the table.  Narrow
+    codes with a non-empty `op` (the chunk's output as items of twice the element's width)
+    take _get_byte_pairs (single fields, byte-pair table btab of K suffix bits) or
+    _get_narrow (pairs, dtab packed); other narrow single fields take _get_narrow."""
     m = o.shape[0]
     ncodes = (m + g - 1) // g
     T = np.uintp(table.shape[0])
@@ -454,10 +532,12 @@ def _get_coded(pre, suf, o, lo, w, g, masks, firsts, table, escape, w2, dtab, db
     past = False
     full = m // (2 * g)                 # prefix bytes whose two codes' elements are all present
     t = 0
-    if narrow and g == 1:
+    if narrow and g == 1 and op.shape[0]:     # byte pairs: both codes of a prefix byte at once
+        t, pos, past = _get_byte_pairs(pre, suf, op, ulo, w2, dtab, dsh, dmask, btab, K, 8 * o.itemsize, full)
+    elif narrow and g == 1:
         t, pos, past = _get_narrow(pre, suf, o, ulo, w2, dtab, dsh, dmask, full)
-    elif narrow and o32.shape[0]:       # packed pairs: one 32-bit store per code
-        t, pos, past = _get_narrow(pre, suf, o32, np.uintp(0), w2, dtab, dsh, dmask, full)
+    elif narrow and op.shape[0]:        # packed pairs: one 32-bit store per code
+        t, pos, past = _get_narrow(pre, suf, op, np.uintp(0), w2, dtab, dsh, dmask, full)
     elif narrow:
         while t + 1 < full:
             p0 = np.uintp(pre[np.uintp(t)])
@@ -588,12 +668,13 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
 
 
 @ParallelKernel
-def qlcw_decode(data, out, out32, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2,
-                dtab, dbits, narrow, chunk_code, table,
+def qlcw_decode(data, out, outp, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2,
+                dtab, dbits, narrow, btab, K, chunk_code, table,
                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out, coded chunks with their code (the per-code
     arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]); flags[c] = the
-    chunk's qlc.ERR_* flags.  out32: out as 32-bit words where dtab is packed, else empty."""
+    chunk's qlc.ERR_* flags.  outp: out as items of twice its width where dtab is packed (pairs)
+    or btab is built (single fields), else empty."""
     n = out.shape[0]
     for c in prange(table.shape[0]):
         mode = table[c, T_MODE]
@@ -610,13 +691,13 @@ def qlcw_decode(data, out, out32, chunk, lo, w, g, rhi, rlo, planes, tb, masks, 
             suf = data[s0:s0 + table[c, T_SUFLEN]]
             k = chunk_code[c]
             syms = tables[toff[k]:toff[k + 1]]
-            o32 = out32[(c * chunk) >> 1:((c * chunk) >> 1) + (m >> 2) * 2] if out32.shape[0] else out32
+            op = outp[(c * chunk) >> 1:((c * chunk) >> 1) + m // (2 * g) * g] if outp.shape[0] else outp
             if escape[k]:
                 flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, True, w2[k], dtab[k], dbits, False,
-                                      o32)
+                                      op, btab[k], K)
             else:
                 flags[c] = _get_coded(pre, suf, o, lo, w, g, masks[k], firsts[k], syms, False, w2[k], dtab[k], dbits,
-                                      narrow[k], o32)
+                                      narrow[k], op, btab[k], K)
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _get_fields(data[f0:min(f0 + ((m * w + 7) >> 3), fend)], o, lo, w)
@@ -674,6 +755,41 @@ def _fill_decode_tables(widths, firsts, tables, toff, escape, bits, packed, lo, 
                     continue
                 s = np.int64(tables[toff[k] + rank])
                 dtab[k, (a << bits) | v] = (((s & fmask) << lo) | ((s >> w) << (lo + 16))) if packed else s
+
+
+BYTE_PAIR_BITS = 6
+"""Suffix bits the byte-pair tables look up (256 << 6 int32 entries, 64 KiB a code, ~25 us to
+build one)."""
+
+
+@njit(cache=True)
+def _fill_byte_pair_tables(widths, firsts, tables, toff, K, lo, ebits, btab):
+    """btab[k, byte << K | v] for code k (see _byte_pair_tables)."""
+    for k in range(btab.shape[0]):
+        T = toff[k + 1] - toff[k]
+        for p in range(256):
+            wa = widths[k, p & 15]
+            wb = widths[k, p >> 4]
+            for v in range(1 << K):
+                r0 = firsts[k, p & 15] + (v & ((1 << wa) - 1))
+                r1 = firsts[k, p >> 4] + ((v >> wa) & ((1 << wb) - 1))
+                if wa + wb > K or r0 >= T or r1 >= T:
+                    btab[k, (p << K) | v] = -1
+                else:
+                    s0 = np.int64(tables[toff[k] + r0])
+                    s1 = np.int64(tables[toff[k] + r1])
+                    btab[k, (p << K) | v] = (s0 << lo) | ((s1 << lo) << ebits)
+
+
+def _byte_pair_tables(codes, widths, firsts, tables, toff, lo: int, ebits: int, K: int = BYTE_PAIR_BITS) -> np.ndarray:
+    """int32 [M, 256 << K] for single-field codes of `ebits`-bit elements, code k's row by
+    prefix byte << K | the next K suffix bits: both codes' fields shifted into place as one
+    item of twice the element's width (the first code low), or -1 where their suffixes take
+    more than K bits or a rank is past the table (the decoder then takes the single-code
+    table).  Needs lo + w < ebits, so entries stay positive."""
+    btab = np.empty((len(codes), 256 << K), np.int32)
+    _fill_byte_pair_tables(widths, firsts, tables, toff, K, lo, ebits, btab)
+    return btab
 
 
 def _decode_tables(codes, widths, firsts, tables, toff, bits: int, packed: bool = False, lo: int = 0,
@@ -791,15 +907,23 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     buf = data.contiguous().numpy()
     dbits = _lookup_bits(codes)
     narrow = np.array([max(c.widths) <= dbits and not c.escape for c in codes])
-    packed = f.g == 2 and words.itemsize == 2 and f.lo + f.w <= 15 and bool(narrow.all())
+    ebits = 8 * words.itemsize
+    packed = f.g == 2 and ebits == 16 and f.lo + f.w <= 15 and bool(narrow.all())
+    # byte pairs for 16-bit single fields (float16): on 1-byte fields (e4m3 codes, wider
+    # suffixes) too many pairs miss the table for it to repay building it
+    byte_pairs = f.g == 1 and ebits == 16 and f.lo + f.w < ebits and bool(narrow.all())
     dtab = _decode_tables(codes, widths, firsts, tables, toff, dbits, packed, f.lo, f.w)
-    out32 = words[:words.shape[0] & ~1].view(np.uint32) if packed else np.empty(0, np.uint32)
+    K = BYTE_PAIR_BITS
+    btab = (_byte_pair_tables(codes, widths, firsts, tables, toff, f.lo, ebits, K) if byte_pairs
+            else np.empty((len(codes), 0), np.int32))
+    twice = {8: np.uint16, 16: np.uint32, 32: np.uint64}[ebits]
+    outp = words[:words.shape[0] & ~1].view(twice) if packed or byte_pairs else np.empty(0, twice)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_decode(buf, words, out32, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
+        qlcw_decode(buf, words, outp, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
                     (np.int64(1) << widths) - 1, firsts, tables, toff,
                     np.array([c.escape for c in codes]), np.stack([_pair_widths(c.widths) for c in codes]),
-                    dtab, dbits, narrow, sec.chunk_code, table,
+                    dtab, dbits, narrow, btab, K, sec.chunk_code, table,
                     b["prefix"], e["prefix"], b["field"], e["field"],
                     b["suffix"], b["raw"], e["raw"], nzt, flags)
     bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0

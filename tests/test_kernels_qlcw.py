@@ -128,6 +128,43 @@ def test_packed_pair_decoding_matches_and_fails_alike(numel):
         assert kc.outcome(bytes(bad), "native") == ref
 
 
+@pytest.mark.parametrize("wide", [2, 7, 9])
+def test_float16_byte_pair_decoding_matches_and_fails_alike(wide):
+    """float16 single fields, the decoder's byte-pair path (both codes of a prefix byte in one
+    look-up of 6 suffix bits): pairs whose suffixes take more than 6 bits fall back to the
+    single-code table; same bytes and the same errors as the torch path, an odd tail too."""
+    g = torch.Generator().manual_seed(wide)
+    n = 20003
+    perm = torch.randperm(128, generator=g)
+    rank = torch.randint(0, 128, (n,), generator=g)
+    short = torch.rand(n, generator=g) < 0.75
+    rank[short] %= 9                                         # mostly the short codes
+    words = (perm[rank] << 8) | torch.randint(0, 256, (n,), generator=g) | (torch.randint(0, 2, (n,), generator=g) << 15)
+    x = words.to(torch.int16).view(torch.float16)
+    f = qlcw.Fields(8, 7, 1)
+    code = qlcw.WideCode(7, (0,) * 5 + (1, 1, 2, 2, 3, 3, 4, 4, 5, 6, wide), perm.numpy().astype(np.int64), False)
+    section = qlcw.encode_section(x, f, code)
+    assert torch.equal(native_qlcw.encode_section(x, f, code), section)
+    blob = _stream(x.dtype, section, n)
+    assert qlccomm.inspect(blob)["chunks_coded"] == 5
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+    planes = SimpleNamespace(planes_offset=qlccomm.inspect(blob)["metadata_bytes"])
+    rng = np.random.default_rng(wide)
+    seen = set()
+    for bad in kc.corruptions(blob, planes, rng, 60):
+        ref = kc.outcome(bad, "torch")
+        assert kc.outcome(bad, "native") == ref
+        seen.add(ref[0] if ref[0] == "ok" else ref[1][:20])
+    assert len(seen) > 2, seen
+    info = qlccomm.inspect(blob)
+    at = info["metadata_bytes"] + info["plane_bytes"]["prefix"] + info["plane_bytes"]["field"]
+    bad = bytearray(blob.numpy().tobytes())
+    bad[at:at + info["plane_bytes"]["suffix"]] = b"\xff" * info["plane_bytes"]["suffix"]   # area 14: rank 160
+    ref = kc.outcome(bytes(bad), "torch")
+    assert ref == ("error", "code names a rank past the table (corrupt stream)")
+    assert kc.outcome(bytes(bad), "native") == ref
+
+
 @pytest.mark.parametrize("wide", [9, 10, 12])
 def test_codes_with_a_wide_last_area_match_and_fail_alike(wide):
     """A code whose last area is 9..12 bits wide (bfloat16 weights' fitted codes have a 9-bit
