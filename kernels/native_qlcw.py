@@ -359,6 +359,19 @@ def _put_symbol(o, j, s, lo, fmask, w, g):
 
 
 @njit(cache=True, inline="always")
+def _two_suffix_loads(suf, pos, pos1, safe):
+    """The suffix bits from bit positions pos and pos1 (>= 57 valid bits each): unchecked
+    8-byte loads below bit `safe` (both then lie inside suf), else bounded ones."""
+    if pos < safe:
+        b0 = np.uintp(_u64_at(suf, pos >> 3))
+        b1 = np.uintp(_u64_at(suf, pos1 >> 3))
+    else:
+        b0 = np.uintp(_load_le(suf, pos >> 3, 8))
+        b1 = np.uintp(_load_le(suf, pos1 >> 3, 8))
+    return b0 >> np.uintp(pos & 7), b1 >> np.uintp(pos1 & 7)
+
+
+@njit(cache=True, inline="always")
 def _get_narrow(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
     """_get_coded's narrow loop where one table entry is one item of `o`: code j's entry,
     shifted by ulo, into o[j].  Single fields (g = 1): o is the chunk's output, entries the
@@ -384,14 +397,7 @@ def _get_narrow(pre, suf, o, ulo, w2, dtab, dsh, dmask, full):
         w3 = np.uintp(w2[p3])
         o1 = w0 >> np.uintp(8)
         pos1 = pos + np.int64(o1 + (w1 >> np.uintp(8)))
-        if pos < safe:
-            b0 = np.uintp(_u64_at(suf, pos >> 3))
-            b1 = np.uintp(_u64_at(suf, pos1 >> 3))
-        else:
-            b0 = np.uintp(_load_le(suf, pos >> 3, 8))
-            b1 = np.uintp(_load_le(suf, pos1 >> 3, 8))
-        b0 >>= np.uintp(pos & 7)
-        b1 >>= np.uintp(pos1 & 7)
+        b0, b1 = _two_suffix_loads(suf, pos, pos1, safe)
         o3 = w2_ >> np.uintp(8)
         e0 = dtab[((p0 & np.uintp(15)) << dsh) | (b0 & dmask)]
         e1 = dtab[((p0 >> np.uintp(4)) << dsh) | ((b0 >> (w0 & np.uintp(31))) & dmask)]
@@ -461,14 +467,7 @@ def _get_byte_pairs(pre, suf, op, ulo, w2, dtab, dsh, dmask, btab, K, ebits, ful
         o1 = np.uintp(w2[p0]) >> np.uintp(8)
         pos1 = pos + np.int64(o1 + (np.uintp(w2[p1]) >> np.uintp(8)))
         o3 = np.uintp(w2[p2]) >> np.uintp(8)
-        if pos < safe:
-            b0 = np.uintp(_u64_at(suf, pos >> 3))
-            b1 = np.uintp(_u64_at(suf, pos1 >> 3))
-        else:
-            b0 = np.uintp(_load_le(suf, pos >> 3, 8))
-            b1 = np.uintp(_load_le(suf, pos1 >> 3, 8))
-        b0 >>= np.uintp(pos & 7)
-        b1 >>= np.uintp(pos1 & 7)
+        b0, b1 = _two_suffix_loads(suf, pos, pos1, safe)
         f0 = btab[(p0 << uk) | (b0 & kmask)]
         f1 = btab[(p1 << uk) | ((b0 >> o1) & kmask)]
         f2 = btab[(p2 << uk) | (b1 & kmask)]
