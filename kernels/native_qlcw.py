@@ -672,8 +672,8 @@ def qlcw_decode(data, out, outp, chunk, lo, w, g, rhi, rlo, planes, tb, masks, f
                 pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
     """Decode every chunk of `table` into out, coded chunks with their code (the per-code
     arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]); flags[c] = the
-    chunk's qlc.ERR_* flags.  outp: out as items of twice its width where dtab is packed (pairs)
-    or btab is built (single fields), else empty."""
+    chunk's qlc.ERR_* flags.  outp: the 16-bit out as 32-bit words where dtab is packed
+    (pairs) or btab is built (single fields), else empty."""
     n = out.shape[0]
     for c in prange(table.shape[0]):
         mode = table[c, T_MODE]
@@ -915,8 +915,7 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     K = BYTE_PAIR_BITS
     btab = (_byte_pair_tables(codes, widths, firsts, tables, toff, f.lo, ebits, K) if byte_pairs
             else np.empty((len(codes), 0), np.int32))
-    twice = {8: np.uint16, 16: np.uint32, 32: np.uint64}[ebits]
-    outp = words[:words.shape[0] & ~1].view(twice) if packed or byte_pairs else np.empty(0, twice)
+    outp = words[:words.shape[0] & ~1].view(np.uint32) if packed or byte_pairs else np.empty(0, np.uint32)
     with _LOCK:
         numba.set_num_threads(_threads())
         qlcw_decode(buf, words, outp, sec.chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8,
