@@ -149,11 +149,17 @@ def _raw8_merge(o, p0, count, rsh, rhi, rlo):
 
 # statistics
 @njit(cache=True)
-def _chunk_any(xs):
+def _chunk_or(xs):
+    """The OR of the chunk's words."""
     acc = 0
     for i in range(xs.shape[0]):
         acc |= xs[i]
-    return acc != 0
+    return acc
+
+
+@njit(cache=True)
+def _chunk_any(xs):
+    return _chunk_or(xs) != 0
 
 
 @njit(cache=True)

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from qlccomm import qlc, qlcw
+from qlccomm import qlc, qlcw, raw_shifts
 from qlccomm.errors import EncoderError, FormatError
 
-from .native_qlc import (_LOCK, ParallelKernel, _chunk_any, _load_le, _raw8_merge, _raw8_split, _store_le, _threads, _u64_at,
+from .native_qlc import (_LOCK, ParallelKernel, _chunk_any, _chunk_or, _load_le, _raw8_merge, _raw8_split, _store_le, _threads, _u64_at,
                          _u64_put)
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
@@ -121,14 +121,16 @@ def _put_fields(dst, xs, lo, fmask, w):
 
 
 @njit(cache=True)
-def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
-    """The elements' raw bits as planes (bitpack.pack_bits): `planes` byte planes, each n_nz
-    bytes from r0 on, then the top tb bits packed LSB first from top0."""
+def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb, t):
+    """The elements' raw bits >> t (a raw shift) as planes (bitpack.pack_bits): `planes` byte
+    planes, each n_nz bytes from r0 on, then the top tb bits packed LSB first from top0."""
     m = xs.shape[0]
-    if planes == 1 and tb == 0:          # one byte plane (bfloat16): the loop native_qlc vectorises
+    if t:
+        pass                             # shifted: the general loops below
+    elif planes == 1 and tb == 0:          # one byte plane (bfloat16): the loop native_qlc vectorises
         _raw8_split(xs, out[r0:r0 + m], m, w, rhi, rlo)
         return
-    if w == 7 and rhi == 0x100 and rlo == 0xFF and tb == 1:
+    elif w == 7 and rhi == 0x100 and rlo == 0xFF and tb == 1:
         # float16, split (8, 7): the raw value is the low byte and the sign; two loops with
         # constants, which LLVM vectorises (qlcw_decode's _merge_raw mirrors it)
         dst = out[r0:r0 + m]
@@ -146,7 +148,7 @@ def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
                 b |= (xs[np.uintp((m & ~7) + j)] >> np.uint16(15)) << np.uint16(j)
             top[np.uintp(m >> 3)] = np.uint8(b)
         return
-    if planes == 1:                      # float16: a byte plane and 1..3 top bits, in one pass
+    elif planes == 1:                    # float16: a byte plane and 1..3 top bits, in one pass
         dst = out[r0:r0 + m]
         top = out[top0:top0 + ((m * tb + 7) >> 3)]
         tmask = (1 << tb) - 1
@@ -162,13 +164,13 @@ def _put_raw(out, r0, n_nz, top0, xs, w, rhi, rlo, planes, tb):
         return
     for p in range(planes):
         dst = out[r0 + p * n_nz:r0 + p * n_nz + m]
-        sh = 8 * p
+        sh = 8 * p + t
         for i in range(m):
             v = xs[np.uintp(i)]
             dst[np.uintp(i)] = ((((v >> w) & rhi) | (v & rlo)) >> sh) & 0xFF
     if tb:
         dst = out[top0:top0 + ((m * tb + 7) >> 3)]
-        sh = 8 * planes
+        sh = 8 * planes + t
         tmask = (1 << tb) - 1
         for g8 in range((m + 7) >> 3):      # 8 values make tb bytes
             base = 8 * g8
@@ -283,8 +285,8 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
 
 
 @ParallelKernel
-def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, nz, bits):
-    """Per chunk c: nz[c] = whether it has a set bit; a non-zero chunk's prefixes into pre[c]
+def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, ors, bits):
+    """Per chunk c: ors[c] = the OR of its words; a non-zero chunk's prefixes into pre[c]
     and suffixes into suf[c] under its code (encs, narrow by chunk_code); bits[c] = its
     suffix bits, or -1 where it holds a symbol its code cannot write.  suf[c] has room for
     the suffix bytes a coded chunk can have (fewer than its fields take raw, less its
@@ -294,9 +296,9 @@ def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, nz, bits):
     fmask = (1 << w) - 1
     for c in prange(bits.shape[0]):
         xs = x[c * chunk:min(c * chunk + chunk, n)]
-        nonzero = _chunk_any(xs)
-        nz[c] = nonzero
-        if not nonzero:
+        acc = _chunk_or(xs)
+        ors[c] = acc
+        if acc == 0:
             continue
         m = xs.shape[0]
         pbytes = (4 * ((m + g - 1) // g) + 7) >> 3
@@ -306,10 +308,12 @@ def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, nz, bits):
 
 
 @ParallelKernel
-def qlcw_write(x, chunk, lo, w, g, rhi, rlo, planes, tb, pre, suf, table, out, pbase, fbase, sbase, rbase, n_nz):
+def qlcw_write(x, chunk, lo, w, g, rhi, rlo, planes, tb, pre, suf, table, out, pbase, fbase, sbase, rbase, n_nz,
+               shifts):
     """Write every plane of every non-zero chunk at the offsets of `table` (T_* columns): the
     raw planes, then a coded chunk's prefixes and suffixes from qlcw_code's pre and suf, or
-    a raw chunk's fields."""
+    a raw chunk's fields.  With raw shifts (`shifts`: int64 [K], else empty) each chunk's
+    raw planes are its own, from byte T_RAW of the raw planes."""
     n = x.shape[0]
     fmask = (1 << w) - 1
     for c in prange(table.shape[0]):
@@ -319,8 +323,13 @@ def qlcw_write(x, chunk, lo, w, g, rhi, rlo, planes, tb, pre, suf, table, out, p
         m = table[c, T_ELEMS]
         xs = x[c * chunk:min(c * chunk + m, n)]
         r = table[c, T_RAW]
-        if planes or tb:
-            _put_raw(out, rbase + r, n_nz, rbase + planes * n_nz + ((r * tb) >> 3), xs, w, rhi, rlo, planes, tb)
+        if shifts.shape[0]:
+            t = shifts[c]
+            rw = 8 * planes + tb - t
+            r0 = rbase + r
+            _put_raw(out, r0, m, r0 + (rw >> 3) * m, xs, w, rhi, rlo, rw >> 3, rw & 7, t)
+        elif planes or tb:
+            _put_raw(out, rbase + r, n_nz, rbase + planes * n_nz + ((r * tb) >> 3), xs, w, rhi, rlo, planes, tb, 0)
         if mode == qlc.MODE_CODED:
             p0 = pbase + table[c, T_PREFIX]
             pbytes = (4 * ((m + g - 1) // g) + 7) >> 3
@@ -613,13 +622,16 @@ def _get_fields(src, o, lo, w):
 
 
 @njit(cache=True)
-def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
-    """o[i] |= the raw bits of element i (byte planes from r0, top bits from top0)."""
+def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb, t):
+    """o[i] |= the raw bits of element i, stored >> t (a raw shift): byte planes from r0,
+    each n_nz bytes, top bits from top0."""
     m = o.shape[0]
-    if planes == 1 and tb == 0:
+    if t:
+        pass                             # shifted: the general loops below
+    elif planes == 1 and tb == 0:
         _raw8_merge(o, data[r0:r0 + m], m, w, rhi, rlo)
         return
-    if w == 7 and rhi == 0x100 and rlo == 0xFF and tb == 1:
+    elif w == 7 and rhi == 0x100 and rlo == 0xFF and tb == 1:
         # float16, split (8, 7): the raw value is the low byte and the sign; constants let
         # LLVM vectorise the loop
         src = data[r0:r0 + m]
@@ -632,7 +644,7 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
         for i in range(m & ~7, m):
             o[i] |= np.uint16(src[i]) | (((np.uint16(top[i >> 3]) >> np.uint16(i & 7)) & np.uint16(1)) << np.uint16(15))
         return
-    if planes == 1:                      # float16: a byte plane and 1..3 top bits, in one pass
+    elif planes == 1:                    # float16: a byte plane and 1..3 top bits, in one pass
         src = data[r0:r0 + m]
         top = data[top0:top_end]
         tmask = (1 << tb) - 1
@@ -650,13 +662,13 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
         return
     for p in range(planes):
         src = data[r0 + p * n_nz:r0 + p * n_nz + m]
-        sh = 8 * p
+        sh = 8 * p + t
         for i in range(m):
             r = np.int64(src[np.uintp(i)]) << sh
             o[np.uintp(i)] |= ((r & rhi) << w) | (r & rlo)
     if tb:
         top = data[top0:top_end]
-        sh = 8 * planes
+        sh = 8 * planes + t
         tmask = (1 << tb) - 1
         for g8 in range((m + 7) >> 3):      # 8 values from tb bytes
             base = 8 * g8
@@ -669,9 +681,10 @@ def _merge_raw(data, r0, n_nz, top0, top_end, o, w, rhi, rlo, planes, tb):
 @ParallelKernel
 def qlcw_decode(data, out, outp, chunk, lo, w, g, rhi, rlo, planes, tb, masks, firsts, tables, toff, escape, w2,
                 dtab, dbits, narrow, btab, K, chunk_code, table,
-                pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, flags):
+                pbase, pend, fbase, fend, sbase, rbase, rend, n_nz, shifts, flags):
     """Decode every chunk of `table` into out, coded chunks with their code (the per-code
-    arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]); flags[c] = the
+    arrays by chunk_code; code k's table is tables[toff[k]:toff[k + 1]]), raw planes as
+    qlcw_write writes them (`shifts`: the raw shifts, or empty); flags[c] = the
     chunk's qlc.ERR_* flags.  outp: the 16-bit out as 32-bit words where dtab is packed
     (pairs) or btab is built (single fields), else empty."""
     n = out.shape[0]
@@ -700,14 +713,22 @@ def qlcw_decode(data, out, outp, chunk, lo, w, g, rhi, rlo, planes, tb, masks, f
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _get_fields(data[f0:min(f0 + ((m * w + 7) >> 3), fend)], o, lo, w)
-        if planes or tb:
-            r = table[c, T_RAW]
+        r = table[c, T_RAW]
+        if shifts.shape[0]:
+            t = shifts[c]
+            rw = 8 * planes + tb - t
+            r0 = rbase + r
+            t0 = r0 + (rw >> 3) * m
+            _merge_raw(data, r0, m, t0, min(t0 + ((m * (rw & 7) + 7) >> 3), rend), o, w, rhi, rlo, rw >> 3, rw & 7, t)
+        elif planes or tb:
             t0 = rbase + planes * n_nz + ((r * tb) >> 3)
-            _merge_raw(data, rbase + r, n_nz, t0, min(t0 + ((m * tb + 7) >> 3), rend), o, w, rhi, rlo, planes, tb)
+            _merge_raw(data, rbase + r, n_nz, t0, min(t0 + ((m * tb + 7) >> 3), rend), o, w, rhi, rlo, planes, tb, 0)
 
 
 # ---------------------------------------------------------------------------------------------------
 # host side
+_NO_SHIFTS = np.empty(0, np.int64)   # qlcw_write / qlcw_decode without raw shifts
+
 def _enc_table(code: qlcw.WideCode) -> np.ndarray:
     """int32 [2^S] by symbol: suffix | suffix width << 16 | area << 21; -1 where the code
     cannot write the symbol.  Built from the table alone (O(T) plus one fill)."""
@@ -804,14 +825,16 @@ def _decode_tables(codes, widths, firsts, tables, toff, bits: int, packed: bool 
     return dtab
 
 
-def _layout(f: qlcw.Fields, chunk: int, elems, modes, suffix_len, start: int):
-    """Chunk table for the kernels (int64 [K, 7]) and plane base offsets from `start`."""
+def _layout(f: qlcw.Fields, chunk: int, elems, modes, suffix_len, raw_bits: int, shifts):
+    """Chunk table for the kernels (int64 [K, 7]; T_RAW: the chunk's first raw element, or
+    with raw shifts its first raw byte) and each chunk's symbols."""
     coded, raw = modes == qlc.MODE_CODED, modes == qlc.MODE_RAW
     ncodes = (elems + f.g - 1) // f.g
     cum = qlc._exclusive_cumsum
+    e_nz = np.where(coded | raw, elems, 0)
+    raw_at = cum(e_nz) if shifts is None else cum(raw_shifts.segment_bytes(e_nz, shifts, raw_bits))
     table = np.stack([modes, elems, cum(np.where(coded, qlcw.PREFIX_BITS * ncodes // 8, 0)),
-                      cum(np.where(raw, elems, 0)), cum(suffix_len), suffix_len,
-                      cum(np.where(coded | raw, elems, 0))], 1).astype(np.int64)
+                      cum(np.where(raw, elems, 0)), cum(suffix_len), suffix_len, raw_at], 1).astype(np.int64)
     return table, ncodes
 
 
@@ -858,20 +881,22 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     pbytes = (qlcw.PREFIX_BITS * (chunk // f.g) + 7) >> 3
     pre = np.empty((nchunks, pbytes), np.uint8)                          # each chunk's prefixes ...
     suf = np.empty((nchunks, max((chunk * f.w + 7) // 8 - pbytes, 0) + 8), np.uint8)   # ... and suffixes
-    nz = np.zeros(nchunks, np.bool_)
+    ors = np.zeros(nchunks, x.dtype)
     bits = np.zeros(nchunks, np.int64)
     with _LOCK:
         numba.set_num_threads(_threads())
-        qlcw_code(x, chunk, f.lo, f.w, f.g, encs, narrow, cs.chunk_code, pre, suf, nz, bits)
+        qlcw_code(x, chunk, f.lo, f.w, f.g, encs, narrow, cs.chunk_code, pre, suf, ors, bits)
     if (bits < 0).any():
         raise EncoderError("QLCW code cannot write a symbol of the tensor")
+    nz = ors != 0
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
     modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, bits, nz, f.w)
-    head = np.concatenate([np.frombuffer(qlcw.section_head(f, cs, chunk, nchunks), np.uint8),
-                           qlc.chunk_table(modes, suffix_len),
-                           np.frombuffer(qlcw.chunk_codes(cs, nchunks), np.uint8)])
-    table, ncodes = _layout(f, chunk, elems, modes, suffix_len, len(head))
-    planes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, plan.raw_bits)
+    o64 = ors.astype(np.int64)
+    raw_or = ((o64 >> plan.rsh) & plan.rhi) | (o64 & plan.rlo)               # the OR of the raw values
+    shifts = raw_shifts.choose(elems, nz, raw_or & -raw_or, plan.raw_bits)
+    head = qlcw.section_meta(f, cs, chunk, modes, suffix_len, shifts)
+    table, ncodes = _layout(f, chunk, elems, modes, suffix_len, plan.raw_bits, shifts)
+    planes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, plan.raw_bits, shifts)
     b = _bases(planes, len(head))
     total = len(head) + sum(planes.values())
     out = section_buffer(reserve + total, into, "cpu")
@@ -881,7 +906,7 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     with _LOCK:
         numba.set_num_threads(_threads())
         qlcw_write(x, chunk, f.lo, f.w, f.g, plan.rhi, plan.rlo, plan.raw_bits // 8, plan.raw_bits % 8, pre, suf, table,
-                   o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt)
+                   o, b["prefix"], b["field"], b["suffix"], b["raw"], nzt, _NO_SHIFTS if shifts is None else shifts)
     return out
 
 
@@ -891,7 +916,7 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     f, codes, plan = sec.fields, sec.codes, sec.plan
     nchunks = sec.modes.size
     elems = qlc.chunk_elems(sec.numel, sec.chunk, nchunks, "numpy")
-    table, _ = _layout(f, sec.chunk, elems, sec.modes, sec.suffix_len, sec.planes_offset)
+    table, _ = _layout(f, sec.chunk, elems, sec.modes, sec.suffix_len, plan.raw_bits, sec.shifts)
     b = _bases(sec.plane_bytes, sec.planes_offset)
     e = {k: b[k] + sec.plane_bytes[k] for k in b}
     flat = decode_target(sec.numel, header.dtype, out, "cpu")
@@ -923,7 +948,7 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
                     np.array([c.escape for c in codes]), np.stack([_pair_widths(c.widths) for c in codes]),
                     dtab, dbits, narrow, btab, K, sec.chunk_code, table,
                     b["prefix"], e["prefix"], b["field"], e["field"],
-                    b["suffix"], b["raw"], e["raw"], nzt, flags)
+                    b["suffix"], b["raw"], e["raw"], nzt, _NO_SHIFTS if sec.shifts is None else sec.shifts, flags)
     bad = int(np.bitwise_or.reduce(flags)) if flags.size else 0
     if bad & qlc.ERR_MISMATCH:
         raise FormatError("suffix plane does not match the prefixes (corrupt stream)")

@@ -83,7 +83,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qlccomm import qlc, qlcw
+from qlccomm import qlc, qlcw, raw_shifts
 from qlccomm.errors import EncoderError
 
 from . import common
@@ -100,6 +100,8 @@ ENC_AREA_SHIFT, ENC_WIDTH_SHIFT, ENC_BAD_SHIFT = 16, 20, 25
 # the chunk table's column holding each chunk's code (the spare one; rows of 8 int64, as _chunk_row reads)
 assert common.TAB_COLS == 8
 TAB_CODE = tl.constexpr(common.TAB_COLS - 1)
+# _qlcw_stats' lowest raw bit of a chunk with none set: 2^31 - 1, not a power of two
+NO_LOW_BIT = tl.constexpr(0x7FFFFFFF)
 
 
 def _sub(chunk: int) -> int:
@@ -171,11 +173,14 @@ def _qlcw_chunk_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog, LO: tl.constexpr
 
 
 @triton.jit
-def _qlcw_stats(x_ptr, enc_ptr, code_ptr, stat_ptr, n, chunk, nchunks, nprog,
-                LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, S: tl.constexpr, SUB: tl.constexpr):
+def _qlcw_stats(x_ptr, enc_ptr, code_ptr, stat_ptr, low_ptr, n, chunk, nchunks, nprog,
+                LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, S: tl.constexpr, RSH: tl.constexpr,
+                RHI: tl.constexpr, RLO: tl.constexpr, RAW: tl.constexpr, SUB: tl.constexpr):
     """stat[c] = 4 * (sum of chunk c's suffix widths) + 2 * (a symbol its code cannot
     write) + (any bit of chunk c set); padding symbols of a short last chunk left out.
-    Chunk c's code is code[c]: its kernel table is enc[code[c] << S : (code[c] + 1) << S]."""
+    Chunk c's code is code[c]: its kernel table is enc[code[c] << S : (code[c] + 1) << S].
+    RAW (the split has raw bits): low[c] = the lowest set bit of the OR of chunk c's raw
+    values (qlccomm.raw_shifts.choose), NO_LOW_BIT when none is set."""
     SUBC: tl.constexpr = SUB // G
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         base = c * chunk
@@ -194,6 +199,14 @@ def _qlcw_stats(x_ptr, enc_ptr, code_ptr, stat_ptr, n, chunk, nchunks, nprog,
             bad |= tl.max(((e >> 25) & 1).to(tl.int32), axis=0)
             nz |= tl.max(nzs.to(tl.int32), axis=0)
         tl.store(stat_ptr + c, bits * 4 + bad * 2 + nz)
+        if RAW:
+            low = NO_LOW_BIT
+            for s in range(0, chunk, SUB):
+                idx = s + tl.arange(0, SUB)
+                x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0).to(tl.int32)
+                r = ((x >> RSH) & RHI) | (x & RLO)          # < 2^31: at most 31 raw bits
+                low = tl.minimum(low, tl.min(tl.where(r != 0, r & -r, NO_LOW_BIT), axis=0))
+            tl.store(low_ptr + c, low)
 
 
 @triton.jit
@@ -212,11 +225,12 @@ def _store_raw(out_ptr, raw, valid, r0, plane, top_base, top_limit,
 
 
 @triton.jit
-def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, nprog,
+def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, shift_ptr, out_ptr, scr_ptr, chunk, nchunks, nprog,
                  pbase, fbase, rbase, n_nz,
                  LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
-                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, S: tl.constexpr,
-                 SUB: tl.constexpr):
+                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, SHIFTED: tl.constexpr,
+                 S: tl.constexpr, SUB: tl.constexpr):
+    """SHIFTED: raw shifts (shift[c]); each chunk's raw planes from byte roff of the raw planes."""
     SUBC: tl.constexpr = SUB // G
     plane = tl.zeros([], tl.int64) + n_nz          # int64: byte plane p starts at p * n_nz
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
@@ -232,7 +246,22 @@ def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, npro
                 idx = se + tl.arange(0, SUB)
                 valid = idx < elems
                 x = tl.load(x_ptr + base + idx, mask=valid, other=0).to(tl.int32)
-                if RAW_BYTES + RAW_REST > 0:
+                if SHIFTED:
+                    sh = tl.load(shift_ptr + c)
+                    rw = 8 * RAW_BYTES + RAW_REST - sh              # the chunk's raw bits
+                    pl = rw >> 3
+                    tb = rw & 7
+                    raw = (((x >> RSH) & RHI) | (x & RLO)) >> sh
+                    r0 = rbase + roff
+                    for p in tl.static_range(RAW_BYTES):
+                        if p < pl:
+                            tl.store(out_ptr + r0 + p * elems + idx, ((raw >> (8 * p)) & 255).to(tl.uint8),
+                                     mask=valid)
+                    if tb > 0:
+                        top = tl.where(valid, (raw >> (8 * pl)) & ((1 << tb) - 1), 0)
+                        _pack_store(out_ptr, r0 + pl * elems + tb * (se // 8), top,
+                                    (tb * elems + 7) // 8 - tb * (se // 8), tb, SUB)
+                elif RAW_BYTES + RAW_REST > 0:
                     _store_raw(out_ptr, ((x >> RSH) & RHI) | (x & RLO), valid, rbase + roff + idx, plane,
                                rbase + plane * RAW_BYTES + ((RAW_REST * roff) >> 3) + RAW_REST * (se // 8),
                                (RAW_REST * elems + 7) // 8 - RAW_REST * (se // 8), RAW_BYTES, RAW_REST, SUB)
@@ -272,14 +301,14 @@ def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, out_ptr, scr_ptr, chunk, nchunks, npro
 
 
 @triton.jit
-def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, info_ptr, tab_ptr, out_ptr, err_ptr, chunk, nchunks,
-                 nprog, pbase, pend, fbase, fend, sbase, rbase, rend, n_nz,
+def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, info_ptr, tab_ptr, shift_ptr, out_ptr, err_ptr, chunk,
+                 nchunks, nprog, pbase, pend, fbase, fend, sbase, rbase, rend, n_nz,
                  LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, RSH: tl.constexpr, RHI: tl.constexpr,
-                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, ESC: tl.constexpr,
-                 SUB: tl.constexpr):
+                 RLO: tl.constexpr, RAW_BYTES: tl.constexpr, RAW_REST: tl.constexpr, SHIFTED: tl.constexpr,
+                 ESC: tl.constexpr, SUB: tl.constexpr):
     """Code k (the chunk's, column TAB_CODE): widths wid[16k : 16k + 16], first ranks
     first[16k : 16k + 16], info[3k : 3k + 3] = (table size T, table offset in rank, escape
-    flag); ESC: some code escapes."""
+    flag); ESC: some code escapes.  SHIFTED: raw shifts, as _qlcw_encode writes them."""
     plane = tl.zeros([], tl.int64) + n_nz
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         mode, elems, poff, yoff, soff, slen, roff = _chunk_row(tab_ptr, c)
@@ -329,7 +358,24 @@ def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, info_ptr, tab_ptr, out_
                 carry += tl.sum(wl, axis=0)
             if mode == 2:
                 fld = _unpack(data_ptr, fbase + ((yoff * W) >> 3), idx, fend, valid, W)
-            if RAW_BYTES + RAW_REST > 0:
+            if SHIFTED:
+                if mode != 0:
+                    sh = tl.load(shift_ptr + c)
+                    rw = 8 * RAW_BYTES + RAW_REST - sh
+                    pl = rw >> 3
+                    tb = rw & 7
+                    r0 = rbase + roff
+                    for p in tl.static_range(RAW_BYTES):
+                        if p < pl:
+                            raw |= tl.load(data_ptr + r0 + p * elems + idx, mask=valid, other=0).to(tl.int32) << (8 * p)
+                    if tb > 0:
+                        bit = idx * tb
+                        q = r0 + pl * elems + (bit >> 3)
+                        b0 = tl.load(data_ptr + q, mask=valid & (q < rend), other=0).to(tl.int32)
+                        b1 = tl.load(data_ptr + q + 1, mask=valid & (q + 1 < rend), other=0).to(tl.int32)
+                        raw |= (((b0 | (b1 << 8)) >> (bit & 7)) & ((1 << tb) - 1)) << (8 * pl)
+                    raw = raw << sh
+            elif RAW_BYTES + RAW_REST > 0:
                 if mode != 0:
                     off = rbase + roff + idx
                     for p in tl.static_range(RAW_BYTES):
@@ -359,11 +405,11 @@ def _kernel_table(code: qlcw.WideCode) -> np.ndarray:
 
 
 def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, suffix_len: np.ndarray,
-            chunk_code: np.ndarray, raw_bits: int, start: int):
+            chunk_code: np.ndarray, raw_bits: int, start: int, shifts: np.ndarray | None):
     """The kernels' chunk table (int64 [K, common.TAB_COLS]: mode, elements, and each chunk's
-    place in the planes: prefix byte, field element, suffix byte, suffix bytes, raw element;
-    and its code, TAB_CODE), plane bases (from `start`) and sizes (qlcw.plane_sizes),
-    elements of the non-zero chunks."""
+    place in the planes: prefix byte, field element, suffix byte, suffix bytes, raw element
+    (with raw shifts: raw byte); and its code, TAB_CODE), plane bases (from `start`) and
+    sizes (qlcw.plane_sizes), elements of the non-zero chunks."""
     ncodes = (elems + f.g - 1) // f.g
     coded, raw, nz = modes == qlc.MODE_CODED, modes == qlc.MODE_RAW, modes != qlc.MODE_ZERO
     excl = qlc._exclusive_cumsum
@@ -371,14 +417,21 @@ def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, su
             common.TAB_PREFIX: excl(np.where(coded, qlcw.PREFIX_BITS * (chunk // f.g) // 8, 0)),
             common.TAB_SYMBOL: excl(np.where(raw, elems, 0)),
             common.TAB_SUFFIX: excl(suffix_len), common.TAB_SUFLEN: suffix_len,
-            common.TAB_RAW: excl(np.where(nz, elems, 0)), TAB_CODE.value: chunk_code}
+            common.TAB_RAW: excl(np.where(nz, elems, 0) if shifts is None
+                                 else raw_shifts.segment_bytes(np.where(nz, elems, 0), shifts, raw_bits)),
+            TAB_CODE.value: chunk_code}
     table = np.stack([np.asarray(cols[c], np.int64) for c in range(common.TAB_COLS)], 1)
-    sizes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, raw_bits)
+    sizes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, raw_bits, shifts)
     bases, pos = {}, start
     for name in ("prefix", "field", "suffix", "raw"):
         bases[name] = pos
         pos += sizes[name]
     return np.ascontiguousarray(table), bases, sizes, int(elems[nz].sum())
+
+
+def _shift_tensor(shifts: np.ndarray | None, dev) -> torch.Tensor:
+    """The chunks' raw shifts for the kernels (int32; one unread 0 without raw shifts)."""
+    return torch.from_numpy(np.zeros(1, np.int32) if shifts is None else shifts.astype(np.int32)).to(dev)
 
 
 def _split_consts(f: qlcw.Fields, plan) -> dict:
@@ -448,8 +501,10 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     enc = torch.from_numpy(np.concatenate([_kernel_table(c) for c in cs.codes])).to(dev)
     chunk_code = np.asarray(cs.chunk_code, np.int64)
     stat = torch.empty(nchunks, dtype=torch.int32, device=dev)
-    _qlcw_stats[(g,)](x, enc, torch.from_numpy(chunk_code.astype(np.int32)).to(dev), stat, n, chunk, nchunks, g,
-                      LO=f.lo, W=f.w, G=f.g, S=S, SUB=sub, num_warps=NUM_WARPS)
+    low = torch.empty(nchunks, dtype=torch.int32, device=dev)
+    _qlcw_stats[(g,)](x, enc, torch.from_numpy(chunk_code.astype(np.int32)).to(dev), stat, low, n, chunk, nchunks, g,
+                      LO=f.lo, W=f.w, G=f.g, S=S, RSH=plan.rsh, RHI=plan.rhi, RLO=plan.rlo, RAW=plan.raw_bits > 0,
+                      SUB=sub, num_warps=NUM_WARPS)
     stat = stat.cpu().numpy().astype(np.int64)
     nonzero = (stat & 1) != 0
     if bool((nonzero & ((stat & 2) != 0)).any()):
@@ -457,18 +512,22 @@ def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | ql
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
     modes, suffix_len = qlcw.choose_modes(elems, (elems + f.g - 1) // f.g, stat >> 2, nonzero, f.w)
     modes, suffix_len = modes.astype(np.int64), suffix_len.astype(np.int64)
-    head = np.concatenate([np.frombuffer(qlcw.section_head(f, cs, chunk, nchunks), np.uint8),
-                           qlc.chunk_table(modes, suffix_len),
-                           np.frombuffer(qlcw.chunk_codes(cs, nchunks), np.uint8)])
-    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, chunk_code, plan.raw_bits, len(head))
+    shifts = None
+    if plan.raw_bits:
+        low = low.cpu().numpy().astype(np.int64)
+        shifts = raw_shifts.choose(elems, nonzero, np.where(low == NO_LOW_BIT.value, 0, low), plan.raw_bits)
+    head = qlcw.section_meta(f, cs, chunk, modes, suffix_len, shifts)
+    table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, chunk_code, plan.raw_bits, len(head),
+                                        shifts)
     total = len(head) + sum(sizes.values())
     buf = common.section_buffer(reserve + total, into, dev)
     out = buf[reserve:]
     out[: len(head)].copy_(torch.from_numpy(head))
     table = torch.from_numpy(table).to(dev)
     scratch = torch.empty(max(sizes["suffix"], 1), dtype=torch.uint8, device=dev)
-    _qlcw_encode[(g,)](x, enc, table, out, scratch, chunk, nchunks, g, bases["prefix"], bases["field"],
-                       bases["raw"], n_nz, **_split_consts(f, plan), S=S, SUB=sub, num_warps=NUM_WARPS)
+    _qlcw_encode[(g,)](x, enc, table, _shift_tensor(shifts, dev), out, scratch, chunk, nchunks, g, bases["prefix"],
+                       bases["field"], bases["raw"], n_nz, **_split_consts(f, plan), SHIFTED=shifts is not None, S=S,
+                       SUB=sub, num_warps=NUM_WARPS)
     if sizes["suffix"]:
         # suffix bytes of a chunk: at most 2 per symbol
         _qlc_suffix_diff[(g,)](scratch, table, out, bases["suffix"], 2 * (chunk // f.g), nchunks, g,
@@ -490,7 +549,7 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     assert chunk_code.size == 0 or (0 <= chunk_code.min() and chunk_code.max() < len(codes)), "chunk codes"
     elems = qlc.chunk_elems(n, chunk, nchunks, "numpy")
     table, bases, sizes, n_nz = _layout(f, chunk, elems, modes, suffix_len, chunk_code, plan.raw_bits,
-                                        sec.planes_offset)
+                                        sec.planes_offset, sec.shifts)
     assert sizes == sec.plane_bytes, (sizes, sec.plane_bytes)   # parse_section checked the stream
     ends = {k: bases[k] + sizes[k] for k in bases}
     data = data.contiguous()
@@ -505,10 +564,10 @@ def decode_section(sec: qlcw.QLCWSection, data: torch.Tensor, header, out: torch
     table = torch.from_numpy(table).to(dev)
     err = torch.zeros(1, dtype=torch.int32, device=dev)
     g = _grid(nchunks)
-    _qlcw_decode[(g,)](data, widths, firsts, ranks, info, table, y, err, chunk, nchunks, g,
-                       bases["prefix"], ends["prefix"], bases["field"], ends["field"], bases["suffix"],
+    _qlcw_decode[(g,)](data, widths, firsts, ranks, info, table, _shift_tensor(sec.shifts, dev), y, err, chunk,
+                       nchunks, g, bases["prefix"], ends["prefix"], bases["field"], ends["field"], bases["suffix"],
                        bases["raw"], ends["raw"], n_nz,
-                       **_split_consts(f, plan), ESC=any(c.escape for c in codes), SUB=_sub(chunk),
+                       **_split_consts(f, plan), SHIFTED=sec.shifts is not None, ESC=any(c.escape for c in codes), SUB=_sub(chunk),
                        num_warps=NUM_WARPS)
     flags = int(err.item())
     if flags:

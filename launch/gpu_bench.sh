@@ -4,7 +4,7 @@
 #
 #   bash launch/gpu_bench.sh            # from the repository root; logs under $OUT or ./gpu-bench-out
 #
-# 1. tests/test_kernels_cuda.py: the Triton kernels (QLC, ENEC, QLCW with one and 8 codes) against the torch path on the device at
+# 1. tests/test_kernels_cuda.py: the Triton kernels (QLC, ENEC, QLCW with one and 8 codes, raw shifts) against the torch path on the device at
 #    64 MiB per dtype (bytes, bit-exact decodes, corrupt streams), the grid loop, the API;
 #    plus the dispatch tests; tests/test_transport_cuda.py: slices coded into device buffers,
 #    and (two devices or more) NCCL ranks whose caller stream never blocks.

@@ -84,12 +84,14 @@ def compress(t: torch.Tensor, codec: str = "qlc", codebook: CodebookArg = None, 
     chosen = codecs.get(name)
     if flat.numel() and name != "raw":
         chosen = chosen.variant(flat, cb)    # the codec's choice for this tensor (QLCW: its split)
-    header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum, getattr(chosen, "stream_version", 0))
+    header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum)
     hlen = header.nbytes            # the codecs leave this much room in front of their section
     blob = chosen.encode(flat, cb, reserve=hlen, into=out) if flat.numel() and chosen.name != "raw" else None
     if blob is None or blob.numel() - hlen >= header.raw_bytes:  # never expand: store raw
         header = Header(CODEC_RAW, t.dtype, tuple(t.shape), checksum)
         blob = codecs.get("raw").encode(flat, None, reserve=hlen, into=out)
+    elif hasattr(chosen, "stream_version"):     # QLCW: the version its section's flags need
+        header = Header(chosen.codec_id, t.dtype, tuple(t.shape), checksum, chosen.stream_version(blob[hlen:]))
     blob[:hlen] = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(t.device)
     if out is not None and blob.data_ptr() != out.data_ptr():   # an encoder that needed more room
         blob = out[:blob.numel()].copy_(blob)

@@ -52,9 +52,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import api
+from . import api, raw_shifts
 from .codebook import ALPHABET, entropy_bits, huffman_bits, symbol_histogram
-from .qlc import CHUNK_ELEMS
+from .qlc import CHUNK_ELEMS, _pad_rows
 from .split import candidate_plans
 
 Call = Callable[[], object]
@@ -269,6 +269,18 @@ def pair_entropy_bits(sym: torch.Tensor) -> float:
     return entropy_bits(hist) / 2
 
 
+def raw_bits_left(kept: torch.Tensor, plan) -> float:
+    """Raw bits per element of `kept` (whole 4096-element chunks end to end) once each chunk
+    drops the low raw bits zero in all its elements, as QLCW's raw shifts do."""
+    if not plan.raw_bits or not kept.numel():
+        return float(plan.raw_bits)
+    rows = _pad_rows(plan.split(kept)[1], CHUNK_ELEMS)
+    t = raw_shifts.common_zero_bits(raw_shifts.low_bits(rows), plan.raw_bits)
+    elems = np.full(t.size, CHUNK_ELEMS)
+    elems[-1] = kept.numel() - CHUNK_ELEMS * (t.size - 1)
+    return float(((plan.raw_bits - t) * elems).sum()) / kept.numel()
+
+
 def bits_bound(t: torch.Tensor) -> dict:
     """Entropy and Huffman bounds of the symbol split, in bits per element of the whole
     tensor (raw bits included), counting every all-zero 4096-element chunk
@@ -285,12 +297,13 @@ def bits_bound(t: torch.Tensor) -> dict:
     best: dict = {}
     for plan in candidate_plans(t.dtype):
         hist = symbol_histogram(kept, plan)
-        e = (entropy_bits(hist) + plan.raw_bits) * share
+        raw = raw_bits_left(kept, plan)
+        e = (entropy_bits(hist) + raw) * share
         if not best or e < best["entropy"]:
             sym = plan.split(kept)[0] if kept.numel() else kept.new_zeros(0, dtype=torch.uint8)
             best = {"plan": plan.name, "item_bits": plan.item_bits, "entropy": e,
-                    "pair_entropy": (pair_entropy_bits(sym) + plan.raw_bits) * share,
-                    "huffman": (huffman_bits(hist) + plan.raw_bits) * share}
+                    "pair_entropy": (pair_entropy_bits(sym) + raw) * share,
+                    "huffman": (huffman_bits(hist) + raw) * share}
     if best:
         for k in ("entropy", "pair_entropy", "huffman"):
             best[f"{k}_ratio"] = best["item_bits"] / best[k] if best[k] > 0 else None

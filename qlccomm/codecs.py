@@ -142,7 +142,7 @@ class QLCCodec:
 
 
 class QLCWCodec:
-    """QLC over wide symbols (codec 3, format version 2; 3 with several codes): a field of each element, alone or
+    """QLC over wide symbols (codec 3, format version 2; 3 with several codes, 4 with raw shifts): a field of each element, alone or
     paired with its neighbour's, 16 areas, an embedded rank -> symbol table fitted to each
     tensor.  Asked for by name (`codec="qlcw"`; the split is the writer's estimate per tensor),
     and written by adaptive `codec="qlc"` where it is smaller (QLCCodec.variant)."""
@@ -153,10 +153,10 @@ class QLCWCodec:
         self.fields = fields        # None: the writer's choice per tensor
         self.code = code            # None: fitted to the tensor by encode; else one fitted to it already
 
-    @property
-    def stream_version(self) -> int:
-        """The format version its streams record (3 with several codes, else 2)."""
-        return qlcw.stream_version(self.code)
+    @staticmethod
+    def stream_version(section: torch.Tensor) -> int:
+        """The format version a stream of this section (uint8, as encode wrote it) records."""
+        return qlcw.section_version(int(section[3]))
 
     def codes(self, dtype: torch.dtype) -> bool:
         return bool(qlcw.candidates(dtype))

@@ -5,7 +5,7 @@ Every qlccomm stream starts with this header, whatever its codec:
 | offset | size    | field                                                        |
 |--------|---------|--------------------------------------------------------------|
 | 0      | 4       | magic b"QLCM"                                                |
-| 4      | 1       | format version: the lowest that reads the stream (1 to 3)    |
+| 4      | 1       | format version: the lowest that reads the stream (1 to 4)    |
 | 5      | 1       | codec id: 0 raw, 1 qlc, 2 enec, 3 qlcw (version 2)           |
 | 6      | 1       | dtype code (DTYPE_CODES)                                     |
 | 7      | 1       | flags: bit 0 CRC32 present; other bits 0                     |
@@ -31,7 +31,7 @@ from .dtypes import TRAITS
 from .errors import FormatError
 
 MAGIC = b"QLCM"
-FORMAT_VERSION = 3          # the newest version this qlccomm reads and writes
+FORMAT_VERSION = 4          # the newest version this qlccomm reads and writes
 MAX_NDIM = 64
 FIXED_HEADER_BYTES = 21
 CRC_OFFSET = 16

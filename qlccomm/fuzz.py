@@ -82,11 +82,17 @@ def build_corpus(seed: int):
                      cb_key=dtype_name(dt) if cbmode == "fitted" else None, digest=tensor_digest(t), blob=blob)
             streams.append(s)
             known[hashlib.sha256(blob).hexdigest()] = s["digest"]
+    extra = []
     for dt, (lo, w) in ((torch.float8_e4m3fn, (0, 8)), (torch.float16, (8, 7)), (torch.bfloat16, (7, 8))):
-        t = _tensor(dt, (20000,), seed * 1000 + len(streams))       # QLCW with several codes
+        t = _tensor(dt, (20000,), seed * 1000 + len(streams) + len(extra))   # QLCW with several codes
         t[:8192] = (t[:8192].float() * 64).to(dt)                  # two groups of chunks apart
-        blob = _multi_code_stream(t, lo, w)
-        s = dict(index=len(streams), dtype=dtype_name(dt), shape=[20000], requested="qlcw-codes", codebook=None,
+        extra.append((t, _multi_code_stream(t, lo, w), "qlcw-codes"))
+    for dt, narrow in ((torch.float32, torch.float16), (torch.bfloat16, torch.float8_e4m3fn)):
+        t = _tensor(dt, (20000,), seed * 1000 + len(streams) + len(extra))   # QLCW with raw shifts
+        t[:12288] = t[:12288].to(narrow).to(dt)                    # values upcast: zero low mantissa bits
+        extra.append((t, qlccomm.compress(t, codec="qlcw").numpy().tobytes(), "qlcw-shifts"))
+    for t, blob, requested in extra:
+        s = dict(index=len(streams), dtype=dtype_name(t.dtype), shape=[t.numel()], requested=requested, codebook=None,
                  checksum=False, codec="qlcw", cb_key=None, digest=tensor_digest(t), blob=blob)
         streams.append(s)
         known[hashlib.sha256(blob).hexdigest()] = s["digest"]
@@ -104,8 +110,8 @@ def _multi_code_stream(t: torch.Tensor, lo: int, w: int) -> bytes:
     half = (np.arange(hist.shape[0]) >= hist.shape[0] // 2).astype(np.int64)
     codes = tuple(qlcw.build_code(hist[half == k].sum(axis=0), w) for k in (0, 1))
     cs = qlcw.CodeSet(codes, half)
-    head = Header(CODEC_QLCW, t.dtype, tuple(t.shape), version=qlcw.stream_version(cs)).encode()
-    return head + qlcw.encode_section(t.reshape(-1), f, cs).numpy().tobytes()
+    sec = qlcw.encode_section(t.reshape(-1), f, cs).numpy().tobytes()
+    return Header(CODEC_QLCW, t.dtype, tuple(t.shape), version=qlcw.section_version(sec[3])).encode() + sec
 
 
 def fields(blob: bytes) -> list[tuple[str, int, int]]:
@@ -145,6 +151,9 @@ def fields(blob: bytes) -> list[tuple[str, int, int]]:
             f += [(f"qlcw.suffix_bytes{c}", p + 8 + K + 4 * c, 4) for c in range(K)]
             if M > 1:
                 f += [(f"qlcw.chunk_code{c}", p + 8 + 5 * K + c, 1) for c in range(K)]
+            if blob[s + 3] & 16:                                # raw shifts
+                at = p + 8 + 5 * K + (K if M > 1 else 0)
+                f += [(f"qlcw.raw_shift{c}", at + c, 1) for c in range(K)]
     elif codec == 2 and len(blob) >= s + 29:                   # ENEC
         f += [("enec.plan", s, 1), ("enec.b", s + 1, 1), ("enec.n", s + 2, 1), ("enec.m", s + 3, 1),
               ("enec.L", s + 4, 1), ("enec.B", s + 5, 4), ("enec.K", s + 9, 4), ("enec.F", s + 13, 8),

@@ -19,6 +19,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import torch
 
+from . import raw_shifts
 from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
 from .codebook import codebook_from_histogram, total_bits
 from .errors import EncoderError, FormatError
@@ -36,6 +37,8 @@ FIT_MAX = 4096            # the writer's tables: at most this many symbols, the 
 MAX_CODES = 8             # codes in one section (the chunks name theirs)
 MULTI_MIN_ELEMS = 1 << 21 # smaller tensors: the writer weighs one code only
 SEVERAL_CODES_SINCE = 3   # the format version that introduced sections of several codes
+RAW_SHIFTS_SINCE = 4      # the format version that introduced raw shifts
+FLAG_RAW_SHIFTS = 1 << 4  # the section flags' raw-shifts bit
 ESCAPE_AREA = 15
 HEAD_BYTES = 4 + N_AREAS + 4
 MIN_WIDE_ELEMS = 16384    # smaller tensors are written as QLC sections
@@ -174,10 +177,12 @@ class CodeSet:
         return extra + (self.chunk_code.size if len(self.codes) > 1 else 0)
 
 
-def stream_version(code: "WideCode | CodeSet | None") -> int:
-    """The format version a QLCW stream with `code` records (the lowest that reads it): 3 for
-    several codes, else 2."""
-    if isinstance(code, CodeSet) and len(code.codes) > 1:
+def section_version(flags: int) -> int:
+    """The format version a stream records for a QLCW section with this flags byte (its
+    fourth): the lowest that reads it (4 with raw shifts, 3 with several codes, else 2)."""
+    if flags & FLAG_RAW_SHIFTS:
+        return RAW_SHIFTS_SINCE
+    if (flags >> 1) & 7:
         return SEVERAL_CODES_SINCE
     return CODEC_SINCE[CODEC_QLCW]
 
@@ -514,10 +519,11 @@ def check_chunk(chunk: int) -> None:
         raise ValueError(f"QLCW chunk of {chunk} elements: a multiple of 16 up to {MAX_CHUNK_ELEMS}")
 
 
-def section_head(f: Fields, code: "WideCode | CodeSet", chunk: int, nchunks: int) -> bytes:
-    """Split, codes, chunk size and count (the chunk table and the chunk codes follow)."""
+def section_head(f: Fields, code: "WideCode | CodeSet", chunk: int, nchunks: int, shifts: bool = False) -> bytes:
+    """Split, codes, chunk size and count (the chunk table, chunk codes and shifts follow)."""
     codes = CodeSet.of(code, nchunks).codes
-    head = struct.pack("<BBBB", f.lo, f.w, f.g, int(codes[0].escape) | (len(codes) - 1) << 1) + codes[0].to_bytes()
+    flags = int(codes[0].escape) | (len(codes) - 1) << 1 | (FLAG_RAW_SHIFTS if shifts else 0)
+    head = struct.pack("<BBBB", f.lo, f.w, f.g, flags) + codes[0].to_bytes()
     for c in codes[1:]:
         head += bytes([int(c.escape)]) + c.to_bytes()
     return head + struct.pack("<II", chunk, nchunks)
@@ -527,6 +533,17 @@ def chunk_codes(code: "WideCode | CodeSet", nchunks: int) -> bytes:
     """The chunk-code bytes after the chunk table (none for one code)."""
     cs = CodeSet.of(code, nchunks)
     return cs.chunk_code.astype(np.uint8).tobytes() if len(cs.codes) > 1 else b""
+
+
+def section_meta(f: Fields, code: "WideCode | CodeSet", chunk: int, modes: np.ndarray, suffix_len: np.ndarray,
+                 shifts: np.ndarray | None) -> np.ndarray:
+    """The section's bytes before its planes (uint8): head, chunk table, chunk codes, shifts."""
+    nchunks = len(modes)
+    parts = [np.frombuffer(section_head(f, code, chunk, nchunks, shifts is not None), np.uint8),
+             np.asarray(chunk_table(modes, suffix_len)), np.frombuffer(chunk_codes(code, nchunks), np.uint8)]
+    if shifts is not None:
+        parts.append(np.asarray(shifts, np.uint8))
+    return np.concatenate(parts)
 
 
 def choose_modes(elems, ncodes, suffix_bits, nonzero, w: int):
@@ -580,12 +597,19 @@ def encode_section(flat: torch.Tensor, f: Fields, code: "WideCode | CodeSet | No
         suffix_val[-1, n_codes % per_row:] = 0
     suffix_plane = _pack_suffixes(suffix_val, _select_rows(length, coded) - PREFIX_BITS,
                                   suffix_len.index_select(0, coded), max_width=MAX_WIDTH)
-    raw_plane = (pack_bits(_select_rows(raw2, nz).reshape(-1)[:n_nz], plan.raw_bits)
-                 if raw2 is not None else fld.new_empty(0))
-    head = torch.frombuffer(bytearray(section_head(f, cs, chunk, nchunks)), dtype=torch.uint8).to(dev)
-    codes = torch.from_numpy(np.frombuffer(chunk_codes(cs, nchunks), np.uint8).copy()).to(dev)
-    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev), head, chunk_table(modes, suffix_len),
-                        codes, prefix_plane, field_plane, suffix_plane, raw_plane], into)
+    shifts = None
+    if raw2 is not None:
+        e_nz = np.where(nonzero.cpu().numpy(), elems.cpu().numpy(), 0)
+        shifts = raw_shifts.choose(e_nz, e_nz > 0, raw_shifts.low_bits(raw2), plan.raw_bits)
+    if shifts is not None:
+        raw_plane = raw_shifts.pack(raw2, e_nz, shifts, plan.raw_bits)
+    elif raw2 is not None:
+        raw_plane = pack_bits(_select_rows(raw2, nz).reshape(-1)[:n_nz], plan.raw_bits)
+    else:
+        raw_plane = fld.new_empty(0)
+    meta = section_meta(f, cs, chunk, modes.cpu().numpy(), suffix_len.cpu().numpy(), shifts)
+    return concat_into([torch.empty(reserve, dtype=torch.uint8, device=dev), torch.from_numpy(meta).to(dev),
+                        prefix_plane, field_plane, suffix_plane, raw_plane], into)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -602,6 +626,7 @@ class QLCWSection:
     planes_offset: int
     plane_bytes: dict
     item_bits: int              # the element word's width
+    shifts: np.ndarray | None = None   # int64 [K]: each chunk's raw shift, None without raw shifts
 
     @property
     def plan(self) -> Plan:
@@ -617,11 +642,16 @@ class QLCWSection:
         return CodeSet(self.codes, self.chunk_code)
 
 
-def plane_sizes(elems, ncodes, modes, suffix_len, f: Fields, raw_bits: int) -> dict:
+def plane_sizes(elems, ncodes, modes, suffix_len, f: Fields, raw_bits: int, shifts: np.ndarray | None = None) -> dict:
+    """Bytes of each plane (numpy arrays in; `shifts`: the chunks' raw shifts, if any)."""
     coded, raw = modes == MODE_CODED, modes == MODE_RAW
     n_codes, n_raw = int(ncodes[coded].sum()), int(elems[raw].sum())
+    if shifts is None:
+        raw_bytes = packed_nbytes(int(elems[coded | raw].sum()), raw_bits)
+    else:
+        raw_bytes = int(raw_shifts.segment_bytes(np.where(coded | raw, elems, 0), shifts, raw_bits).sum())
     return {"prefix": packed_nbytes(n_codes, PREFIX_BITS), "field": packed_nbytes(n_raw, f.w),
-            "suffix": int(suffix_len.sum()), "raw": packed_nbytes(int(elems[coded | raw].sum()), raw_bits)}
+            "suffix": int(suffix_len.sum()), "raw": raw_bytes}
 
 
 def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
@@ -633,14 +663,20 @@ def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
     f = Fields(lo, w, g)
     if not candidate_plans(header.dtype) or not valid_fields(header.dtype, f):
         raise FormatError(f"QLCW split lo={lo} w={w} g={g} does not code {header.dtype}")
-    if flags >> 4:
+    if flags >> 5:
         raise FormatError(f"unknown QLCW flags {flags:#x}")
-    if flags >> 1 and header.version < SEVERAL_CODES_SINCE:
+    if (flags >> 1) & 7 and header.version < SEVERAL_CODES_SINCE:
         raise FormatError(f"QLCW section of several codes in a version-{header.version} stream (it needs "
                           f"version {SEVERAL_CODES_SINCE})")
+    raw_bits = item_bits - w
+    if flags & FLAG_RAW_SHIFTS and header.version < RAW_SHIFTS_SINCE:
+        raise FormatError(f"QLCW section with raw shifts in a version-{header.version} stream (it needs "
+                          f"version {RAW_SHIFTS_SINCE})")
+    if flags & FLAG_RAW_SHIFTS and not raw_bits:
+        raise FormatError("QLCW raw shifts in a section without raw bits")
     pos = start + 4
     codes = []
-    for k in range((flags >> 1) + 1):
+    for k in range(((flags >> 1) & 7) + 1):
         if k:
             esc = src.read(pos, pos + 1)[0]
             pos += 1
@@ -658,14 +694,20 @@ def parse_section(src: ByteSource, start: int, header: Header) -> QLCWSection:
         pos += modes.size
         if bool((chunk_code >= len(codes)).any()):
             raise FormatError(f"a chunk names a code past the section's {len(codes)}")
+    shifts = None
+    if flags & FLAG_RAW_SHIFTS:
+        shifts = np.frombuffer(src.read(pos, pos + modes.size), np.uint8).astype(np.int64)
+        pos += modes.size
+        if bool((shifts > raw_bits).any()) or bool((shifts[modes == MODE_ZERO] != 0).any()):
+            raise FormatError(f"a QLCW raw shift past the {raw_bits} raw bits, or one of an all-zero chunk")
     ncodes = (elems + g - 1) // g
     if bool((suffix_len > 2 * ncodes).any()):              # at most 16 suffix bits per symbol
         raise FormatError("suffix length exceeds its chunk")
-    planes = plane_sizes(elems, ncodes, modes, suffix_len, f, item_bits - w)
+    planes = plane_sizes(elems, ncodes, modes, suffix_len, f, raw_bits, shifts)
     end = pos + sum(planes.values())
     if len(src) != end:
         raise FormatError(f"stream is {len(src)} bytes, its QLCW metadata says {end}")
-    return QLCWSection(f, tuple(codes), chunk_code, chunk, numel, modes, suffix_len, pos, planes, item_bits)
+    return QLCWSection(f, tuple(codes), chunk_code, chunk, numel, modes, suffix_len, pos, planes, item_bits, shifts)
 
 
 def _read_code(src: ByteSource, pos: int, S: int, esc: int) -> tuple[WideCode, int]:
@@ -692,6 +734,7 @@ def describe(sec: QLCWSection) -> dict:
             "escape": any(c.escape for c in sec.codes), "widths": list(sec.code.widths), "chunk_elems": sec.chunk,
             "chunks": int(m.size), "chunks_zero": int((m == MODE_ZERO).sum()),
             "chunks_coded": int((m == MODE_CODED).sum()), "chunks_raw": int((m == MODE_RAW).sum()),
+            "chunks_shifted": 0 if sec.shifts is None else int((sec.shifts > 0).sum()),
             "plane_bytes": dict(sec.plane_bytes), "metadata_bytes": sec.planes_offset}
 
 
@@ -718,7 +761,10 @@ def decode_section(sec: QLCWSection, data: torch.Tensor, header: Header,
         (raw_rows.to(dev), lambda: _pad_rows(unpack_bits(views["field"], f.w, n_raw), chunk)),
     ], dev)
     raw = None
-    if plan.raw_bits:
+    if sec.shifts is not None:
+        e_nz = np.where(sec.modes != MODE_ZERO, elems.numpy(), 0)
+        raw = raw_shifts.unpack(views["raw"], e_nz, sec.shifts, plan.raw_bits, chunk).view(-1)[:n]
+    elif plan.raw_bits:
         raw = _scatter_rows(nchunks, chunk, [
             (nz.to(dev), lambda: _pad_rows(unpack_bits(views["raw"], plan.raw_bits, n_nz), chunk))], dev).view(-1)[:n]
     flat = plan.merge(fields.view(-1)[:n], raw, header.dtype)

@@ -60,22 +60,32 @@ def raw_like(n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
     return _bits(n, dtype.itemsize, g).view(dtype)
 
 
-def mixed(dtype: torch.dtype, chunk: int, pattern: str, tail: int, seed: int = 0) -> torch.Tensor:
-    """Chunks after `pattern` (c: coded-like, z: all zero, r: random bits), then a short
-    last chunk of `tail` coded-like elements (0 for none)."""
+def upcast_like(n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    """Coded-like floats exact in a narrower dtype (float32: float16 values; 16-bit floats:
+    float8 e4m3 values): their low mantissa bits are zero, what QLCW's raw shifts drop."""
+    narrow = torch.float16 if dtype == torch.float32 else torch.float8_e4m3fn
+    return (torch.randn(n, generator=g) * 0.02).to(narrow).to(dtype)
+
+
+def mixed(dtype: torch.dtype, chunk: int, pattern: str, tail: int, seed: int = 0, tail_kind: str = "c") -> torch.Tensor:
+    """Chunks after `pattern` (c: coded-like, z: all zero, r: random bits, u: upcast-like,
+    p: positive powers of two: no raw bit set), then a short last chunk of `tail` elements
+    of `tail_kind` (0 for none)."""
     g = torch.Generator().manual_seed(seed)
-    parts = []
-    for p in pattern:
+
+    def part(p: str, n: int) -> torch.Tensor:
         if p == "c":
-            parts.append(coded_like(chunk, dtype, g))
-        elif p == "z":
-            parts.append(torch.zeros(chunk, dtype=dtype))
-        elif p == "r":
-            parts.append(raw_like(chunk, dtype, g))
-        else:
-            raise ValueError(p)
-    if tail:
-        parts.append(coded_like(tail, dtype, g))
+            return coded_like(n, dtype, g)
+        if p == "z":
+            return torch.zeros(n, dtype=dtype)
+        if p == "r":
+            return raw_like(n, dtype, g)
+        if p == "u":
+            return upcast_like(n, dtype, g)
+        if p == "p":
+            return torch.exp2(torch.randint(-12, 3, (n,), generator=g).float()).to(dtype)
+        raise ValueError(p)
+    parts = [part(p, chunk) for p in pattern] + ([part(tail_kind, tail)] if tail else [])
     return torch.cat([q.view(torch.uint8) for q in parts]).view(dtype)
 
 

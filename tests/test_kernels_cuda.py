@@ -25,13 +25,16 @@ MIB = 1 << 20
 
 
 def _big(dtype: torch.dtype, nbytes: int, seed: int) -> torch.Tensor:
-    """Weight-like values with all-zero and random-bit chunks and special values in between."""
+    """Weight-like values with all-zero, random-bit and upcast chunks (QLCW raw shifts) and
+    special values in between."""
     n = nbytes // torch.empty(0, dtype=dtype).element_size()
     g = torch.Generator().manual_seed(seed)
     x = kc.coded_like(n, dtype, g)
     c = qlc.CHUNK_ELEMS
     x[5 * c:9 * c] = 0
     x[20 * c:21 * c] = kc.raw_like(c, dtype, g)
+    if dtype.is_floating_point and dtype.itemsize > 1:
+        x[30 * c:40 * c] = kc.upcast_like(10 * c, dtype, g)
     if dtype in kc.ENEC_DTYPES:
         x = kc.specials(x, seed)
     return x.to(DEV)
@@ -118,7 +121,7 @@ def test_qlcw_large_matches_torch_path(dtype, lo, w, g):
     for code in codes:
         ref = qlcw.encode_section(x, f, code)
         assert torch.equal(tw.encode_section(x, f, code), ref)
-        head = Header(CODEC_QLCW, dtype, (x.numel(),), version=qlcw.stream_version(code)).encode()
+        head = Header(CODEC_QLCW, dtype, (x.numel(),), version=qlcw.section_version(int(ref[3]))).encode()
         blob = torch.cat([torch.frombuffer(bytearray(head), dtype=torch.uint8).to(DEV), ref])
         with kc.kernels_env("triton"):
             assert torch.equal(qlccomm.decompress(blob).view(torch.uint8), x.view(torch.uint8))

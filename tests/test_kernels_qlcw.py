@@ -42,8 +42,7 @@ def test_native_writes_the_torch_paths_bytes_and_decodes_them(dtype, f, chunk, t
     ref = qlcw.encode_section(x, f, chunk=chunk)
     got = native_qlcw.encode_section(x, f, chunk=chunk, reserve=3)
     assert torch.equal(got[3:], ref)
-    h = Header(CODEC_QLCW, dtype, (x.numel(),))
-    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), ref])
+    blob = _stream(dtype, ref, x.numel())
     modes = qlccomm.inspect(blob)
     assert modes["chunks_zero"] >= 1 and modes["chunks_coded"] >= 1
     assert modes["chunks_raw"] >= 1 or f.w < 8     # noise in 8-bit fields is stored raw
@@ -70,8 +69,7 @@ def test_corrupt_streams_fail_alike():
     for dtype in (torch.bfloat16, torch.float32):
         x = _mixed(dtype, 256, 77)
         blob = native_qlcw.encode_section(x, qlcw.Fields(7 if dtype == torch.bfloat16 else 23, 8, 2), chunk=256)
-        h = Header(CODEC_QLCW, dtype, (x.numel(),))
-        blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), blob])
+        blob = _stream(dtype, blob, x.numel())
         planes = SimpleNamespace(planes_offset=qlccomm.inspect(blob)["metadata_bytes"])
         seen = set()
         for bad in kc.corruptions(blob, planes, rng, 80):
@@ -88,8 +86,7 @@ def test_rank_past_the_table_fails_alike():
     code = qlcw.WideCode(8, (2,) + (0,) * 15, np.array([0, 1, 2]), False)
     section = qlcw.encode_section(x, f, code)
     assert torch.equal(native_qlcw.encode_section(x, f, code), section)
-    h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
-    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
+    blob = _stream(x.dtype, section, x.numel())
     info = qlccomm.inspect(blob)
     suffix_at = info["metadata_bytes"] + info["plane_bytes"]["prefix"] + info["plane_bytes"]["field"]
     bad = bytearray(blob.numpy().tobytes())
@@ -178,8 +175,7 @@ def test_codes_with_a_wide_last_area_match_and_fail_alike(wide):
     code = qlcw.WideCode(8, (0,) * 5 + (1, 1, 2, 2, 3, 3, 4, 4, 5, 6, wide), perm, False)
     section = qlcw.encode_section(x, f, code)
     assert torch.equal(native_qlcw.encode_section(x, f, code), section)
-    h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
-    blob = torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
+    blob = _stream(x.dtype, section, x.numel())
     assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.numpy().tobytes())
     planes = SimpleNamespace(planes_offset=qlccomm.inspect(blob)["metadata_bytes"])
     rng = np.random.default_rng(wide)
@@ -248,8 +244,9 @@ def _layered(dtype: torch.dtype, n: int) -> torch.Tensor:
     return torch.cat([x, torch.zeros(4096, dtype=dtype), noise.view(dtype), x[:777]])
 
 
-def _stream(dtype, section: torch.Tensor, numel: int, code=None) -> torch.Tensor:
-    h = Header(CODEC_QLCW, dtype, (numel,), version=qlcw.stream_version(code))
+def _stream(dtype, section: torch.Tensor, numel: int) -> torch.Tensor:
+    """A QLCW stream of `section` (its header records the version the section needs)."""
+    h = Header(CODEC_QLCW, dtype, (numel,), version=qlcw.section_version(int(section[3])))
     return torch.cat([torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8), section])
 
 
@@ -264,7 +261,7 @@ def test_code_sets_same_bytes_and_bits_on_both_paths(dtype, lo, w):
     for bits, cs in sets:
         ref = qlcw.encode_section(x, f1, cs)
         assert torch.equal(native_qlcw.encode_section(x, f1, cs), ref)
-        blob = _stream(dtype, ref, x.numel(), cs)
+        blob = _stream(dtype, ref, x.numel())
         info = qlccomm.inspect(blob)
         assert info["codes"] == len(cs.codes) and info["chunks_zero"] == 1
         assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
@@ -298,7 +295,7 @@ def test_pair_code_sets_and_an_escaping_code():
     cs = qlcw.CodeSet((wide, second), chunk_code)
     ref = qlcw.encode_section(x, f, cs)
     assert torch.equal(native_qlcw.encode_section(x, f, cs), ref)
-    blob = _stream(x.dtype, ref, x.numel(), cs)
+    blob = _stream(x.dtype, ref, x.numel())
     assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
     v2 = bytearray(blob.numpy().tobytes())
     v2[4] = 2                                  # several codes need version 3
@@ -309,7 +306,7 @@ def test_corrupt_chunk_codes_fail_alike():
     x = _layered(torch.float8_e4m3fn, 40000)
     f1 = qlcw.Fields(0, 8, 1)
     cs = qlcw.cluster_codes(qlcw.chunk_histograms(x, 0, 8), f1)[0][1]
-    blob = _stream(x.dtype, qlcw.encode_section(x, f1, cs), x.numel(), cs)
+    blob = _stream(x.dtype, qlcw.encode_section(x, f1, cs), x.numel())
     info = qlccomm.inspect(blob)
     codes_at = info["metadata_bytes"] - info["chunks"]               # the chunk codes end the metadata
     bad = bytearray(blob.numpy().tobytes())
@@ -333,3 +330,108 @@ def test_adaptive_qlc_groups_chunks_of_large_tensors():
     assert torch.equal(qlccomm.decompress(got).view(torch.uint8), x.view(torch.uint8))
     small = x[: qlcw.MULTI_MIN_ELEMS // 2].contiguous()             # below the size: one code
     assert qlccomm.inspect(qlccomm.compress(small)).get("codes", 1) == 1
+
+
+# -- raw shifts (docs/format.md, "Raw shifts") --------------------------------------------------
+
+SHIFT_SPLITS = [(torch.float32, qlcw.Fields(23, 8, 2)), (torch.float32, qlcw.Fields(23, 8, 1)),
+                (torch.bfloat16, qlcw.Fields(7, 8, 2)), (torch.float16, qlcw.Fields(8, 7, 2)),
+                (torch.float16, qlcw.Fields(10, 5, 1)), (torch.bfloat16, qlcw.Fields(3, 5, 2)),
+                (torch.float32, qlcw.Fields(0, 1, 1))]      # 31 raw bits
+
+
+def _raw_shifts(x: torch.Tensor, f: qlcw.Fields, chunk: int) -> np.ndarray:
+    """The trailing zero bits common to each chunk's raw values, computed apart from the
+    codec (numpy, one chunk at a time): the shift the writer must choose."""
+    bits = 8 * x.element_size()
+    words = x.view({2: torch.int16, 4: torch.int32}[x.element_size()]).numpy().astype(np.int64) & ((1 << bits) - 1)
+    raw = (words & ((1 << f.lo) - 1)) | ((words >> (f.lo + f.w)) << f.lo)
+    R = bits - f.w
+    out = []
+    for c in range(0, x.numel(), chunk):
+        acc = int(np.bitwise_or.reduce(raw[c:c + chunk]))
+        out.append(R if acc == 0 else (acc & -acc).bit_length() - 1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("dtype,f", SHIFT_SPLITS, ids=lambda v: str(v))
+@pytest.mark.parametrize("chunk,tail", [(4096, 1001), (64, 33)])
+def test_raw_shifts_same_bytes_and_bits_on_both_paths(dtype, f, chunk, tail):
+    """Chunks of upcast values, of powers of two (no raw bit set), coded, all-zero and random
+    chunks, an upcast short tail: each chunk's shift is its common zero low raw bits, both
+    paths write the same bytes and decode them bit-exactly."""
+    x = kc.mixed(dtype, chunk, "cuzpurc", tail, seed=chunk + f.lo, tail_kind="u")
+    ref = qlcw.encode_section(x, f, chunk=chunk)
+    assert torch.equal(native_qlcw.encode_section(x, f, chunk=chunk, reserve=5)[5:], ref)
+    blob = _stream(dtype, ref, x.numel())
+    assert blob[4] == qlcw.RAW_SHIFTS_SINCE and ref[3] & qlcw.FLAG_RAW_SHIFTS
+    sec = qlccomm.api._parse(qlccomm.format.ByteSource(blob))[1]
+    want = np.where(sec.modes == 0, 0, _raw_shifts(x, f, chunk))
+    R = 8 * x.element_size() - f.w
+    assert np.array_equal(sec.shifts, want) and (want[[1, 4, -1]] > 0).all()
+    assert want[3] == R or f.lo + f.w != 8 * x.element_size() - 1      # exponent splits: no raw bit set
+    e = np.where(sec.modes == 0, 0, np.minimum(chunk, x.numel() - chunk * np.arange(want.size)))
+    assert sec.plane_bytes["raw"] == int(sum((e * (R - want) + 7) // 8))
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+
+
+def test_raw_shift_of_the_top_raw_bit():
+    """float32 split (0, 1): 31 raw bits; a chunk of -0.0 holds only bit 30 of them (shift 30)."""
+    x = torch.cat([torch.full((256,), -0.0), kc.coded_like(300, torch.float32, torch.Generator().manual_seed(1))])
+    f = qlcw.Fields(0, 1, 1)
+    ref = qlcw.encode_section(x, f, chunk=256)
+    assert torch.equal(native_qlcw.encode_section(x, f, chunk=256), ref)
+    blob = _stream(x.dtype, ref, x.numel())
+    assert qlccomm.api._parse(qlccomm.format.ByteSource(blob))[1].shifts[0] == 30
+    assert kc.outcome(blob, "native") == kc.outcome(blob, "torch") == ("ok", x.view(torch.uint8).numpy().tobytes())
+
+
+def test_raw_shifts_only_where_they_save_bytes():
+    """The K shift bytes must repay: one float32 chunk with 1 zero low bit in 40 chunks of 256
+    saves 32 bytes of raw planes for 40 shift bytes (not written); upcast float16 values, 13
+    bits per element, repay them."""
+    x = kc.mixed(torch.float32, 256, "c" * 40, 0, seed=3)
+    x.view(torch.int32)[256:512] &= ~1
+    f = qlcw.Fields(23, 8, 2)
+    for impl in (qlcw, native_qlcw):
+        assert not impl.encode_section(x, f, chunk=256)[3] & qlcw.FLAG_RAW_SHIFTS
+    x[256:512] = x[256:512].half().float()
+    assert qlcw.encode_section(x, f, chunk=256)[3] & qlcw.FLAG_RAW_SHIFTS
+    assert torch.equal(native_qlcw.encode_section(x, f, chunk=256), qlcw.encode_section(x, f, chunk=256))
+
+
+def test_corrupt_raw_shifts_fail_alike():
+    """A shift past the raw bits, one on an all-zero chunk, a changed shift (the planes'
+    length no longer matches), the flag cleared, a version-3 header: FormatError on both
+    paths; random corruptions of a shifted stream end alike."""
+    x = kc.mixed(torch.float32, 256, "cuzpu", 77, seed=2, tail_kind="u")
+    blob = _stream(x.dtype, qlcw.encode_section(x, qlcw.Fields(23, 8, 2), chunk=256), x.numel())
+    info = qlccomm.inspect(blob)
+    at = info["metadata_bytes"] - info["chunks"]                   # the shifts end the metadata
+    good = blob.numpy().tobytes()
+    flags_at = Header(CODEC_QLCW, x.dtype, (x.numel(),)).nbytes + 3
+    cases = {"past": (at + 1, 25, "raw shift past"), "zero chunk": (at + 2, 1, "raw shift past"),
+             "changed": (at + 1, good[at + 1] - 1, "metadata says"), "flag": (flags_at, good[flags_at] & ~16, "metadata says"),
+             "version": (4, 3, "needs version 4")}
+    for name, (pos, value, match) in cases.items():
+        bad = bytearray(good)
+        bad[pos] = value
+        ref = kc.outcome(bytes(bad), "torch")
+        assert ref[0] == "error" and match in ref[1], (name, ref)
+        assert kc.outcome(bytes(bad), "native") == ref, name
+    rng = np.random.default_rng(11)
+    for bad in kc.corruptions(blob, SimpleNamespace(planes_offset=info["metadata_bytes"]), rng, 60):
+        assert kc.outcome(bad, "native") == kc.outcome(bad, "torch")
+
+
+def test_fp32_weights_with_an_fp16_exact_tensor_gain_its_zero_bits():
+    """codec="qlc" on float32 weights where one tensor holds float16 values: the stream
+    records version 4 and is smaller by about those chunks' 13 zero bits per element."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(12 * 4096, generator=g) * 0.02
+    w[4 * 4096:8 * 4096] = w[4 * 4096:8 * 4096].half().float()
+    blob = qlccomm.compress(w)
+    info = qlccomm.inspect(blob)
+    assert info["codec"] == "qlcw" and info["format_version"] == 4 and info["chunks_shifted"] == 4
+    assert info["plane_bytes"]["raw"] == 8 * 4096 * 3 + 4 * 4096 * 11 // 8
+    assert torch.equal(qlccomm.decompress(blob).view(torch.uint8), w.view(torch.uint8))

@@ -162,3 +162,52 @@ def test_enec_device_search_matches_host_search(blocks):
         a = te._search(t, hist, geo, cod, E, on_host=True)
         b = te._search(t, hist, geo, cod, E, on_host=False)
         assert (a.b, a.n, a.m, a.X, a.cost) == (b.b, b.n, b.m, b.X, b.cost)
+
+
+@pytest.mark.parametrize("dtype,f", [("bf16", (7, 8, 2)), ("fp16", (8, 7, 1)), ("fp32", (23, 8, 2)),
+                                     ("fp32", (0, 1, 1)), ("e4m3", (0, 8, 2))], ids=str)
+def test_qlcw_compiles_for_cuda_sm90(dtype, f):
+    """The QLCW kernels as encode_section / decode_section launch them (statistics with raw
+    low bits, encoder and decoder with and without raw shifts; fp32 (0, 1, 1): 31 raw bits)
+    compile to an sm_90 cubin with Triton's ptxas: what the interpreter does not check
+    (a variable whose type a branch changes, layouts)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    import torch
+
+    from qlccomm import qlcw
+    from qlccomm.kernels import triton_qlcw as tw
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                   "e4m3": torch.float8_e4m3fn}[dtype]
+    fields = qlcw.Fields(*f)
+    plan = fields.plan(8 * torch_dtype.itemsize)
+    elem = {1: "*u8", 2: "*i16", 4: "*i32"}[torch_dtype.itemsize]
+    i64 = "i64"
+    split = tw._split_consts(fields, plan)
+    sub = tw.SUB_MAX
+    raw = plan.raw_bits > 0
+    specs = [(tw._qlcw_stats, dict(x_ptr=elem, enc_ptr="*i32", code_ptr="*i32", stat_ptr="*i32", low_ptr="*i32",
+                                   n=i64, chunk="i32", nchunks="i32", nprog="i32"),
+              dict(LO=fields.lo, W=fields.w, G=fields.g, S=fields.symbol_bits, RSH=plan.rsh, RHI=plan.rhi,
+                   RLO=plan.rlo, RAW=raw, SUB=sub))]
+    for shifted in (False, True) if raw else (False,):
+        specs += [
+            (tw._qlcw_encode, dict(x_ptr=elem, enc_ptr="*i32", tab_ptr="*i64", shift_ptr="*i32", out_ptr="*u8",
+                                   scr_ptr="*u8", chunk="i32", nchunks="i32", nprog="i32", pbase=i64, fbase=i64,
+                                   rbase=i64, n_nz=i64),
+             dict(split, SHIFTED=shifted, S=fields.symbol_bits, SUB=sub)),
+            (tw._qlcw_decode, dict(data_ptr="*u8", wid_ptr="*i32", first_ptr="*i32", rank_ptr="*i32",
+                                   info_ptr="*i32", tab_ptr="*i64", shift_ptr="*i32", out_ptr=elem, err_ptr="*i32",
+                                   chunk="i32", nchunks="i32", nprog="i32", pbase=i64, pend=i64, fbase=i64,
+                                   fend=i64, sbase=i64, rbase=i64, rend=i64, n_nz=i64),
+             dict(split, SHIFTED=shifted, ESC=True, SUB=sub)),
+        ]
+    for fn, sig, consts in specs:
+        sig = dict(sig, **{k: "constexpr" for k in consts})
+        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": tw.NUM_WARPS})

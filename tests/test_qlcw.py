@@ -40,6 +40,7 @@ def test_round_trip_every_split(dtype, n):
     h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
     for f in qlcw.candidates(dtype):
         blob = qlcw.encode_section(x, f, reserve=h.nbytes)
+        h = Header(CODEC_QLCW, x.dtype, (x.numel(),), version=qlcw.section_version(int(blob[h.nbytes + 3])))
         blob[: h.nbytes] = torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8)
         assert torch.equal(_bits(qlccomm.decompress(blob)), _bits(x)), f
     blob = qlccomm.compress(x, codec="qlcw")
@@ -54,6 +55,7 @@ def test_section_round_trip_with_explicit_splits(f):
     from qlccomm.format import Header, ByteSource
     h = Header(CODEC_QLCW, x.dtype, (x.numel(),))
     blob = qlcw.encode_section(x, f, reserve=h.nbytes)
+    h = Header(CODEC_QLCW, x.dtype, (x.numel(),), version=qlcw.section_version(int(blob[h.nbytes + 3])))
     blob[: h.nbytes] = torch.frombuffer(bytearray(h.encode()), dtype=torch.uint8)
     assert torch.equal(_bits(qlccomm.decompress(blob)), _bits(x))
     assert qlccomm.inspect(blob)["fields"] == {"lo": f.lo, "w": f.w, "g": f.g}
@@ -106,9 +108,10 @@ def test_version_rules():
     blob[4] = 1
     with pytest.raises(qlccomm.FormatError, match="version"):
         qlccomm.decompress(bytes(blob))
-    blob[4] = 3                                # a later version reads it too
-    assert torch.equal(qlccomm.decompress(bytes(blob)).view(torch.uint8), x.view(torch.uint8))
-    blob[4] = 4
+    for later in (3, 4):                       # a later version reads it too
+        blob[4] = later
+        assert torch.equal(qlccomm.decompress(bytes(blob)).view(torch.uint8), x.view(torch.uint8))
+    blob[4] = 5
     with pytest.raises(qlccomm.FormatError, match="version"):
         qlccomm.decompress(bytes(blob))
 
@@ -125,7 +128,7 @@ def _section_start(blob: bytes) -> int:
 
 
 @pytest.mark.parametrize("field, value, match", [
-    (0, 200, "split"), (1, 0, "split"), (2, 3, "split"), (3, 16, "flags"), (3, 2, ""),
+    (0, 200, "split"), (1, 0, "split"), (2, 3, "split"), (3, 32, "flags"), (3, 16, "version 4"), (3, 2, ""),
     (4, 17, "widths"), ("T", 0, "table"), ("T", 40000, "table"), ("C", 12, "chunk"), ("mode", 7, "mode"),
 ])
 def test_corrupt_metadata_is_a_format_error(field, value, match):

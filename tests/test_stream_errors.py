@@ -120,7 +120,7 @@ def test_max_output_bytes():
 
 def test_foreign_version_flags_and_codes():
     good = bytearray(STREAMS["bf16"])
-    for offset, value in ((4, 0), (4, 4), (5, 9), (5, 3), (6, 200), (7, 0x80)):   # (5, 3): codec 3 needs version 2
+    for offset, value in ((4, 0), (4, 5), (5, 9), (5, 3), (6, 200), (7, 0x80)):   # (5, 3): codec 3 needs version 2
         bad = bytearray(good)
         bad[offset] = value
         with pytest.raises(qlccomm.FormatError):

@@ -491,3 +491,38 @@ def test_fuzzed_multi_code_stream_ends_like_torch_path():
         assert decode_outcome(tw, bytes(b), x.dtype, x.numel()) == ref
         outcomes.add(ref[0] if ref[0] == "ok" else ref[1])
     assert len(outcomes) >= 2, outcomes
+
+
+# -- raw shifts (docs/format.md, "Raw shifts") ----------------------------------------------------
+
+@pytest.mark.parametrize("steps", ["whole", "small"])
+@pytest.mark.parametrize("case", [c for c in CASES + [(d, f, 64) for d, f in OTHER_SPLITS]
+                                  if c[0].itemsize > 1] + [(torch.float32, F(0, 1, 1), 64)], ids=_id)
+def test_raw_shifts_match_torch_path(case, steps, request):
+    """Chunks of upcast values and of powers of two (raw values with zero low bits), coded,
+    all-zero and random chunks, an upcast odd tail: the Triton stats find the same shifts,
+    the encoder writes the same bytes, the decoder restores the bits."""
+    if steps == "small":
+        request.getfixturevalue("small_steps")
+    dtype, f, chunk = case
+    x = kc.mixed(dtype, chunk, "cuzpur", tail=chunk // 2 + 1, seed=chunk + f.lo, tail_kind="u")
+    sec = assert_same(x, f, chunk)
+    assert sec.shifts is not None and (sec.shifts > 0).sum() >= 3
+
+
+def test_raw_shift_of_the_top_raw_bit():
+    """float32 split (0, 1): 31 raw bits; a chunk of -0.0 holds only bit 30 (shift 30)."""
+    x = torch.cat([torch.full((64,), -0.0), kc.coded_like(70, torch.float32, torch.Generator().manual_seed(1))])
+    assert assert_same(x, F(0, 1, 1), 64).shifts[0] == 30
+
+
+def test_corrupt_raw_shifts_end_like_torch_path():
+    x = kc.mixed(torch.float32, 64, "cuzpu", tail=33, seed=9, tail_kind="u")
+    blob, h, sec = stream(x, qlcw.encode_section(x, F(23, 8, 2), chunk=64))
+    at = sec.planes_offset - sec.modes.size                          # the shifts end the metadata
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        bad = bytearray(blob.numpy().tobytes())
+        bad[at + int(rng.integers(sec.modes.size))] = int(rng.integers(26))
+        ref = decode_outcome(qlcw, bytes(bad), x.dtype, x.numel())
+        assert decode_outcome(tw, bytes(bad), x.dtype, x.numel()) == ref
