@@ -831,8 +831,7 @@ def _layout(f: qlcw.Fields, chunk: int, elems, modes, suffix_len, raw_bits: int,
     coded, raw = modes == qlc.MODE_CODED, modes == qlc.MODE_RAW
     ncodes = (elems + f.g - 1) // f.g
     cum = qlc._exclusive_cumsum
-    e_nz = np.where(coded | raw, elems, 0)
-    raw_at = cum(e_nz) if shifts is None else cum(raw_shifts.segment_bytes(e_nz, shifts, raw_bits))
+    raw_at = raw_shifts.raw_starts(np.where(coded | raw, elems, 0), shifts, raw_bits)
     table = np.stack([modes, elems, cum(np.where(coded, qlcw.PREFIX_BITS * ncodes // 8, 0)),
                       cum(np.where(raw, elems, 0)), cum(suffix_len), suffix_len, raw_at], 1).astype(np.int64)
     return table, ncodes

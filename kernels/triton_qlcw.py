@@ -115,16 +115,18 @@ def _grid(nchunks: int) -> int:
 @triton.jit
 def _symbols(x_ptr, base, jj, elems, LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr):
     """Symbols number jj of a chunk (fields of elements G*jj .. G*jj+G-1; elements at or
-    past `elems` read as 0) and whether any of their bits is set."""
+    past `elems` read as 0), whether any of their bits is set, and their words (int32; the
+    first twice for G = 1)."""
     e0 = G * jj
     x0 = tl.load(x_ptr + base + e0, mask=e0 < elems, other=0).to(tl.int32)
     sym = (x0 >> LO) & ((1 << W) - 1)
     nz = x0 != 0
+    x1 = x0
     if G == 2:
         x1 = tl.load(x_ptr + base + e0 + 1, mask=e0 + 1 < elems, other=0).to(tl.int32)
         sym |= ((x1 >> LO) & ((1 << W) - 1)) << W
         nz |= x1 != 0
-    return sym, nz
+    return sym, nz, x0, x1
 
 
 @triton.jit
@@ -151,7 +153,7 @@ def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
         if nz > 0:
             for s in range(0, chunk // G, SUBC):
                 jj = s + tl.arange(0, SUBC)
-                sym, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
+                sym, _, _, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
                 tl.atomic_add(hist_ptr + sym, tl.full([SUBC], 1, hist_ptr.dtype.element_ty), mask=jj < ncodes)
 
 
@@ -173,6 +175,13 @@ def _qlcw_chunk_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog, LO: tl.constexpr
 
 
 @triton.jit
+def _raw_low_bit(x, RSH: tl.constexpr, RHI: tl.constexpr, RLO: tl.constexpr):
+    """The lowest set bit of the raw values of the words x (int32), NO_LOW_BIT where none is set."""
+    r = ((x >> RSH) & RHI) | (x & RLO)          # < 2^31: at most 31 raw bits
+    return tl.min(tl.where(r != 0, r & -r, NO_LOW_BIT), axis=0)
+
+
+@triton.jit
 def _qlcw_stats(x_ptr, enc_ptr, code_ptr, stat_ptr, low_ptr, n, chunk, nchunks, nprog,
                 LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, S: tl.constexpr, RSH: tl.constexpr,
                 RHI: tl.constexpr, RLO: tl.constexpr, RAW: tl.constexpr, SUB: tl.constexpr):
@@ -190,22 +199,19 @@ def _qlcw_stats(x_ptr, enc_ptr, code_ptr, stat_ptr, low_ptr, n, chunk, nchunks, 
         bits = 0
         nz = 0
         bad = 0
+        low = NO_LOW_BIT
         for s in range(0, chunk // G, SUBC):
             jj = s + tl.arange(0, SUBC)
             valid = jj < ncodes
-            sym, nzs = _symbols(x_ptr, base, jj, elems, LO, W, G)
+            sym, nzs, x0, x1 = _symbols(x_ptr, base, jj, elems, LO, W, G)
             e = tl.load(enc + sym, mask=valid, other=0)
             bits += tl.sum((e >> 20) & 31, axis=0)
             bad |= tl.max(((e >> 25) & 1).to(tl.int32), axis=0)
             nz |= tl.max(nzs.to(tl.int32), axis=0)
+            if RAW:                                 # elements past `elems` read as 0: no bit
+                low = tl.minimum(low, tl.minimum(_raw_low_bit(x0, RSH, RHI, RLO), _raw_low_bit(x1, RSH, RHI, RLO)))
         tl.store(stat_ptr + c, bits * 4 + bad * 2 + nz)
         if RAW:
-            low = NO_LOW_BIT
-            for s in range(0, chunk, SUB):
-                idx = s + tl.arange(0, SUB)
-                x = tl.load(x_ptr + base + idx, mask=idx < elems, other=0).to(tl.int32)
-                r = ((x >> RSH) & RHI) | (x & RLO)          # < 2^31: at most 31 raw bits
-                low = tl.minimum(low, tl.min(tl.where(r != 0, r & -r, NO_LOW_BIT), axis=0))
             tl.store(low_ptr + c, low)
 
 
@@ -275,7 +281,7 @@ def _qlcw_encode(x_ptr, enc_ptr, tab_ptr, shift_ptr, out_ptr, scr_ptr, chunk, nc
                 if mode == 1:
                     jj = s + tl.arange(0, SUBC)
                     cv = jj < ncodes
-                    sym, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
+                    sym, _, _, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
                     e = tl.load(enc + sym, mask=cv, other=0)
                     e = tl.where(cv, e, 0)
                     sfx = e & 0xFFFF
@@ -417,8 +423,7 @@ def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, su
             common.TAB_PREFIX: excl(np.where(coded, qlcw.PREFIX_BITS * (chunk // f.g) // 8, 0)),
             common.TAB_SYMBOL: excl(np.where(raw, elems, 0)),
             common.TAB_SUFFIX: excl(suffix_len), common.TAB_SUFLEN: suffix_len,
-            common.TAB_RAW: excl(np.where(nz, elems, 0) if shifts is None
-                                 else raw_shifts.segment_bytes(np.where(nz, elems, 0), shifts, raw_bits)),
+            common.TAB_RAW: raw_shifts.raw_starts(np.where(nz, elems, 0), shifts, raw_bits),
             TAB_CODE.value: chunk_code}
     table = np.stack([np.asarray(cols[c], np.int64) for c in range(common.TAB_COLS)], 1)
     sizes = qlcw.plane_sizes(elems, ncodes, modes, suffix_len, f, raw_bits, shifts)

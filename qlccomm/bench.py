@@ -54,7 +54,7 @@ import torch
 
 from . import api, raw_shifts
 from .codebook import ALPHABET, entropy_bits, huffman_bits, symbol_histogram
-from .qlc import CHUNK_ELEMS, _pad_rows
+from .qlc import CHUNK_ELEMS, _pad_rows, chunk_elems
 from .split import candidate_plans
 
 Call = Callable[[], object]
@@ -276,8 +276,7 @@ def raw_bits_left(kept: torch.Tensor, plan) -> float:
         return float(plan.raw_bits)
     rows = _pad_rows(plan.split(kept)[1], CHUNK_ELEMS)
     t = raw_shifts.common_zero_bits(raw_shifts.low_bits(rows), plan.raw_bits)
-    elems = np.full(t.size, CHUNK_ELEMS)
-    elems[-1] = kept.numel() - CHUNK_ELEMS * (t.size - 1)
+    elems = chunk_elems(kept.numel(), CHUNK_ELEMS, t.size, "numpy")
     return float(((plan.raw_bits - t) * elems).sum()) / kept.numel()
 
 

@@ -27,6 +27,13 @@ def segment_bytes(elems: np.ndarray, shifts: np.ndarray, raw_bits: int) -> np.nd
     return (rw // 8) * e + (e * (rw % 8) + 7) // 8
 
 
+def raw_starts(elems: np.ndarray, shifts: np.ndarray | None, raw_bits: int) -> np.ndarray:
+    """Where each chunk's raw values start (int64 [K]): without shifts its first element in
+    the planes of all chunks' values, with shifts the first byte of its own planes (pass 0
+    elements for all-zero chunks)."""
+    return _exclusive_cumsum(np.asarray(elems, np.int64) if shifts is None else segment_bytes(elems, shifts, raw_bits))
+
+
 def common_zero_bits(low_bit: np.ndarray, raw_bits: int) -> np.ndarray:
     """Low raw bits zero in every element of each chunk (int64 [K]), from choose()'s
     low_bit: its index, raw_bits where no bit is set."""
