@@ -551,41 +551,70 @@ def qlc_decode(data, out, chunk, ssh, rsh, rhi, rlo, sym_bits, raw_bits, dtab, w
 # ---------------------------------------------------------------------------------------------------
 # codebook fitting: qlccomm.codebook.optimal_widths, compiled (the same programme, the same ties)
 @njit(cache=True, nogil=True)
-def _optimal_widths(counts, n_areas, max_width):
-    A = counts.shape[0]
-    # an area wider than the narrowest that holds all A symbols costs more, or ties and loses
-    # to the narrower one met first: leave those widths out (the same result, fewer steps)
+def _cap(A, max_width):
+    """An area wider than the narrowest that holds all A symbols costs more, or ties and loses
+    to the narrower one met first: widths past it are left out (the same result, fewer steps)."""
     cap = 0
     while (1 << cap) < A:
         cap += 1
-    max_width = min(max_width, cap)
+    return min(max_width, cap)
+
+
+@njit(cache=True, nogil=True)
+def _tail(dp, S, end, width_cap, at_end):
+    """The best last area reaching `end`, from the previous layer's dp (at_end in place of
+    dp[end]): (cost, width, start), widths ascending, starts from the first minimum."""
+    big = np.int64(1) << 60
+    best, best_b, best_p = big, 0, 0
+    for b in range(width_cap + 1):
+        step = np.int64(1) << b
+        c, p_b = big, 0
+        for p in range(max(0, end - step), end + 1):
+            v = (at_end if p == end else dp[p]) + b * (S[end] - S[p])
+            if v < c:
+                c, p_b = v, p
+        if c < best:
+            best, best_b, best_p = c, b, p_b
+    return best, best_b, best_p
+
+
+@njit(cache=True, nogil=True)
+def _optimal_widths(counts, n_areas, max_width, end2):
+    """The widths of codebook.optimal_widths(counts, n_areas, max_width) and the start rank
+    its back-track reaches; with 0 < end2 < A also those of optimal_widths(counts[:end2],
+    n_areas - 1, max_width), from the same programme: its layers agree with this one's below
+    rank end2, so only its last areas (each layer's area reaching end2) are extra."""
+    A = counts.shape[0]
     big = np.int64(1) << 60
     S = np.zeros(A + 1, np.int64)
     for i in range(A):
         S[i + 1] = S[i] + counts[i]
+    max_width = _cap(A, max_width)
+    cap2 = _cap(end2, max_width)
     dp = np.full(A + 1, big, np.int64)
     dp[0] = 0
     nxt = np.empty(A + 1, np.int64)
     choice_b = np.empty((n_areas, A + 1), np.int64)
     choice_p = np.empty((n_areas, A + 1), np.int64)
+    tail2_b = np.zeros(n_areas, np.int64)        # layer k's last area reaching end2
+    tail2_p = np.zeros(n_areas, np.int64)
+    at_end2 = big                                # the layer before's cost of covering end2 ranks
     for k in range(n_areas):
+        if 0 < end2 < A and k < n_areas - 1:
+            c2, tail2_b[k], tail2_p[k] = _tail(dp, S, end2, cap2, at_end2)
+            at_end2 = min(c2, big)
         for q in range(A + 1):
             best, best_b, best_p = big, 0, 0
-            for b in range(max_width + 1):
-                step = np.int64(1) << b
-                if q == A:
-                    # an area of width b reaching the end: from the best p >= A - 2**b (first minimum)
-                    c, p_b = big, 0
-                    for p in range(max(0, A - step), A + 1):
-                        v = dp[p] + b * (S[A] - S[p])
-                        if v < c:
-                            c, p_b = v, p
-                    if c < best:
-                        best, best_b, best_p = c, b, p_b
-                elif q - step >= 0:
-                    c = dp[q - step] + b * (S[q] - S[q - step])
-                    if c < best:
-                        best, best_b, best_p = c, b, q - step
+            if q == A:
+                # an area of width b reaching the end: from the best p >= A - 2**b (first minimum)
+                best, best_b, best_p = _tail(dp, S, A, max_width, dp[A])
+            else:
+                for b in range(max_width + 1):
+                    step = np.int64(1) << b
+                    if q - step >= 0:
+                        c = dp[q - step] + b * (S[q] - S[q - step])
+                        if c < best:
+                            best, best_b, best_p = c, b, q - step
             nxt[q] = min(best, big)
             choice_b[k, q] = best_b
             choice_p[k, q] = best_p
@@ -595,7 +624,20 @@ def _optimal_widths(counts, n_areas, max_width):
     for k in range(n_areas - 1, -1, -1):
         widths[k] = choice_b[k, pos]
         pos = choice_p[k, pos]
-    return widths, pos
+    widths2 = np.zeros(max(n_areas - 1, 0), np.int64)
+    pos2 = end2
+    if 0 < end2 < A:
+        for k in range(n_areas - 2, -1, -1):
+            if pos2 == end2:                     # an area reaching end2 (or an empty one)
+                widths2[k], pos2 = tail2_b[k], tail2_p[k]
+            else:
+                widths2[k], pos2 = choice_b[k, pos2], choice_p[k, pos2]
+    return widths, pos, widths2, pos2
+
+
+def _start_at_zero(start: int) -> None:
+    if start != 0:
+        raise EncoderError("native codebook fitter: the dynamic programme did not start at rank 0")
 
 
 def optimal_widths_native(sorted_counts, n_areas: int = 8, max_width: int = 8) -> tuple[int, ...]:
@@ -603,10 +645,23 @@ def optimal_widths_native(sorted_counts, n_areas: int = 8, max_width: int = 8) -
     counts = np.ascontiguousarray(sorted_counts, dtype=np.int64)
     if (1 << max_width) * n_areas < counts.size:
         raise ValueError("the areas cannot cover the alphabet")
-    widths, start = _optimal_widths(counts, n_areas, max_width)
-    if start != 0:
-        raise EncoderError("native codebook fitter: the dynamic programme did not start at rank 0")
+    widths, start, _, _ = _optimal_widths(counts, n_areas, max_width, 0)
+    _start_at_zero(start)
     return tuple(widths.tolist())
+
+
+def optimal_widths_and_prefix_native(sorted_counts, n_areas: int, max_width: int,
+                                     prefix: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """codebook.optimal_widths_and_prefix in numba: one programme for both (the same widths)."""
+    counts = np.ascontiguousarray(sorted_counts, dtype=np.int64)
+    if not 0 < prefix < counts.size:
+        raise ValueError("prefix must be shorter than the counts and not empty")
+    if (1 << max_width) * n_areas < counts.size or (1 << max_width) * (n_areas - 1) < prefix:
+        raise ValueError("the areas cannot cover the alphabet")
+    widths, start, widths2, start2 = _optimal_widths(counts, n_areas, max_width, prefix)
+    _start_at_zero(start)
+    _start_at_zero(start2)
+    return tuple(widths.tolist()), tuple(widths2.tolist())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -201,35 +201,71 @@ def _add_code(suf, q, acc, nacc, e):
     return _flush_word(suf, q, acc, nacc)
 
 
+@njit(cache=True, inline="always")
+def _lookup_codes(xs, lo, fmask, w, g, enc, es, n):
+    """es[j] = the enc entry of code j for j < n (all of its elements present).  No value
+    carries from one code to the next, so LLVM vectorises all of it but the look-ups, and
+    the look-ups of many codes overlap."""
+    if g == 2:
+        for j in range(n):
+            es[np.uintp(j)] = enc[_pair(xs, np.uintp(2 * j), lo, fmask, w)]
+    else:
+        for j in range(n):
+            es[np.uintp(j)] = enc[np.uintp((xs[np.uintp(j)] >> lo) & fmask)]
+
+
+@njit(cache=True, inline="always")
+def _add_two(suf, q, acc, nacc, e0, e1):
+    """Two codes' suffixes (enc entries e0, e1: <= 32 bits) into the accumulator (< 32 bits
+    pending, so bit 63 is never set), stored unconditionally (8 bytes of room at q), then
+    advanced by a whole 32-bit word where one is complete: no branch on the data."""
+    acc |= (e0 & 0xFFFF) << nacc
+    nacc += (e0 >> 16) & 31
+    acc |= (e1 & 0xFFFF) << nacc
+    nacc += (e1 >> 16) & 31
+    _u64_put(suf, q, acc)
+    adv = nacc >> 5
+    return acc >> (adv << 5), nacc & 31, q + (adv << 2)
+
+
 @njit(cache=True)
-def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
+def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow, es):
     """Prefixes (4 bits per code) into pre, suffixes LSB first into suf; returns the suffix bits.
 
-    Two codes per step: one prefix byte, at most 32 suffix bits into a 64-bit accumulator
-    (< 32 bits pending, so bit 63 is never set).  While suf has 8 bytes of room the step
-    stores the accumulator unconditionally and advances by whole 32-bit words without a
-    branch (whether a word is full is data-dependent: a branch would be mispredicted often);
-    the last steps flush with bounded stores (clipped at suf's end: the bits are counted
-    all the same).  `narrow` (every suffix at most 10 bits): four codes per step, stored at
-    once where they fit the accumulator (always with suffixes of at most 8 bits), else one
-    at a time with bounded stores (a rare branch: wide areas hold the rare symbols).
-    Returns -1 where a symbol has no code (enc entry -1)."""
+    The codes whose elements are all present go through three loops: their enc entries into
+    the scratch `es` (int32, at least m // g entries), the prefix bytes from them, then the
+    suffixes.  Only the last loop carries a value (the accumulator) from code to code, so
+    the look-ups of many codes overlap.  Suffixes collect in a 64-bit accumulator (< 32 bits
+    pending, so bit 63 is never set): while suf has 8 bytes of room, each store is
+    unconditional and the position advances by whole 32-bit words without a branch
+    (whether a word is full depends on the data: a branch would be mispredicted often).
+    `narrow` (every suffix at most 10 bits): four codes per store where they fit the
+    accumulator (always with suffixes of at most 8 bits), else one at a time (a rare branch:
+    wide areas hold the rare symbols); otherwise two codes per store.  The rest (a short
+    chunk's last codes, a chunk whose suffixes outgrow suf) flush with bounded stores,
+    clipped at suf's end: the bits are counted all the same.  Returns -1 where a symbol has
+    no code (enc entry -1)."""
     m = xs.shape[0]
     ncodes = (m + g - 1) // g
+    full = m // (2 * g)                 # prefix bytes whose two codes' elements are all present
+    _lookup_codes(xs, lo, fmask, w, g, enc, es, 2 * full)
+    err = 0
+    for t in range(full):
+        e0 = es[np.uintp(2 * t)]
+        e1 = es[np.uintp(2 * t + 1)]
+        err |= e0 | e1
+        pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
     acc = 0
     nacc = 0
     q = 0
-    full = m // (2 * g)                 # steps whose two codes' elements are all present
     room = suf.shape[0] - 8
-    err = 0
     t = 0
-    if narrow:                          # four codes per flush while they fit the accumulator
+    if narrow:                          # four codes per store while they fit the accumulator
         while t + 1 < full and q <= room:
-            e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
-            e2, e3 = _two_codes(xs, t + 1, lo, fmask, w, g, enc)
-            err |= e0 | e1 | e2 | e3
-            pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
-            pre[np.uintp(t + 1)] = ((e2 >> 21) & 15) | (((e3 >> 21) & 15) << 4)
+            e0 = np.int64(es[np.uintp(2 * t)])
+            e1 = np.int64(es[np.uintp(2 * t + 1)])
+            e2 = np.int64(es[np.uintp(2 * t + 2)])
+            e3 = np.int64(es[np.uintp(2 * t + 3)])
             w0 = (e0 >> 16) & 31
             w1 = (e1 >> 16) & 31
             w2 = (e2 >> 16) & 31
@@ -253,20 +289,10 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
                 acc, nacc, q = _add_code(suf, q, acc, nacc, e2)
                 acc, nacc, q = _add_code(suf, q, acc, nacc, e3)
             t += 2
-    while t < full and q <= room:
-        e0, e1 = _two_codes(xs, t, lo, fmask, w, g, enc)
-        err |= e0 | e1
-        pre[np.uintp(t)] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4)
-        acc |= (e0 & 0xFFFF) << nacc
-        nacc += (e0 >> 16) & 31
-        acc |= (e1 & 0xFFFF) << nacc
-        nacc += (e1 >> 16) & 31
-        _u64_put(suf, q, acc)
-        adv = nacc >> 5                 # 1 when a 32-bit word is complete
-        q += adv << 2
-        acc >>= adv << 5
-        nacc &= 31
-        t += 1
+    while t + 1 < full and q <= room - 4:     # two stores per step: the second's q <= room
+        acc, nacc, q = _add_two(suf, q, acc, nacc, np.int64(es[np.uintp(2 * t)]), np.int64(es[np.uintp(2 * t + 1)]))
+        acc, nacc, q = _add_two(suf, q, acc, nacc, np.int64(es[np.uintp(2 * t + 2)]), np.int64(es[np.uintp(2 * t + 3)]))
+        t += 2
     for j in range(2 * t, ncodes, 2):
         if j + 1 < ncodes and 2 * g * (j >> 1) + 2 * g <= m:
             e0, e1 = _two_codes(xs, j >> 1, lo, fmask, w, g, enc)
@@ -275,11 +301,8 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow):
             e1 = np.int64(enc[_symbol(xs, j + 1, m, lo, fmask, w, g)]) if j + 1 < ncodes else np.int64(0)
         err |= e0 | e1
         pre[j >> 1] = ((e0 >> 21) & 15) | (((e1 >> 21) & 15) << 4 if j + 1 < ncodes else 0)
-        acc |= (e0 & 0xFFFF) << nacc
-        nacc += (e0 >> 16) & 31
-        acc |= (e1 & 0xFFFF) << nacc
-        nacc += (e1 >> 16) & 31
-        acc, nacc, q = _flush_word(suf, q, acc, nacc)
+        acc, nacc, q = _add_code(suf, q, acc, nacc, e0)
+        acc, nacc, q = _add_code(suf, q, acc, nacc, e1)
     _store_le(suf, q, acc, (nacc + 7) >> 3)
     return -1 if err < 0 else 8 * q + nacc
 
@@ -304,7 +327,8 @@ def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, ors, bits)
         pbytes = (4 * ((m + g - 1) // g) + 7) >> 3
         cap = max(((m * w + 7) >> 3) - pbytes, 0) + 8
         k = chunk_code[c]
-        bits[c] = _put_coded(pre[c, :pbytes], suf[c, :cap], xs, lo, fmask, w, g, encs[k], narrow[k])
+        es = np.empty(m // g, np.int32)              # _put_coded's scratch (in L1 for 4096-element chunks)
+        bits[c] = _put_coded(pre[c, :pbytes], suf[c, :cap], xs, lo, fmask, w, g, encs[k], narrow[k], es)
 
 
 @ParallelKernel
@@ -734,14 +758,14 @@ def _enc_table(code: qlcw.WideCode) -> np.ndarray:
     cannot write the symbol.  Built from the table alone (O(T) plus one fill)."""
     S = code.symbol_bits
     if code.escape:
-        enc = np.arange(1 << S, dtype=np.int64) | (S << 16) | (qlcw.ESCAPE_AREA << 21)
+        enc = np.arange(1 << S, dtype=np.int32) | np.int32((S << 16) | (qlcw.ESCAPE_AREA << 21))
     else:
-        enc = np.full(1 << S, -1, np.int64)
+        enc = np.full(1 << S, -1, np.int32)
     firsts = code.firsts()
     rank = np.arange(code.table.size)
     area = code.rank_areas()
     enc[code.table] = (rank - firsts[area]) | (np.asarray(code.widths, np.int64)[area] << 16) | (area << 21)
-    return enc.astype(np.int32)
+    return enc
 
 
 def _pair_widths(widths: tuple[int, ...]) -> np.ndarray:
@@ -858,7 +882,7 @@ def histogram(flat: torch.Tensor, f: qlcw.Fields, chunk: int = qlc.CHUNK_ELEMS) 
         numba.set_num_threads(_threads())
         hist = np.zeros((min(_threads(), nchunks), 1 << f.symbol_bits), np.int64)
         qlcw_hist(x, chunk, f.lo, f.w, f.g, nz, hist)
-    return hist.sum(axis=0)
+    return hist[0] if hist.shape[0] == 1 else hist.sum(axis=0)
 
 
 def encode_section(flat: torch.Tensor, f: qlcw.Fields, code: "qlcw.WideCode | qlcw.CodeSet | None" = None,

@@ -475,6 +475,25 @@ def codebook_from_histogram(hist, dtype: torch.dtype, plan: Plan, transient: boo
     return Codebook(dtype, plan.name, widths, tuple(order.tolist()), transient=transient)
 
 
+def optimal_widths_and_prefix(sorted_counts, n_areas: int, max_width: int,
+                              prefix: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(optimal_widths(counts, n_areas, max_width), optimal_widths(counts[:prefix], n_areas - 1,
+    max_width)): the two codes QLCW's fitter weighs (every symbol in the table, or the first
+    `prefix` ranks and an escape area).  The native version runs one programme for both."""
+    counts = np.asarray(sorted_counts, dtype=np.int64)
+    return optimal_widths(counts, n_areas, max_width), optimal_widths(counts[:prefix], n_areas - 1, max_width)
+
+
+@lru_cache(maxsize=1)
+def _fast_optimal_widths_and_prefix():
+    """optimal_widths_and_prefix from the native kernels where installed (the same widths)."""
+    try:
+        from .kernels.native_qlc import optimal_widths_and_prefix_native
+    except Exception:      # noqa: BLE001 - no numba, or a broken install: the numpy programmes
+        return optimal_widths_and_prefix
+    return optimal_widths_and_prefix_native
+
+
 @lru_cache(maxsize=1)
 def _fast_optimal_widths():
     """optimal_widths compiled by numba where the native kernels are installed (the same
@@ -490,6 +509,17 @@ def total_bits(hist, cb: Codebook) -> int:
     """Coded plus raw bits for the histogram's elements under `cb`."""
     hist = np.asarray(hist, np.int64)
     return int((hist * cb.code_lengths()).sum()) + int(hist.sum()) * cb.plan_obj.raw_bits
+
+
+def fitted_bits(hist, plan: Plan) -> int:
+    """total_bits(hist, codebook_from_histogram(hist, dtype, plan)) without building the
+    codebook: the coded plus raw bits of the histogram's elements under its optimal code
+    (rank r's code length is the prefix and the width of the area holding r)."""
+    hist = np.asarray(hist, np.int64)
+    counts = np.sort(hist)[::-1]                    # the counts in rank order
+    widths = _fast_optimal_widths()(counts)
+    lengths = PREFIX_BITS + np.repeat(np.asarray(widths, np.int64), [1 << w for w in widths])[:ALPHABET]
+    return int(counts @ lengths) + int(hist.sum()) * plan.raw_bits
 
 
 def adaptive_bits(hists: dict, dtype: torch.dtype) -> int:

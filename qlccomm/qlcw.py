@@ -21,7 +21,7 @@ import torch
 
 from . import raw_shifts
 from .bitpack import concat_into, pack_bits, packed_nbytes, unpack_bits
-from .codebook import codebook_from_histogram, total_bits
+from .codebook import _fast_optimal_widths, _fast_optimal_widths_and_prefix, fitted_bits
 from .errors import EncoderError, FormatError
 from .format import CODEC_QLCW, CODEC_SINCE, ByteSource, Header
 from .qlc import (CHUNK_ELEMS, MAX_CHUNK_ELEMS, MODE_CODED, MODE_RAW, MODE_ZERO, _exclusive_cumsum,
@@ -189,13 +189,18 @@ def section_version(flags: int) -> int:
 
 def _sorted_symbols(hist: np.ndarray) -> np.ndarray:
     """Symbols with a non-zero count, count descending, then symbol ascending."""
-    used = np.flatnonzero(hist)
-    return used[np.lexsort((used, -hist[used]))]
+    used = np.flatnonzero(hist != 0)        # a bool scan: ~6x faster than on the counts
+    return used[np.argsort(-hist[used], kind="stable")]     # stable: ties stay by symbol
 
 
 def _widths(sorted_counts: np.ndarray, n_areas: int) -> tuple[int, ...]:
-    from .codebook import _fast_optimal_widths
     return tuple(_fast_optimal_widths()(sorted_counts, n_areas, MAX_WIDTH))
+
+
+def _kept(counts: np.ndarray) -> int:
+    """How many of the symbols with `counts` an escaping code's table keeps: those seen more
+    than once, at most FIT_MAX (at least one)."""
+    return min(FIT_MAX, int((counts > 1).sum()) or 1)
 
 
 def build_code(hist: np.ndarray, symbol_bits: int) -> WideCode:
@@ -217,13 +222,18 @@ def fit_code(hist: np.ndarray, symbol_bits: int) -> tuple[WideCode, int]:
     if order.size == 0:
         order = np.array([0])
     counts = hist[order]
+    keep = _kept(counts)
+    full, escaping = order.size <= FIT_MAX, keep < order.size
+    if full and escaping:                   # both codes from one programme
+        w, w_kept = _fast_optimal_widths_and_prefix()(counts, N_AREAS, MAX_WIDTH, keep)
+    else:
+        w = _widths(counts, N_AREAS) if full else None
+        w_kept = _widths(counts[:keep], N_AREAS - 1) if escaping else None
     options = []
-    if order.size <= FIT_MAX:
-        options.append(WideCode(symbol_bits, _widths(counts, N_AREAS), order, False))
-    keep = min(FIT_MAX, int((counts > 1).sum()) or 1)
-    if keep < order.size:
-        w = _widths(counts[:keep], N_AREAS - 1) + (symbol_bits,)
-        options.append(WideCode(symbol_bits, w, order[:keep], True))
+    if full:
+        options.append(WideCode(symbol_bits, w, order, False))
+    if escaping:
+        options.append(WideCode(symbol_bits, w_kept + (symbol_bits,), order[:keep], True))
     costs = [_rank_bits(c, counts) for c in options]
     best = min(range(len(options)), key=lambda i: costs[i] + 16 * options[i].table.size)
     return options[best], costs[best]
@@ -275,8 +285,7 @@ def estimate_bits(sample: torch.Tensor, numel: int) -> list[tuple[float, Fields 
     for plan in candidate_plans(sample.dtype):
         sym, _ = plan.split(flat)
         hist = torch.bincount(sym, minlength=256).cpu().numpy()
-        cb = codebook_from_histogram(hist, sample.dtype, plan, transient=True)
-        out.append(((total_bits(hist, cb) + 264 * 8 * n / numel) / n, None))
+        out.append(((fitted_bits(hist, plan) + 264 * 8 * n / numel) / n, None))
     for f in candidates(sample.dtype):
         plan = f.plan(sample.element_size() * 8)
         fld, _ = plan.split(flat)
@@ -365,8 +374,7 @@ def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype, chunk_hist: np.
         options += [(bits, f1, cs) for bits, cs in cluster_codes(chunk_hist, f1)]
     if dtype != torch.float16:
         plan = candidate_plans(dtype)[0]
-        cb = codebook_from_histogram(np.asarray(single, np.int64), dtype, plan, transient=True)
-        options.append((total_bits(single, cb) + 8 * 264, None, None))
+        options.append((fitted_bits(single, plan) + 8 * 264, None, None))
     elements = 2 * int(hist.sum())                          # of the non-zero chunks (pairs)
     for fp, h in [(f, hist), *more_pairs]:
         raw = (f.w - fp.w) * elements                       # raw bits beside f's
@@ -380,12 +388,14 @@ def prefer_wide(hist: np.ndarray, f: Fields, dtype: torch.dtype, chunk_hist: np.
 def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
     """A lower bound on what fit_code(hist) can cost, metadata included: the entropy of the
     symbols (with more than FIT_MAX used, of the FIT_MAX most frequent plus one escape symbol
-    for the rest, which also pay their symbol_bits) and the fixed metadata.  Cheap next to the
-    fit itself (no sort of the used symbols)."""
+    for the rest, which also pay their symbol_bits), the fixed metadata and the smaller of
+    the two tables fit_code can write (every used symbol, or those seen more than once up to
+    FIT_MAX), 16 bits an entry.  Cheap next to the fit itself (no sort of the used symbols)."""
     counts = hist[hist > 0].astype(np.float64)
     n = counts.sum()
     if n == 0:
         return 0.0
+    table = 16 * min(counts.size, _kept(counts))
     if counts.size > FIT_MAX:
         top = np.partition(counts, counts.size - FIT_MAX)[counts.size - FIT_MAX:]
         tail = n - top.sum()
@@ -393,7 +403,7 @@ def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
         extra = tail * symbol_bits
     else:
         extra = 0.0
-    return float(-(counts * np.log2(counts / n)).sum() + extra + 8 * HEAD_BYTES)
+    return float(-(counts * np.log2(counts / n)).sum() + extra + 8 * HEAD_BYTES + table)
 
 
 CLUSTER_COUNTS = (8,)           # the numbers of codes cluster_codes tries (empty groups are dropped)

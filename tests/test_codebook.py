@@ -241,3 +241,20 @@ def test_fit_warns_when_mixed_kinds_lose_to_adaptive_coding():
         fit_codebook([w, synthetic("weight", torch.bfloat16, 1 << 19, seed=3)])     # one kind: no warning
         fit_codebook([w, g], warn=False)
         fit_codebook(g)                                                               # one sample: nothing to compare
+
+
+@settings(max_examples=100, deadline=None)
+@given(counts=st.lists(st.integers(0, 10**6), min_size=ALPHABET, max_size=ALPHABET),
+       ties=st.booleans(), plan=st.sampled_from(sorted(PLANS)))
+def test_fitted_bits_is_the_fitted_codebooks_total(counts, ties, plan):
+    """fitted_bits (what adaptive coding weighs without building a codebook) is exactly the
+    total_bits of the codebook that codebook_from_histogram fits, ties among counts included."""
+    from qlccomm.codebook import fitted_bits, total_bits
+    from qlccomm.split import candidate_plans
+    h = np.asarray(counts, np.int64)
+    if ties:
+        h = h % 3                               # many equal counts, some zero
+    p = PLANS[plan]
+    dtype = next(d for d in (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn,
+                             torch.float8_e5m2, torch.uint8) if p in candidate_plans(d))
+    assert fitted_bits(h, p) == total_bits(h, codebook_from_histogram(h, dtype, p, transient=True))

@@ -185,3 +185,30 @@ def test_compiled_widths_programme_matches_numpy():
                       (452, 16, 16), (1000, 15, 16)):      # the last rows: QLCW's 16 areas up to 16 bits
         c = np.sort(rng.integers(0, 50, A))[::-1]
         assert nq.optimal_widths_native(c, na, mw) == optimal_widths(c, na, mw)
+
+
+def test_one_programme_gives_both_qlcw_codes():
+    """QLCW's fitter weighs every symbol in 16 areas, or the first `prefix` ranks in 15 areas
+    and an escape: the native programme that gives both at once gives exactly the widths of
+    the two separate numpy programmes (ties, ranks seen once, prefixes of 1 and A - 1), and
+    refuses what they refuse."""
+    from qlccomm.codebook import optimal_widths, optimal_widths_and_prefix
+    rng = np.random.default_rng(8)
+    for trial in range(400):
+        A = int(rng.integers(2, 300 if trial % 10 else 3000))
+        c = [rng.integers(1, 1000, A), np.full(A, 3), (rng.pareto(1.0, A) * 10 + 1).astype(np.int64),
+             rng.integers(1, 4, A), np.concatenate([rng.integers(2, 100, A // 2), np.ones(A - A // 2, np.int64)])][trial % 5]
+        c = np.sort(c)[::-1].astype(np.int64)
+        for na, mw in ((16, 16), (8, 8), (3, 4)):
+            if (1 << mw) * na < A:
+                continue
+            for prefix in {1, A - 1, int(rng.integers(1, A))}:
+                if (1 << mw) * (na - 1) < prefix:
+                    with pytest.raises(ValueError):
+                        nq.optimal_widths_and_prefix_native(c, na, mw, prefix)
+                    with pytest.raises(ValueError):
+                        optimal_widths(c[:prefix], na - 1, mw)
+                    continue
+                want = (optimal_widths(c, na, mw), optimal_widths(c[:prefix], na - 1, mw))
+                assert nq.optimal_widths_and_prefix_native(c, na, mw, prefix) == want
+                assert optimal_widths_and_prefix(c, na, mw, prefix) == want

@@ -83,6 +83,33 @@ def test_build_code_matches_the_dp_and_prefers_the_smaller_total():
     assert qlcw.code_bits(hist, code) < 4 * hist.sum() + 16 * hist.sum()
 
 
+def test_symbols_rank_by_count_then_symbol():
+    """The rank order every code is fitted in: counts descending, ties by symbol ascending,
+    unused symbols left out (the same order a two-key lexsort gives)."""
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        hist = np.zeros(1 << 12, np.int64)
+        used = rng.choice(hist.size, int(rng.integers(1, 3000)), replace=False)
+        hist[used] = rng.integers(1, 6, used.size)          # many ties
+        nz = np.flatnonzero(hist)
+        assert np.array_equal(qlcw._sorted_symbols(hist), nz[np.lexsort((nz, -hist[nz]))])
+
+
+def test_pair_bound_never_exceeds_the_fitted_code():
+    """prefer_wide skips fitting a pair code whose bound already loses, so the bound (entropy,
+    metadata and the smaller possible table) must never exceed what the fit then costs."""
+    rng = np.random.default_rng(9)
+    for trial in range(60):
+        S = 14 if trial % 3 else 16
+        hist = np.zeros(1 << S, np.int64)
+        used = rng.choice(hist.size, int(rng.integers(1, 9000)), replace=False)
+        hist[used] = (rng.pareto(0.8, used.size) * rng.integers(1, 50)).astype(np.int64) + 1
+        if trial % 4 == 0:
+            hist[used[: used.size // 2]] = 1                 # many symbols seen once: escapes
+        code, bits = qlcw.fit_code(hist, S)
+        assert qlcw.pair_bound_bits(hist, S) <= bits + 8 * (qlcw.HEAD_BYTES + 2 * code.table.size)
+
+
 def test_pairs_beat_single_symbols_on_weights():
     """The point of the codec: on bf16 weights a pair code beats QLC's single-symbol code."""
     x = datagen.synthetic("weight", torch.bfloat16, 1 << 20, seed=3)
