@@ -354,14 +354,11 @@ def lookup(digest: str) -> Codebook:
     (the current defaults and those they replaced, qlccomm/codebooks/{,previous/}*.json).
     Never a transient one (a code embedded in a stream) nor a decoder's codebook= hint:
     `decompress` uses those directly."""
-    if digest not in _REGISTRY:
-        _load_shipped()
-    try:
-        return _REGISTRY[digest]
-    except KeyError:
-        raise CodebookError(
-            f"stream was coded with codebook {digest}, which this process does not know; "
-            "pass codebook= to decompress or load it first") from None
+    cb = _REGISTRY.get(digest) or _shipped().get(digest)
+    if cb is None:
+        raise CodebookError(f"stream was coded with codebook {digest}, which this process does not know; "
+                            "pass codebook= to decompress or load it first")
+    return cb
 
 
 ADAPTIVE, DEFAULT = "adaptive", "default"
@@ -602,12 +599,14 @@ def _default_codebook(dtype: torch.dtype) -> Codebook:
 
 
 @lru_cache(maxsize=1)
-def _load_shipped() -> None:
-    """Register every shipped codebook, current and previous, for digest look-ups."""
+def _shipped() -> dict[str, Codebook]:
+    """Every shipped codebook, current and previous, by digest: read once, and kept apart from
+    the registry, so that look-ups find them whatever the registry holds."""
     folder = resources.files("qlccomm") / "codebooks"
-    for ref in (*folder.iterdir(), *(folder / "previous").iterdir()):
-        if ref.name.endswith(".json") and ref.is_file():
-            Codebook.from_json(json.loads(ref.read_text()))
+    books = [Codebook.from_json(json.loads(ref.read_text()))
+             for ref in (*folder.iterdir(), *(folder / "previous").iterdir())
+             if ref.name.endswith(".json") and ref.is_file()]
+    return {b.digest: b for b in books}
 
 
 # -- reference measures for reports (CLI, bench) ------------------------------------------

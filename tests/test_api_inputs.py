@@ -251,7 +251,7 @@ def test_created_and_loaded_codebooks_are_looked_up_by_digest(tmp_path, monkeypa
     monkeypatch.setattr(cbmod, "_REGISTRY", {})
     loaded = Codebook.load(path)
     assert cbmod.lookup(other.digest) is loaded                  # loaded
-    cbmod._load_shipped.cache_clear()                            # as in a process that never looked one up
+    cbmod._shipped.cache_clear()                                 # as in a process that never looked one up
     assert cbmod.lookup(qlccomm.default_codebook(torch.int8).digest).dtype == torch.int8     # shipped
     # neither a fitted-and-embedded code nor a decoder's hint joins the registry
     monkeypatch.setattr(cbmod, "_REGISTRY", {})
@@ -260,6 +260,19 @@ def test_created_and_loaded_codebooks_are_looked_up_by_digest(tmp_path, monkeypa
     qlccomm.decompress(qlccomm.compress(bf16(seed=5)))
     assert qlccomm.decompress(blob, codebook=hint).numel() and hint.digest not in cbmod._REGISTRY
     assert len(cbmod._REGISTRY) == 0
+
+
+def test_shipped_codebooks_are_found_whatever_the_registry_holds(monkeypatch):
+    """Shipped codebooks (current and previous) are read once and looked up apart from the
+    registry: a registry replaced after they were read (as other tests here do) still finds
+    them.  The look-up used to read them into whichever registry was there at the time."""
+    monkeypatch.setattr(cbmod, "_REGISTRY", {})
+    cbmod._shipped.cache_clear()
+    previous = [b for d, b in cbmod._shipped().items() if d != qlccomm.default_codebook(b.dtype).digest]
+    assert previous                                              # codebooks/previous/ is shipped
+    monkeypatch.setattr(cbmod, "_REGISTRY", {})
+    for b in previous:
+        assert cbmod.lookup(b.digest) is b
 
 
 def test_device_tables_come_from_one_bounded_cache():
