@@ -600,8 +600,9 @@ def _default_codebook(dtype: torch.dtype) -> Codebook:
 
 @lru_cache(maxsize=1)
 def _shipped() -> dict[str, Codebook]:
-    """Every shipped codebook, current and previous, by digest: read once, and kept apart from
-    the registry, so that look-ups find them whatever the registry holds."""
+    """Every shipped codebook, current and previous, by digest: read once into a map of its
+    own (reading also registers them, as every loaded codebook is), so that look-ups find
+    them whatever the registry holds later."""
     folder = resources.files("qlccomm") / "codebooks"
     books = [Codebook.from_json(json.loads(ref.read_text()))
              for ref in (*folder.iterdir(), *(folder / "previous").iterdir())

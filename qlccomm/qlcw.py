@@ -390,7 +390,10 @@ def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
     symbols (with more than FIT_MAX used, of the FIT_MAX most frequent plus one escape symbol
     for the rest, which also pay their symbol_bits), the fixed metadata and the smaller of
     the two tables fit_code can write (every used symbol, or those seen more than once up to
-    FIT_MAX), 16 bits an entry.  Cheap next to the fit itself (no sort of the used symbols)."""
+    FIT_MAX), 16 bits an entry; less a margin of a bit and more than float64's rounding of
+    the sum, so that the bound stays below a code that reaches it exactly (dyadic counts):
+    prefer_wide fits pairs only below the best option so far, and pairs win ties.  Cheap next
+    to the fit itself (no sort of the used symbols)."""
     counts = hist[hist > 0].astype(np.float64)
     n = counts.sum()
     if n == 0:
@@ -403,7 +406,8 @@ def pair_bound_bits(hist: np.ndarray, symbol_bits: int) -> float:
         extra = tail * symbol_bits
     else:
         extra = 0.0
-    return float(-(counts * np.log2(counts / n)).sum() + extra + 8 * HEAD_BYTES + table)
+    bound = float(-(counts * np.log2(counts / n)).sum() + extra + 8 * HEAD_BYTES + table)
+    return bound - 1 - 1e-9 * bound
 
 
 CLUSTER_COUNTS = (8,)           # the numbers of codes cluster_codes tries (empty groups are dropped)

@@ -107,7 +107,18 @@ def test_pair_bound_never_exceeds_the_fitted_code():
         if trial % 4 == 0:
             hist[used[: used.size // 2]] = 1                 # many symbols seen once: escapes
         code, bits = qlcw.fit_code(hist, S)
-        assert qlcw.pair_bound_bits(hist, S) <= bits + 8 * (qlcw.HEAD_BYTES + 2 * code.table.size)
+        assert qlcw.pair_bound_bits(hist, S) < bits + 8 * (qlcw.HEAD_BYTES + 2 * code.table.size)
+
+
+def test_a_pair_code_that_ties_the_best_option_is_still_written():
+    """16 equally frequent pairs (a dyadic histogram): the pair code reaches its bound exactly
+    and ties the single-field code.  Pairs win ties, so the bound must not skip their fit."""
+    hist = np.zeros(1 << 16, np.int64)
+    hist[[lo | hi << 8 for lo in range(4, 8) for hi in range(4)]] = 2
+    code, bits = qlcw.fit_code(hist, 16)
+    assert qlcw.pair_bound_bits(hist, 16) < bits + 8 * (qlcw.HEAD_BYTES + 2 * code.table.size)
+    f, _ = qlcw.prefer_wide(hist, qlcw.Fields(0, 8, 2), torch.uint8)
+    assert f.g == 2
 
 
 def test_pairs_beat_single_symbols_on_weights():
