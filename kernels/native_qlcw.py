@@ -215,17 +215,23 @@ def _lookup_codes(xs, lo, fmask, w, g, enc, es, n):
 
 
 @njit(cache=True, inline="always")
+def _put_advance(suf, q, acc, nacc):
+    """Store the accumulator unconditionally (8 bytes of room at q), then advance by a whole
+    32-bit word where one is complete: no branch on the data.  (acc, nacc, q) after."""
+    _u64_put(suf, q, acc)
+    adv = nacc >> 5
+    return acc >> (adv << 5), nacc & 31, q + (adv << 2)
+
+
+@njit(cache=True, inline="always")
 def _add_two(suf, q, acc, nacc, e0, e1):
     """Two codes' suffixes (enc entries e0, e1: <= 32 bits) into the accumulator (< 32 bits
-    pending, so bit 63 is never set), stored unconditionally (8 bytes of room at q), then
-    advanced by a whole 32-bit word where one is complete: no branch on the data."""
+    pending, so bit 63 is never set), then _put_advance."""
     acc |= (e0 & 0xFFFF) << nacc
     nacc += (e0 >> 16) & 31
     acc |= (e1 & 0xFFFF) << nacc
     nacc += (e1 >> 16) & 31
-    _u64_put(suf, q, acc)
-    adv = nacc >> 5
-    return acc >> (adv << 5), nacc & 31, q + (adv << 2)
+    return _put_advance(suf, q, acc, nacc)
 
 
 @njit(cache=True)
@@ -278,11 +284,7 @@ def _put_coded(pre, suf, xs, lo, fmask, w, g, enc, narrow, es):
                 nacc += w2
                 acc |= (e3 & 0xFFFF) << nacc
                 nacc += (e3 >> 16) & 31
-                _u64_put(suf, q, acc)
-                adv = nacc >> 5
-                q += adv << 2
-                acc >>= adv << 5
-                nacc &= 31
+                acc, nacc, q = _put_advance(suf, q, acc, nacc)
             else:                       # rare: wide codes among the four, one at a time
                 acc, nacc, q = _add_code(suf, q, acc, nacc, e0)
                 acc, nacc, q = _add_code(suf, q, acc, nacc, e1)

@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).parent))
 import gradient_targets  # noqa: E402
 import ratio_table  # noqa: E402
 
 import qlccomm  # noqa: E402
+from qlccomm import bench  # noqa: E402
 from qlccomm.kernels import native_qlc  # noqa: E402
 
 
@@ -57,35 +57,23 @@ def kernel_clock():
         native_qlc.ParallelKernel.__call__ = call
 
 
-def _raw(t: torch.Tensor) -> bytes:
-    return t.view(torch.uint8 if t.element_size() == 1 else torch.int16).numpy().tobytes()
-
-
-def _seconds(call) -> float:
-    t0 = time.perf_counter()
-    call()
-    return time.perf_counter() - t0
-
-
 def measure(t: torch.Tensor, repeat: int) -> dict:
-    raw = _raw(t)
-    zc, zd = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
-    zstream = zc.compress(raw)
+    host = bench.host_bytes(t)
+    zstd = bench.zstd_case(host)
     stream = qlccomm.compress(t)
-    if _raw(qlccomm.decompress(stream)) != raw:
-        raise AssertionError("not bit-exact")
+    bench.assert_bit_exact(qlccomm.decompress(stream), t, "compress")
     for _ in range(2):                              # warm: tables, caches, numba dispatch
         qlccomm.decompress(qlccomm.compress(t))
     times = {k: [] for k in ("enc", "dec", "enc_kernels", "dec_kernels", "zstd_enc", "zstd_dec")}
     for _ in range(repeat):
-        for name, zstd_call, call in (("enc", lambda: zc.compress(raw), lambda: qlccomm.compress(t)),
-                                      ("dec", lambda: zd.decompress(zstream), lambda: qlccomm.decompress(stream))):
-            times[f"zstd_{name}"].append(_seconds(zstd_call))
+        for name, zstd_call, call in (("enc", zstd.encode, lambda: qlccomm.compress(t)),
+                                      ("dec", zstd.decode, lambda: qlccomm.decompress(stream))):
+            times[f"zstd_{name}"].append(bench.timed(zstd_call)[0])
             with kernel_clock() as k:
-                times[name].append(_seconds(call))
+                times[name].append(bench.timed(call)[0])
             times[f"{name}_kernels"].append(k[0])
     row = {k: statistics.median(v) * 1e3 for k, v in times.items()}        # ms
-    row["ratio"] = len(raw) / stream.numel()
+    row["ratio"] = len(host) / stream.numel()
     row["enc_x_zstd"] = row["zstd_enc"] / row["enc"]
     row["dec_x_zstd"] = row["zstd_dec"] / row["dec"]
     return row

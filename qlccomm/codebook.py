@@ -147,6 +147,12 @@ def optimal_widths(sorted_counts, n_areas: int = N_AREAS, max_width: int = MAX_W
     return tuple(reversed(widths))
 
 
+def rank_areas(widths) -> np.ndarray:
+    """The area of each rank 0..255 under area widths `widths` (int64 [256]): areas in order,
+    area k holding 2**widths[k] ranks."""
+    return np.repeat(np.arange(len(widths)), [1 << w for w in widths])[:ALPHABET]
+
+
 @dataclass(frozen=True)
 class Codebook:
     """A QLC code: plan (which bits form the symbol), dtype, 8 area widths, rank -> symbol table.
@@ -207,7 +213,7 @@ class Codebook:
         by area * 256 + suffix: the symbol, or -1 where the rank is past the table)."""
         t = self._tables.get("np")
         if t is None:
-            rank_area = np.repeat(np.arange(N_AREAS), [1 << w for w in self.widths])[:ALPHABET]
+            rank_area = rank_areas(self.widths)
             firsts = np.asarray(self.first_ranks)
             sym = np.asarray(self.symbols)
             area = np.empty(ALPHABET, np.int64)
@@ -515,7 +521,7 @@ def fitted_bits(hist, plan: Plan) -> int:
     hist = np.asarray(hist, np.int64)
     counts = np.sort(hist)[::-1]                    # the counts in rank order
     widths = _fast_optimal_widths()(counts)
-    lengths = PREFIX_BITS + np.repeat(np.asarray(widths, np.int64), [1 << w for w in widths])[:ALPHABET]
+    lengths = PREFIX_BITS + np.asarray(widths, np.int64)[rank_areas(widths)]
     return int(counts @ lengths) + int(hist.sum()) * plan.raw_bits
 
 
