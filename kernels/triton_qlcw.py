@@ -31,10 +31,13 @@ The kernels:
   _qlcw_hist         (encode_section with a fitted code, and histogram())
                      per chunk: any bit set? (one pass over its elements); if so its
                      symbols (fields of g neighbours, s = f0 | f1 << w) are counted with
-                     tl.atomic_add into a global [2^S] int32 histogram (int64 past 2^31
-                     symbols).  Zero chunks and the padding symbols of a short last chunk
-                     are never counted, which is the torch path's bincount less its
-                     corrections.  The host fits the code: qlcw.build_code.
+                     tl.atomic_add into HIST_COPIES global [2^S] int32 histograms (int64
+                     past 2^31 symbols), lane i of a step into copy i % HIST_COPIES, so
+                     that the lanes of a warp never add to one address (weight exponents
+                     crowd into a few symbols: one shared histogram serialises them); the
+                     copies are summed on the device.  Zero chunks and the padding symbols
+                     of a short last chunk are never counted, which is the torch path's
+                     bincount less its corrections.  The host fits the code: qlcw.build_code.
   _qlcw_chunk_hist   (chunk_histograms) the same per chunk for single fields, into row c
                      of a [K, 2^w] int32 histogram (qlcw.cluster_codes groups the chunks).
   _qlcw_stats        per chunk: stat = 4 * (sum of the suffix widths of its symbols)
@@ -95,6 +98,9 @@ __all__ = ["encode_section", "decode_section", "histogram", "chunk_histograms"]
 # exercise the offsets carried between steps.  At least 16: 8 symbols of pairs.
 SUB_MAX = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 
+# _qlcw_hist's histogram copies, one per lane of a warp (2^S int32 each: 8 MiB for pair symbols)
+HIST_COPIES = 32
+
 # the kernel table's columns (int32 per symbol)
 ENC_AREA_SHIFT, ENC_WIDTH_SHIFT, ENC_BAD_SHIFT = 16, 20, 25
 # the chunk table's column holding each chunk's code (the spare one; rows of 8 int64, as _chunk_row reads)
@@ -142,9 +148,11 @@ def _chunk_set_bits(x_ptr, base, elems, chunk, SUB: tl.constexpr):
 
 @triton.jit
 def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
-               LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
-    """hist[s] += number of symbols s in the chunks with a set bit (padding excluded)."""
+               LO: tl.constexpr, W: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, COPIES: tl.constexpr):
+    """hist[i % COPIES, s] += number of symbols s at lane i of a step in the chunks with a set
+    bit (padding excluded); hist is [COPIES, 2^S]."""
     SUBC: tl.constexpr = SUB // G
+    copy = (tl.arange(0, SUBC) % COPIES) << (W * G)
     for c in range(tl.program_id(0).to(tl.int64), nchunks, nprog):   # int64: offsets past 2^31
         base = c * chunk
         elems = tl.minimum(n - base, chunk)
@@ -154,7 +162,7 @@ def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
             for s in range(0, chunk // G, SUBC):
                 jj = s + tl.arange(0, SUBC)
                 sym, _, _, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
-                tl.atomic_add(hist_ptr + sym, tl.full([SUBC], 1, hist_ptr.dtype.element_ty), mask=jj < ncodes)
+                tl.atomic_add(hist_ptr + copy + sym, tl.full([SUBC], 1, hist_ptr.dtype.element_ty), mask=jj < ncodes)
 
 
 @triton.jit
@@ -449,10 +457,12 @@ def _histogram(x: torch.Tensor, f: qlcw.Fields, chunk: int) -> np.ndarray:
     n = x.numel()
     nchunks = -(-n // chunk)
     # int32 counts unless a count could reach 2^31 (at most one symbol per element)
-    hist = torch.zeros(1 << f.symbol_bits, dtype=torch.int32 if n < (1 << 31) else torch.int64, device=x.device)
+    hist = torch.zeros(HIST_COPIES, 1 << f.symbol_bits, dtype=torch.int32 if n < (1 << 31) else torch.int64,
+                       device=x.device)
     g = _grid(nchunks)
-    _qlcw_hist[(g,)](x, hist, n, chunk, nchunks, g, LO=f.lo, W=f.w, G=f.g, SUB=_sub(chunk), num_warps=NUM_WARPS)
-    return hist.cpu().numpy().astype(np.int64)
+    _qlcw_hist[(g,)](x, hist, n, chunk, nchunks, g, LO=f.lo, W=f.w, G=f.g, SUB=_sub(chunk), COPIES=HIST_COPIES,
+                     num_warps=NUM_WARPS)
+    return hist.sum(0, dtype=torch.int64).cpu().numpy()
 
 
 def histogram(flat: torch.Tensor, f: qlcw.Fields, chunk: int = qlc.CHUNK_ELEMS) -> np.ndarray:

@@ -71,8 +71,10 @@ def test_enec_large_matches_torch_path(dtype):
 def test_api_round_trip_on_device(codec):
     x = _big(torch.bfloat16, 16 * MIB, seed=4).reshape(256, -1)
     assert kernels.backend_for(x.device, codec) == "triton"
+    assert codec != "qlc" or kernels.backend_for(x.device, "qlcw") == "triton"
     blob = qlccomm.compress(x, codec=codec)
-    assert blob.device.type == "cuda" and qlccomm.inspect(blob.cpu())["codec"] == codec
+    written = {"qlc": "qlcw", "enec": "enec"}[codec]     # bf16 under codec="qlc": a QLCW section
+    assert blob.device.type == "cuda" and qlccomm.inspect(blob.cpu())["codec"] == written
     assert torch.equal(qlccomm.decompress(blob).view(torch.uint8), x.view(torch.uint8))
 
 

@@ -167,7 +167,7 @@ def test_enec_device_search_matches_host_search(blocks):
 @pytest.mark.parametrize("dtype,f", [("bf16", (7, 8, 2)), ("fp16", (8, 7, 1)), ("fp32", (23, 8, 2)),
                                      ("fp32", (0, 1, 1)), ("e4m3", (0, 8, 2))], ids=str)
 def test_qlcw_compiles_for_cuda_sm90(dtype, f):
-    """The QLCW kernels as encode_section / decode_section launch them (statistics with raw
+    """The QLCW kernels as encode_section / decode_section / the histograms launch them (statistics with raw
     low bits, encoder and decoder with and without raw shifts; fp32 (0, 1, 1): 31 raw bits)
     compile to an sm_90 cubin with Triton's ptxas: what the interpreter does not check
     (a variable whose type a branch changes, layouts)."""
@@ -194,7 +194,12 @@ def test_qlcw_compiles_for_cuda_sm90(dtype, f):
     specs = [(tw._qlcw_stats, dict(x_ptr=elem, enc_ptr="*i32", code_ptr="*i32", stat_ptr="*i32", low_ptr="*i32",
                                    n=i64, chunk="i32", nchunks="i32", nprog="i32"),
               dict(LO=fields.lo, W=fields.w, G=fields.g, S=fields.symbol_bits, RSH=plan.rsh, RHI=plan.rhi,
-                   RLO=plan.rlo, RAW=raw, SUB=sub))]
+                   RLO=plan.rlo, RAW=raw, SUB=sub)),
+             (tw._qlcw_hist, dict(x_ptr=elem, hist_ptr="*i32", n=i64, chunk="i32", nchunks="i32", nprog="i32"),
+              dict(LO=fields.lo, W=fields.w, G=fields.g, SUB=sub, COPIES=tw.HIST_COPIES))]
+    if fields.g == 1 and fields.w <= 8:
+        specs += [(tw._qlcw_chunk_hist, dict(x_ptr=elem, hist_ptr="*i32", n=i64, chunk="i32", nchunks="i32",
+                                             nprog="i32"), dict(LO=fields.lo, W=fields.w, SUB=sub))]
     for shifted in (False, True) if raw else (False,):
         specs += [
             (tw._qlcw_encode, dict(x_ptr=elem, enc_ptr="*i32", tab_ptr="*i64", shift_ptr="*i32", out_ptr="*u8",
