@@ -14,6 +14,7 @@
 #    tensors and transformer-like bf16 activations, with a device copy of the same size as the reference.
 # 4. the transport's device side: 1 MiB slices coded into and decoded from device arenas, as
 #    the pipelined collectives do (per-slice launch and host-planning cost), GB/s against a copy.
+# 5. `qlccomm bench --refresh-autoselect --device cuda`: the figures codec="auto" chooses by.
 # Figures go to docs/benchmarks.md with the date, the device line (nvidia-smi) and these commands.
 set -uo pipefail
 # Bounded to fit one device call (about 8 minutes in all, Triton's compiles included); at most
@@ -48,4 +49,8 @@ for kind in weight grad activation; do
         --repeat 10 2>&1 | tee -a "$out/qlccomm_bench.txt" || rc=1
 done
 timeout 45 "$PY" launch/gpu_slices.py 2>&1 | tee "$out/slices.txt" || rc=1
+# codec="auto"'s figures for cuda tensors (bf16, fp16, fp32; every kind it weighs), written as
+# a user table under $out: copy its entries into qlccomm/autoselect.json
+QLCCOMM_CACHE="$out" timeout 120 "$PY" -m qlccomm.cli bench --refresh-autoselect --device cuda --size-mib 64 \
+    --repeat 3 2>&1 | tee "$out/autoselect.txt" || rc=1
 exit $rc
