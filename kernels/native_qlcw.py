@@ -763,10 +763,8 @@ def _enc_table(code: qlcw.WideCode) -> np.ndarray:
         enc = np.arange(1 << S, dtype=np.int32) | np.int32((S << 16) | (qlcw.ESCAPE_AREA << 21))
     else:
         enc = np.full(1 << S, -1, np.int32)
-    firsts = code.firsts()
-    rank = np.arange(code.table.size)
-    area = code.rank_areas()
-    enc[code.table] = (rank - firsts[area]) | (np.asarray(code.widths, np.int64)[area] << 16) | (area << 21)
+    suffix, area, width = code.rank_codes()
+    enc[code.table] = suffix | (width << 16) | (area << 21)
     return enc
 
 

@@ -408,14 +408,16 @@ def _qlcw_decode(data_ptr, wid_ptr, first_ptr, rank_ptr, info_ptr, tab_ptr, shif
 # ---------------------------------------------------------------------------------------------------
 # host side
 def _kernel_table(code: qlcw.WideCode) -> np.ndarray:
-    """Per symbol (int32 [2^S]): suffix | area << 16 | suffix width << 20 | unwritable << 25."""
-    # WideCode.tables: symbol_tables() cached on the code, where qlcw has it
-    t = code.tables if hasattr(type(code), "tables") else code.symbol_tables()
-    bad = t["length"] == 0
-    width = np.where(bad, 0, t["length"] - qlcw.PREFIX_BITS)
-    enc = (t["suffix"] | (t["area"] << ENC_AREA_SHIFT) | (width << ENC_WIDTH_SHIFT)
-           | (bad.astype(np.int64) << ENC_BAD_SHIFT))
-    return enc.astype(np.int32)
+    """Per symbol (int32 [2^S]): suffix | area << 16 | suffix width << 20 | unwritable << 25.
+    Built from the rank table alone (O(T) plus one fill of 2^S), as native_qlcw._enc_table."""
+    S = code.symbol_bits
+    if code.escape:                     # every symbol writable in the escape area, its suffix itself
+        enc = np.arange(1 << S, dtype=np.int32) | np.int32((qlcw.ESCAPE_AREA << ENC_AREA_SHIFT) | (S << ENC_WIDTH_SHIFT))
+    else:
+        enc = np.full(1 << S, 1 << ENC_BAD_SHIFT, np.int32)
+    suffix, area, width = code.rank_codes()
+    enc[code.table] = suffix | (area << ENC_AREA_SHIFT) | (width << ENC_WIDTH_SHIFT)
+    return enc
 
 
 def _layout(f: qlcw.Fields, chunk: int, elems: np.ndarray, modes: np.ndarray, suffix_len: np.ndarray,

@@ -114,6 +114,11 @@ class WideCode:
         """The area of each rank of the table (int64 [T])."""
         return np.searchsorted(np.cumsum(self._sizes()), np.arange(self.table.size), side="right")
 
+    def rank_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each rank's code (int64 [T] each): its suffix, its area and the area's width in bits."""
+        area = self.rank_areas()
+        return np.arange(self.table.size) - self.firsts()[area], area, np.asarray(self.widths, np.int64)[area]
+
     @cached_property
     def tables(self) -> dict[str, np.ndarray]:
         """symbol_tables(), computed once per code."""
@@ -128,12 +133,8 @@ class WideCode:
             area[:] = ESCAPE_AREA
             suffix[:] = np.arange(n)
             length[:] = PREFIX_BITS + self.symbol_bits
-        widths = np.asarray(self.widths)
-        rank = np.arange(self.table.size)
-        k = self.rank_areas()
-        area[self.table] = k
-        suffix[self.table] = rank - self.firsts()[k]
-        length[self.table] = PREFIX_BITS + widths[k]
+        suffix[self.table], area[self.table], width = self.rank_codes()
+        length[self.table] = PREFIX_BITS + width
         return {"area": area, "suffix": suffix, "length": length}
 
     def to_bytes(self) -> bytes:
