@@ -20,7 +20,8 @@ Launches per call:
                          + 1 device->host copy (per-chunk statistics, K int32)
                          + 4 host->device copies (section head, the kernels' chunk table,
                          per-symbol tables, chunk codes)
-  encode, fitted code    + _qlcw_hist and a device->host copy of the histogram (2^S counts)
+  encode, fitted code    + a memset, _qlcw_hist, the sum of its HIST_COPIES histograms and a
+                         device->host copy of the histogram (2^S counts)
   decode                 _qlcw_decode + 5 small host->device copies (chunk table, widths,
                          first ranks, rank tables, per-code sizes / offsets / escape flags),
                          1 memset and 1 device->host copy (error word)
