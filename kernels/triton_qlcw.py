@@ -33,14 +33,19 @@ The kernels:
                      per chunk: any bit set? (one pass over its elements); if so its
                      symbols (fields of g neighbours, s = f0 | f1 << w) are counted with
                      tl.atomic_add into HIST_COPIES global [2^S] int32 histograms (int64
-                     past 2^31 symbols), lane i of a step into copy i % HIST_COPIES, so
-                     that the lanes of a warp never add to one address (weight exponents
-                     crowd into a few symbols: one shared histogram serialises them); the
-                     copies are summed on the device.  Zero chunks and the padding symbols
-                     of a short last chunk are never counted, which is the torch path's
-                     bincount less its corrections.  The host fits the code: qlcw.build_code.
+                     past 2^31 symbols), symbol i of a step into copy i % HIST_COPIES: the
+                     compiled layout (one element per thread) puts it in lane i % 32, so
+                     the lanes of a warp never add to one address (weight exponents crowd
+                     into a few symbols: one shared histogram serialises them); the copies
+                     are summed on the device.  Relaxed atomics: PTX `red` without ordering
+                     (nothing reads the counts before the kernel ends; Triton's default,
+                     acq_rel, is an `atom` that waits).  Zero chunks and the padding
+                     symbols of a short last chunk are never counted, which is the torch
+                     path's bincount less its corrections.  The host fits the code:
+                     qlcw.build_code.
   _qlcw_chunk_hist   (chunk_histograms) the same per chunk for single fields, into row c
-                     of a [K, 2^w] int32 histogram (qlcw.cluster_codes groups the chunks).
+                     of a [K, 2^w] int32 histogram (relaxed atomics; qlcw.cluster_codes
+                     groups the chunks).
   _qlcw_stats        per chunk: stat = 4 * (sum of the suffix widths of its symbols)
                      + 2 * (some symbol its code cannot write) + (any bit set), from one
                      gather of its code's per-symbol kernel table (suffix | area << 16 |
@@ -163,7 +168,8 @@ def _qlcw_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog,
             for s in range(0, chunk // G, SUBC):
                 jj = s + tl.arange(0, SUBC)
                 sym, _, _, _ = _symbols(x_ptr, base, jj, elems, LO, W, G)
-                tl.atomic_add(hist_ptr + copy + sym, tl.full([SUBC], 1, hist_ptr.dtype.element_ty), mask=jj < ncodes)
+                tl.atomic_add(hist_ptr + copy + sym, tl.full([SUBC], 1, hist_ptr.dtype.element_ty), mask=jj < ncodes,
+                              sem="relaxed")
 
 
 @triton.jit
@@ -180,7 +186,7 @@ def _qlcw_chunk_hist(x_ptr, hist_ptr, n, chunk, nchunks, nprog, LO: tl.constexpr
                 valid = idx < elems
                 x = tl.load(x_ptr + base + idx, mask=valid, other=0).to(tl.int32)
                 tl.atomic_add(hist_ptr + (c << W) + ((x >> LO) & ((1 << W) - 1)),
-                              tl.full([SUB], 1, tl.int32), mask=valid)
+                              tl.full([SUB], 1, tl.int32), mask=valid, sem="relaxed")
 
 
 @triton.jit

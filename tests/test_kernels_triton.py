@@ -214,5 +214,7 @@ def test_qlcw_compiles_for_cuda_sm90(dtype, f):
         ]
     for fn, sig, consts in specs:
         sig = dict(sig, **{k: "constexpr" for k in consts})
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": tw.NUM_WARPS})
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": tw.NUM_WARPS})
+        if fn in (tw._qlcw_hist, tw._qlcw_chunk_hist):     # counts added without ordering: red, not atom
+            assert "red.global.gpu.relaxed.add" in k.asm["ptx"] and "acq_rel" not in k.asm["ptx"], fn.__name__
