@@ -348,6 +348,14 @@ def qlcw_code(x, chunk, lo, w, g, encs, narrow, chunk_code, pre, suf, ors, bits)
         bits[c] = _put_coded(pre[c, :pbytes], suf[c, :cap], xs, lo, fmask, w, g, encs[k], narrow[k], es, gs, gw)
 
 
+@njit(cache=True, inline="always")
+def _copy_bytes(dst, src):
+    """dst[:] = src[:dst.size].  A plain loop, which LLVM turns into a memory copy: numba's
+    slice assignment costs 15x more (measured: 2 MB in 2 KiB pieces, 0.50 vs 0.033 ms)."""
+    for i in range(dst.shape[0]):
+        dst[np.uintp(i)] = src[np.uintp(i)]
+
+
 @ParallelKernel
 def qlcw_write(x, chunk, lo, w, g, rhi, rlo, planes, tb, pre, suf, table, out, pbase, fbase, sbase, rbase, n_nz,
                shifts):
@@ -374,10 +382,10 @@ def qlcw_write(x, chunk, lo, w, g, rhi, rlo, planes, tb, pre, suf, table, out, p
         if mode == qlc.MODE_CODED:
             p0 = pbase + table[c, T_PREFIX]
             pbytes = (4 * ((m + g - 1) // g) + 7) >> 3
-            out[p0:p0 + pbytes] = pre[c, :pbytes]
+            _copy_bytes(out[p0:p0 + pbytes], pre[c])
             s0 = sbase + table[c, T_SUFFIX]
             sbytes = table[c, T_SUFLEN]
-            out[s0:s0 + sbytes] = suf[c, :sbytes]
+            _copy_bytes(out[s0:s0 + sbytes], suf[c])
         else:
             f0 = fbase + ((table[c, T_FIELD] * w) >> 3)
             _put_fields(out[f0:f0 + ((m * w + 7) >> 3)], xs, lo, fmask, w)
@@ -1020,16 +1028,28 @@ def group_scores(h: np.ndarray, models: np.ndarray) -> np.ndarray:
 
 @ParallelKernel
 def qlcw_chunk_hist(x, chunk, lo, w, hist):
-    """hist[c] = chunk c's histogram of its elements' fields (lo, w); zero for all-zero chunks."""
+    """hist[c] = chunk c's histogram of its elements' fields (lo, w); zero for all-zero chunks.
+    Four partial histograms per chunk (int32: a chunk has fewer than 2^31 elements), so that
+    runs of one field do not wait on each other's stores."""
     n = x.shape[0]
     fmask = (1 << w) - 1
     for c in prange(hist.shape[0]):
         xs = x[c * chunk:min(c * chunk + chunk, n)]
         if not _chunk_any(xs):
             continue
-        h = hist[c]
-        for i in range(xs.shape[0]):
-            h[np.uintp((xs[np.uintp(i)] >> lo) & fmask)] += 1
+        h = np.zeros((4, hist.shape[1]), np.int32)
+        m = xs.shape[0]
+        for q in range(m >> 2):
+            k = np.uintp(4 * q)
+            h[0, np.uintp((xs[k] >> lo) & fmask)] += 1
+            h[1, np.uintp((xs[k + np.uintp(1)] >> lo) & fmask)] += 1
+            h[2, np.uintp((xs[k + np.uintp(2)] >> lo) & fmask)] += 1
+            h[3, np.uintp((xs[k + np.uintp(3)] >> lo) & fmask)] += 1
+        for i in range(4 * (m >> 2), m):
+            h[0, np.uintp((xs[np.uintp(i)] >> lo) & fmask)] += 1
+        row = hist[c]
+        for s in range(hist.shape[1]):
+            row[s] = h[0, s] + h[1, s] + h[2, s] + h[3, s]
 
 
 def chunk_histograms(flat: torch.Tensor, lo: int, w: int, chunk: int = qlc.CHUNK_ELEMS) -> np.ndarray:
