@@ -1020,9 +1020,34 @@ def _group_scores(h, models, out):
 
 def group_scores(h: np.ndarray, models: np.ndarray) -> np.ndarray:
     """qlccomm.qlcw._scores (float64 [rows, M]: each row of `h` under each model) in numba; the
-    same numbers (exact integer sums, qlcw.MODEL_SCALE)."""
+    same numbers (exact integer sums, qlcw.MODEL_SCALE).  `h` may be int64 counts (chunk
+    histograms as they are) or float64."""
     out = np.empty((h.shape[0], models.shape[0]), np.float64)
-    _group_scores(np.ascontiguousarray(h, np.float64), np.ascontiguousarray(models, np.float64), out)
+    if h.dtype != np.int64:
+        h = np.ascontiguousarray(h, np.float64)
+    _group_scores(np.ascontiguousarray(h), np.ascontiguousarray(models, np.float64), out)
+    return out
+
+
+@njit(cache=True)
+def _group_sums(h, group, out):
+    """out[group[r]] += h[r] for every row r with group[r] >= 0."""
+    for r in range(h.shape[0]):
+        if group[r] < 0:
+            continue
+        hr = h[r]
+        o = out[group[r]]
+        for b in range(h.shape[1]):
+            o[b] += hr[b]
+
+
+def group_sums(h: np.ndarray, group: np.ndarray, M: int) -> np.ndarray:
+    """qlccomm.qlcw._group_sums (each group's rows of `h` summed: [M, columns], h's dtype; rows of
+    group -1 left out) in
+    numba, in one pass over `h` (numpy takes one per group).  The same numbers: h holds
+    integers (counts), whose sums are exact in any order."""
+    out = np.zeros((M, h.shape[1]), h.dtype)
+    _group_sums(np.ascontiguousarray(h), np.ascontiguousarray(group, np.int64), out)
     return out
 
 

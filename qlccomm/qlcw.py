@@ -432,10 +432,8 @@ def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]
     if live.size < 2:
         return out
     sample = live[np.unique(np.linspace(0, live.size - 1, min(live.size, CLUSTER_SAMPLE)).round().astype(np.int64))]
-    hs = chunk_hist[sample].astype(np.float64)
-    p = hs / hs.sum(axis=1, keepdims=True)
-    entropy = -(p * np.log2(np.where(p > 0, p, 1))).sum(axis=1)
-    order = np.argsort(entropy, kind="stable")
+    hs = chunk_hist[sample]
+    order = np.argsort(_entropies(hs), kind="stable")
     for M in CLUSTER_COUNTS:
         if M > sample.size:
             break
@@ -444,20 +442,31 @@ def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]
         for _ in range(CLUSTER_ROUNDS):
             assign = _nearest(hs, _models(hs, assign, M))
         models = _models(hs, assign, M)
-        group = np.concatenate([_nearest(chunk_hist[live[i:i + 4096]].astype(np.float64), models)
-                                for i in range(0, live.size, 4096)])
+        group = np.concatenate([_nearest(chunk_hist[live[i:i + 4096]], models) for i in range(0, live.size, 4096)])
         used, group = np.unique(group, return_inverse=True)         # drop empty groups, keep their order
         if used.size < 2:
             continue
         codes, bits = [], 8 * (4 + chunk_hist.shape[0]) + 8 * (N_AREAS + 4)
+        chunk_group = np.full(chunk_hist.shape[0], -1, np.int64)       # all-zero chunks: none
+        chunk_group[live] = group
+        group_hist = _fast_cluster()[1](chunk_hist, chunk_group, used.size)
         for m in range(used.size):
-            code, b = fit_code(chunk_hist[live[group == m]].sum(axis=0), f.symbol_bits)
+            code, b = fit_code(group_hist[m], f.symbol_bits)
             codes.append(code)
             bits += b + 8 * (1 + N_AREAS + 4 + 2 * code.table.size)
-        chunk_code = np.zeros(chunk_hist.shape[0], np.int64)
-        chunk_code[live] = group
+        chunk_code = np.maximum(chunk_group, 0)                         # all-zero chunks name code 0
         out.append((bits, CodeSet(tuple(codes), chunk_code)))
     return out
+
+
+def _entropies(h: np.ndarray) -> np.ndarray:
+    """Each row's entropy in bits per element (float64 [rows]; h: int64 counts, no all-zero
+    row): log2(n) - sum(c log2 c) / n, the sum over integers (c log2 c in units of
+    1 / MODEL_SCALE bits, rounded), so exact in any order."""
+    c = np.arange(int(h.max()) + 1, dtype=np.float64)
+    c_log_c = np.round(c * np.log2(np.maximum(c, 1)) * MODEL_SCALE).astype(np.int64)
+    n = h.sum(axis=1)
+    return np.log2(n) - c_log_c[h].sum(axis=1) / (n * float(MODEL_SCALE))
 
 
 MODEL_SCALE = 1 << 20
@@ -469,31 +478,38 @@ below 2^46, exact in float64 whatever the order of the sum, so every backend sco
 def _models(h: np.ndarray, assign: np.ndarray, M: int) -> np.ndarray:
     """Each group's code length of every field in units of 1 / MODEL_SCALE bits, rounded
     (float64 [M, 2^w] holding integers; a small floor for unseen fields)."""
-    counts = np.stack([h[assign == m].sum(axis=0) for m in range(M)]).astype(np.float64) + 1e-3
+    counts = _fast_cluster()[1](h, assign, M).astype(np.float64) + 1e-3
     return np.round(-np.log2(counts / counts.sum(axis=1, keepdims=True)) * MODEL_SCALE)
 
 
 def _nearest(h: np.ndarray, models: np.ndarray) -> np.ndarray:
     """Each row's group: the model that codes it in the fewest bits (first on ties); exact
-    integer sums (MODEL_SCALE), from the native kernel where there is one."""
-    return _fast_scores()(h, models).argmin(axis=1)
+    integer sums (MODEL_SCALE), from the native kernel where there is one.  `h`: int64 counts
+    or float64."""
+    return _fast_cluster()[0](h, models).argmin(axis=1)
 
 
 def _scores(h: np.ndarray, models: np.ndarray) -> np.ndarray:
     """Bits (1 / MODEL_SCALE) of each row under each model: float64 [rows, M].  einsum, not
     matmul: BLAS would start its own threads, which then spin beside the kernels'."""
-    return np.einsum("rb,mb->rm", h, models)
+    return np.einsum("rb,mb->rm", np.asarray(h, np.float64), models)
+
+
+def _group_sums(h: np.ndarray, group: np.ndarray, M: int) -> np.ndarray:
+    """Each group's rows of `h` summed ([M, columns], h's dtype); group[r] < M is row r's, -1
+    leaves it out."""
+    return np.stack([h[group == m].sum(axis=0) for m in range(M)])
 
 
 @lru_cache(maxsize=1)
-def _fast_scores():
-    """_scores compiled by numba where the native kernels are installed (the same, exact,
-    numbers), else itself."""
+def _fast_cluster():
+    """(_scores, _group_sums) compiled by numba where the native kernels are installed (the
+    same, exact, numbers), else themselves."""
     try:
-        from .kernels.native_qlcw import group_scores
-    except Exception:      # noqa: BLE001 - no numba, or a broken install: einsum
-        return _scores
-    return group_scores
+        from .kernels.native_qlcw import group_scores, group_sums
+    except Exception:      # noqa: BLE001 - no numba, or a broken install: numpy
+        return _scores, _group_sums
+    return group_scores, group_sums
 
 
 # -- encoding ---------------------------------------------------------------------------------
