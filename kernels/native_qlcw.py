@@ -93,12 +93,14 @@ def _hist_fields(xs, h, m, lo, fmask):
 
 @njit(cache=True, inline="always")
 def _lookup_pairs(xs, lo, fmask, w, enc, es, n):
+    """es[j] = enc[the pair symbol of elements 2j, 2j + 1] for j < n."""
     for j in range(n):
         es[np.uintp(j)] = enc[_pair(xs, np.uintp(2 * j), lo, fmask, w)]
 
 
 @njit(cache=True, inline="always")
 def _lookup_fields(xs, lo, fmask, enc, es, n):
+    """es[j] = enc[the field of element j] for j < n."""
     for j in range(n):
         es[np.uintp(j)] = enc[np.uintp((xs[np.uintp(j)] >> lo) & fmask)]
 
@@ -1076,9 +1078,8 @@ def _group_sums(h, group, out):
 
 def group_sums(h: np.ndarray, group: np.ndarray, M: int) -> np.ndarray:
     """qlccomm.qlcw._group_sums (each group's rows of `h` summed: [M, columns], h's dtype; rows of
-    group -1 left out) in
-    numba, in one pass over `h` (numpy takes one per group).  The same numbers: h holds
-    integers (counts), whose sums are exact in any order."""
+    group -1 left out) in numba, in one pass over `h` (numpy takes one per group).  The same
+    numbers: h holds integers (counts), whose sums are exact in any order."""
     out = np.zeros((M, h.shape[1]), h.dtype)
     _group_sums(np.ascontiguousarray(h), np.ascontiguousarray(group, np.int64), out)
     return out

@@ -280,6 +280,10 @@ def test_group_scores_are_exact_on_every_path():
     assert np.array_equal(native_qlcw.group_scores(hist, models), qlcw._scores(hist, models))
     big = np.full((2, 256), 4096.0)                            # a 2^20-element chunk's worth
     assert np.array_equal(native_qlcw.group_scores(big, models), qlcw._scores(big, models))
+    counts = qlcw.chunk_histograms(x, 0, 8)                    # int64, scored as they are
+    assert np.array_equal(native_qlcw.group_scores(counts, models), qlcw._scores(hist, models))
+    group = np.where(counts.any(axis=1), np.arange(counts.shape[0]) % 3, -1)   # -1: left out
+    assert np.array_equal(native_qlcw.group_sums(counts, group, 3), qlcw._group_sums(counts, group, 3))
 
 
 def test_pair_code_sets_and_an_escaping_code():
