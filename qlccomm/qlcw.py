@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -449,7 +450,7 @@ def cluster_codes(chunk_hist: np.ndarray, f: Fields) -> list[tuple[int, CodeSet]
         codes, bits = [], 8 * (4 + chunk_hist.shape[0]) + 8 * (N_AREAS + 4)
         chunk_group = np.full(chunk_hist.shape[0], -1, np.int64)       # all-zero chunks: none
         chunk_group[live] = group
-        group_hist = _fast_cluster()[1](chunk_hist, chunk_group, used.size)
+        group_hist = _fast_cluster().group_sums(chunk_hist, chunk_group, used.size)
         for m in range(used.size):
             code, b = fit_code(group_hist[m], f.symbol_bits)
             codes.append(code)
@@ -478,7 +479,7 @@ below 2^46, exact in float64 whatever the order of the sum, so every backend sco
 def _models(h: np.ndarray, assign: np.ndarray, M: int) -> np.ndarray:
     """Each group's code length of every field in units of 1 / MODEL_SCALE bits, rounded
     (float64 [M, 2^w] holding integers; a small floor for unseen fields)."""
-    counts = _fast_cluster()[1](h, assign, M).astype(np.float64) + 1e-3
+    counts = _fast_cluster().group_sums(h, assign, M).astype(np.float64) + 1e-3
     return np.round(-np.log2(counts / counts.sum(axis=1, keepdims=True)) * MODEL_SCALE)
 
 
@@ -486,7 +487,7 @@ def _nearest(h: np.ndarray, models: np.ndarray) -> np.ndarray:
     """Each row's group: the model that codes it in the fewest bits (first on ties); exact
     integer sums (MODEL_SCALE), from the native kernel where there is one.  `h`: int64 counts
     or float64."""
-    return _fast_cluster()[0](h, models).argmin(axis=1)
+    return _fast_cluster().scores(h, models).argmin(axis=1)
 
 
 def _scores(h: np.ndarray, models: np.ndarray) -> np.ndarray:
@@ -501,15 +502,20 @@ def _group_sums(h: np.ndarray, group: np.ndarray, M: int) -> np.ndarray:
     return np.stack([h[group == m].sum(axis=0) for m in range(M)])
 
 
+class _ClusterKernels(NamedTuple):
+    scores: Callable[[np.ndarray, np.ndarray], np.ndarray]          # _scores
+    group_sums: Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # _group_sums
+
+
 @lru_cache(maxsize=1)
-def _fast_cluster():
-    """(_scores, _group_sums) compiled by numba where the native kernels are installed (the
+def _fast_cluster() -> _ClusterKernels:
+    """_scores and _group_sums compiled by numba where the native kernels are installed (the
     same, exact, numbers), else themselves."""
     try:
         from .kernels.native_qlcw import group_scores, group_sums
     except Exception:      # noqa: BLE001 - no numba, or a broken install: numpy
-        return _scores, _group_sums
-    return group_scores, group_sums
+        return _ClusterKernels(_scores, _group_sums)
+    return _ClusterKernels(group_scores, group_sums)
 
 
 # -- encoding ---------------------------------------------------------------------------------
